@@ -1,0 +1,67 @@
+"""The one small interface between the engine and a user interface.
+
+The scheduler calls these methods on its own thread, so they must not block:
+a frontend that talks to a network (Telegram) queues the work for its own
+sender threads; a terminal may simply write to stdout. Answers come back the
+other way, through the thread-safe :class:`engine.scheduler.Scheduler` API.
+
+A third frontend is a subclass that fills in :meth:`deliver` and :meth:`ask`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from engine.commands import Choose, Command, Input, Print
+
+#: A conversation's key: chosen by the frontend, opaque to the engine
+#: (the Telegram bot uses ``"chat"`` or ``"chat:user"``).
+Key = str
+
+
+class Notice(enum.Enum):
+    """Things the engine itself tells a user, outside any flow."""
+
+    TRY_AGAIN = "Try again"
+    FAILED = "Sorry, something went wrong on our side. The conversation has ended."
+    EXPIRED = "Your conversation ended after a long time without an answer."
+    NOT_STARTED = "Not started"
+    ALREADY_RUNNING = "Already running"
+    CANCELLED = "Exiting..."
+    RESTARTED = "The bot was updated, so this conversation starts over."
+
+
+class Frontend:
+    """Base class of frontends: fulfils what the engine cannot do itself.
+
+    `name` appears in errors such as "SendPhoto is not supported by the
+    terminal frontend". `extra_commands` lists output commands beyond
+    :class:`~engine.commands.Print` that :meth:`deliver` handles (a photo,
+    say); yielding any other unknown command fails that conversation.
+    """
+
+    name = "generic"
+    extra_commands: tuple[type[Command], ...] = ()
+    #: Override per frontend, e.g. to mention ``/start``; an empty text says nothing.
+    notices: dict[Notice, str] = {}
+
+    def deliver(self, key: Key, command: Command) -> None:
+        """Show a Print (or one of `extra_commands`) to the user."""
+        raise NotImplementedError
+
+    def ask(self, key: Key, question: Input | Choose) -> None:
+        """Present a question; the answer comes back through ``Scheduler.send``."""
+        raise NotImplementedError
+
+    def notify(self, key: Key, notice: Notice) -> None:
+        """Tell the user something from the engine (by default as a Print)."""
+        text = self.notices.get(notice, notice.value)
+        if text:
+            self.deliver(key, Print(text))
+
+    def working(self, key: Key, command: Command) -> None:
+        """A slow command (Call, Sleep) began; e.g. show "typing…". Optional."""
+
+    def ended(self, key: Key) -> None:
+        """The conversation is over (finished, cancelled, failed or expired). Optional."""
+

@@ -1,0 +1,129 @@
+"""States and the conversation loop that runs them.
+
+A state is a small class (usually a dataclass of plain-data fields) whose
+``run()`` is a generator: it yields commands and returns the next state, or
+``None`` to end the conversation. Plain-data fields matter: they let a state
+be named in logs and saved as a snapshot by the journal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Generator, Union
+
+from engine.commands import Command
+
+#: What a state's ``run()`` returns: a generator of commands whose return
+#: value is the next state.
+Steps = Generator[Command, Any, "State | None"]
+
+
+class State:
+    """Base class of a conversation's states.
+
+    Subclasses implement :meth:`run`; they are normally dataclasses so that
+    their fields can be saved and restored (see :func:`snapshot`).
+    """
+
+    def run(self) -> Steps:
+        """Yield commands; return the next state, or ``None`` to finish."""
+        raise NotImplementedError(f"{type(self).__name__}.run() is not written")
+        yield  # pragma: no cover - makes this a generator
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entered:
+    """Yielded by :func:`conversation` each time a new state begins.
+
+    It is not a command: the engine uses it to snapshot the conversation and
+    never shows it to a frontend. :func:`engine.testing` skips it too.
+    """
+
+    state: State
+
+
+#: What a conversation generator yields.
+Conversation = Generator[Union[Command, Entered], Any, None]
+
+#: A flow: the first state, or anything that makes it when called.
+Flow = Union[State, Callable[[], State]]
+
+
+def first_state(flow: Flow) -> State:
+    """The state a conversation of `flow` starts in."""
+    state = flow if isinstance(flow, State) else flow()
+    if not isinstance(state, State):
+        raise TypeError(f"a flow must be a State or make one, got {state!r}")
+    return state
+
+
+def conversation(start: Flow) -> Conversation:
+    """Run states one after the other, from `start` until one returns ``None``.
+
+    This is the single stream of commands a frontend sees: sub-flows compose
+    inside a state with ``yield from``, and this loop is the only place that
+    moves from one state to the next.
+    """
+    state: State | None = first_state(start)
+    while state is not None:
+        yield Entered(state)
+        state = yield from state.run()
+        if state is not None and not isinstance(state, State):
+            raise TypeError(f"run() must return a State or None, got {state!r}")
+
+
+def load_flow(spec: str) -> Flow:
+    """Import a flow named ``package.module:attribute`` (for ``--flow``).
+
+    Raises ``ValueError`` with a one-line reason when it cannot.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--flow must look like MODULE:ATTR, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import flow module {module_name!r}: {error}") from None
+    try:
+        flow = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not (isinstance(flow, State) or callable(flow)):
+        raise ValueError(f"{spec} is neither a State nor a callable that makes one")
+    return flow  # type: ignore[no-any-return]
+
+
+def snapshot(state: State) -> tuple[str, dict[str, Any]]:
+    """A state's class path and plain-data fields, for saving."""
+    cls = type(state)
+    if dataclasses.is_dataclass(state):
+        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    else:
+        fields = dict(vars(state))
+    return f"{cls.__module__}:{cls.__qualname__}", fields
+
+
+def restore(class_path: str, fields: dict[str, Any]) -> State:
+    """Rebuild a state saved by :func:`snapshot`.
+
+    Raises ``LookupError`` when the class no longer exists or no longer
+    accepts those fields (the flow's code changed).
+    """
+    module_name, _, qualname = class_path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise LookupError(f"state class {class_path} is gone: {error}") from None
+    if not (isinstance(target, type) and issubclass(target, State)):
+        raise LookupError(f"{class_path} is no longer a State")
+    try:
+        if dataclasses.is_dataclass(target):
+            return target(**fields)
+        state = target.__new__(target)
+        state.__dict__.update(fields)
+        return state
+    except TypeError as error:
+        raise LookupError(f"state {class_path} changed its fields: {error}") from None
