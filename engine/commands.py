@@ -9,8 +9,9 @@ frozen, slotted dataclasses they compare by value, so a test can write::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)

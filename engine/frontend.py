@@ -11,6 +11,7 @@ A third frontend is a subclass that fills in :meth:`deliver` and :meth:`ask`.
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
 
 from engine.commands import Choose, Command, Input, Print
 
@@ -43,7 +44,7 @@ class Frontend:
     name = "generic"
     extra_commands: tuple[type[Command], ...] = ()
     #: Override per frontend, e.g. to mention ``/start``; an empty text says nothing.
-    notices: dict[Notice, str] = {}
+    notices: ClassVar[dict[Notice, str]] = {}
 
     def deliver(self, key: Key, command: Command) -> None:
         """Show a Print (or one of `extra_commands`) to the user."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable, Generator, Union
+from collections.abc import Callable, Generator
+from typing import Any
 
 from engine.commands import Command
 
@@ -44,10 +45,10 @@ class Entered:
 
 
 #: What a conversation generator yields.
-Conversation = Generator[Union[Command, Entered], Any, None]
+Conversation = Generator[Command | Entered, Any, None]
 
 #: A flow: the first state, or anything that makes it when called.
-Flow = Union[State, Callable[[], State]]
+Flow = State | Callable[[], State]
 
 
 def first_state(flow: Flow) -> State:

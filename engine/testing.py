@@ -1,0 +1,254 @@
+"""Test a flow without a network, a frontend or a mock library.
+
+Two styles, for two needs (after redux-saga's advice):
+
+* Step level, :class:`FlowTest`: look at each command the flow yields and
+  answer it, with plain ``assert``::
+
+      flow = FlowTest(AskCity())
+      assert flow.command == Input("Name a city: ")
+      flow.answer("London")
+      assert flow.command == Call(search_places, "London")
+      flow.returns([])
+      flow.expect(Print("Found nothing"))
+
+* Outcome level, :func:`check_transcript`: the whole dialogue as text, so a
+  test does not break each time a step is added in the middle::
+
+      check_transcript(WeatherFlow(), '''
+          bot: Name a city:
+          you: Atlantis
+          call: search_places
+          bot: Found nothing
+          ...
+      ''', calls={"search_places": lambda name: []})
+
+Both are strict: an unexpected command, or a missing one, fails with the
+dialogue so far and what was expected next.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from engine.commands import Call, Choose, Command, Input, Print, Sleep
+from engine.frontend import Notice
+from engine.states import Conversation, Entered, Flow, State, conversation
+
+__all__ = ["FlowMismatch", "FlowTest", "check_transcript", "render"]
+
+
+class FlowMismatch(AssertionError):
+    """The flow did something other than what the test expected."""
+
+
+def render(command: Command) -> list[str]:
+    """A command as transcript lines: ``bot: ...``, ``call: ...``, ``sleep: ...``."""
+    if isinstance(command, Print):
+        return [f"bot: {line}".rstrip() for line in command.text.split("\n")]
+    if isinstance(command, Input):
+        return [f"bot: {command.prompt}".rstrip()] if command.prompt else []
+    if isinstance(command, Choose):
+        return [f"bot: {line}".rstrip() for line in [command.prompt, *command.numbered()]]
+    if isinstance(command, Call):
+        arguments = [repr(a) for a in command.args]
+        arguments += [f"{k}={v!r}" for k, v in command.kwargs.items()]
+        return [f"call: {_short_name(command)}({', '.join(arguments)})"]
+    if isinstance(command, Sleep):
+        return [f"sleep: {command.seconds:g}"]
+    return [f"bot: {command!r}"]
+
+
+class FlowTest:
+    """Steps one conversation of a flow, command by command.
+
+    `command` is what the flow is waiting on now (``None`` once it ended);
+    `state` is the state it is in; `transcript` is the dialogue so far, as
+    the lines :func:`check_transcript` uses.
+    """
+
+    def __init__(self, flow: Flow) -> None:
+        self._steps: Conversation = conversation(flow)
+        self.command: Command | None = None
+        self.state: State | None = None
+        self.transcript: list[str] = []
+        self._advance(None, None)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the conversation has ended."""
+        return self.command is None
+
+    # -- answering the current command ---------------------------------
+
+    def answer(self, text: str) -> Command | None:
+        """Answer the pending ``Input`` or ``Choose`` as a user would type it.
+
+        A ``Choose`` is validated the way the engine does it: an answer that
+        names no option adds ``Try again`` to the transcript and the same
+        question stays pending.
+        """
+        question = self._require(Input, Choose)
+        self.transcript.append(f"you: {text}")
+        if isinstance(question, Choose):
+            option = question.match(text)
+            if option is None:
+                self.transcript.append(f"bot: {Notice.TRY_AGAIN.value}")
+                self.transcript.extend(render(question))
+                return self.command
+            return self._advance(option, None)
+        return self._advance(text, None)
+
+    def returns(self, value: Any) -> Command | None:
+        """Answer the pending ``Call`` with `value`, as if the function returned it."""
+        self._require(Call)
+        return self._advance(value, None)
+
+    def raises(self, error: BaseException) -> Command | None:
+        """Answer the pending ``Call`` by raising `error` at its ``yield``."""
+        self._require(Call)
+        self.transcript.append(f"  raised {error!r}")
+        return self._advance(None, error)
+
+    def resume(self) -> Command | None:
+        """Let a pending ``Print``, ``Sleep`` (or other output) complete."""
+        self._require(Command)
+        if isinstance(self.command, (Input, Choose, Call)):
+            self._fail(f"{type(self.command).__name__} needs an answer, not resume()")
+        return self._advance(None, None)
+
+    def expect(self, command: Command) -> Command | None:
+        """Check the pending command equals `command`; resume it if it is output."""
+        if self.command != command:
+            self._fail(f"expected {command!r}")
+        if isinstance(command, (Input, Choose, Call)):
+            return self.command
+        return self.resume()
+
+    def throw(self, error: BaseException) -> Command | None:
+        """Raise `error` inside the flow at its current ``yield`` (e.g. a cancel)."""
+        self._require(Command)
+        return self._advance(None, error)
+
+    # -- internals -------------------------------------------------------
+
+    def _advance(self, value: Any, error: BaseException | None) -> Command | None:
+        try:
+            step = self._steps.throw(error) if error else self._steps.send(value)
+            while isinstance(step, Entered):
+                self.state = step.state
+                step = next(self._steps)
+        except StopIteration:
+            self.command, self.state = None, None
+            return None
+        self.command = step
+        self.transcript.extend(render(step))
+        return step
+
+    def _require(self, *kinds: type[Command]) -> Command:
+        if self.command is None:
+            self._fail("the flow has ended")
+        if not isinstance(self.command, kinds):
+            wanted = " or ".join(k.__name__ for k in kinds)
+            self._fail(f"expected the flow to wait on {wanted}")
+        assert self.command is not None
+        return self.command
+
+    def _fail(self, what: str) -> None:
+        now = "the flow has ended" if self.command is None else f"it is at {self.command!r}"
+        raise FlowMismatch(f"{what}, but {now}\n{_show_dialogue(self.transcript)}")
+
+
+def check_transcript(
+    flow: Flow,
+    script: str,
+    calls: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    finished: bool = True,
+) -> FlowTest:
+    """Run `flow` against a dialogue written as text; fail on any difference.
+
+    Lines are ``bot: <text>`` (a Print, an Input's prompt, a Choose's prompt
+    and its numbered options), ``you: <answer>``, ``call: <name>`` or
+    ``call: <name>(<args as repr>)``, and ``sleep: <seconds>``. Each Call is
+    answered by the fake in `calls` of that function's name: a plain function
+    taking the same arguments, whose return value or exception goes back into
+    the flow. With `finished` the flow must end where the script ends.
+    Returns the :class:`FlowTest`, to look further.
+    """
+    expected = _script_lines(script)
+    fakes = dict(calls or {})
+    test = FlowTest(flow)
+    checked = 0
+    while True:
+        said = [line for line in test.transcript if not line.startswith("  ")]
+        for index in range(checked, len(said)):
+            wanted = expected[index] if index < len(expected) else "(the end)"
+            if not _same_line(said[index], wanted):
+                raise FlowMismatch(
+                    f"transcript line {index + 1}: expected {wanted!r}, the flow gave "
+                    f"{said[index]!r}\n{_show_dialogue(test.transcript)}"
+                )
+        checked = len(said)
+        command = test.command
+        if command is None:
+            if checked < len(expected):
+                raise FlowMismatch(
+                    f"the flow ended, but the transcript goes on with {expected[checked]!r}"
+                    f"\n{_show_dialogue(test.transcript)}"
+                )
+            return test
+        if checked >= len(expected) and isinstance(command, (Input, Choose)):
+            if not finished:
+                return test
+            raise FlowMismatch(
+                f"the transcript ended, but the flow goes on with {command!r}"
+                f"\n{_show_dialogue(test.transcript)}"
+            )
+        if isinstance(command, (Input, Choose)):
+            line = expected[checked]
+            if not line.startswith("you:"):
+                raise FlowMismatch(
+                    f"transcript line {checked + 1}: expected {line!r}, but the flow waits "
+                    f"for an answer to {command!r}\n{_show_dialogue(test.transcript)}"
+                )
+            test.answer(line[len("you:"):].strip())
+        elif isinstance(command, Call):
+            fake = fakes.get(_short_name(command)) or fakes.get(command.name)
+            if fake is None:
+                raise FlowMismatch(
+                    f"no fake given for {command!r}: pass calls={{{_short_name(command)!r}: ...}}"
+                    f"\n{_show_dialogue(test.transcript)}"
+                )
+            try:
+                result = fake(*command.args, **command.kwargs)
+            except Exception as error:  # the fake's exception goes into the flow
+                test.raises(error)
+            else:
+                test.returns(result)
+        else:
+            test.resume()
+
+
+def _short_name(command: Call) -> str:
+    return getattr(command.fn, "__name__", None) or command.name
+
+
+def _script_lines(script: str) -> list[str]:
+    lines = [line.strip() for line in textwrap.dedent(script).strip("\n").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _same_line(actual: str, wanted: str) -> bool:
+    if actual.startswith("call: ") and "(" not in wanted:
+        return actual.split("(", 1)[0] == wanted.rstrip()
+    if actual.startswith("you: ") and wanted.startswith("you:"):
+        return actual[4:].strip() == wanted[4:].strip()
+    return actual.rstrip() == wanted.rstrip()
+
+
+def _show_dialogue(lines: Iterable[str]) -> str:
+    shown = list(lines)
+    return "dialogue so far:\n" + ("\n".join(f"    {line}" for line in shown) or "    (nothing)")
