@@ -121,3 +121,12 @@ class UnsupportedCommand(TypeError):
         )
         self.command = command
         self.frontend = frontend
+
+
+class Cancelled(BaseException):
+    """Raised inside a flow, at its current ``yield``, when it is cancelled.
+
+    It derives from ``BaseException`` (like ``GeneratorExit``) so that a
+    flow's ``except Exception`` does not swallow it, while its ``finally`` and
+    ``with`` blocks still run.
+    """

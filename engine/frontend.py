@@ -60,6 +60,13 @@ class Frontend:
         if text:
             self.deliver(key, Print(text))
 
+    def restored(self, key: Key, question: Input | Choose) -> None:
+        """After a restart, `key` waits on `question`, already asked before. Optional.
+
+        A chat needs nothing (the question is on screen); a terminal, started
+        anew, shows it again by calling :meth:`ask`.
+        """
+
     def working(self, key: Key, command: Command) -> None:
         """A slow command (Call, Sleep) began; e.g. show "typing…". Optional."""
 

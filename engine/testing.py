@@ -30,14 +30,15 @@ dialogue so far and what was expected next.
 from __future__ import annotations
 
 import textwrap
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from engine.commands import Call, Choose, Command, Input, Print, Sleep
-from engine.frontend import Notice
+from engine.frontend import Frontend, Notice
 from engine.states import Conversation, Entered, Flow, State, conversation
 
-__all__ = ["FlowMismatch", "FlowTest", "check_transcript", "render"]
+__all__ = ["FlowMismatch", "FlowTest", "RecordingFrontend", "check_transcript", "render"]
 
 
 class FlowMismatch(AssertionError):
@@ -252,3 +253,62 @@ def _same_line(actual: str, wanted: str) -> bool:
 def _show_dialogue(lines: Iterable[str]) -> str:
     shown = list(lines)
     return "dialogue so far:\n" + ("\n".join(f"    {line}" for line in shown) or "    (nothing)")
+
+
+class RecordingFrontend(Frontend):
+    """A frontend that writes down everything, for tests of the scheduler.
+
+    Each key's `log` is a list of transcript lines, as :func:`render` makes
+    them, plus ``ended``. :meth:`wait_for` blocks (with a timeout) until a
+    key's log satisfies a test.
+    """
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.log: dict[str, list[str]] = {}
+        self.asked: dict[str, Input | Choose] = {}
+        self._changed = threading.Condition()
+
+    def deliver(self, key: str, command: Command) -> None:
+        """Write the Print down."""
+        self._write(key, render(command))
+
+    def ask(self, key: str, question: Input | Choose) -> None:
+        """Write the question down; it stays in `asked` until the next one."""
+        self.asked[key] = question
+        self._write(key, render(question))
+
+    def restored(self, key: str, question: Input | Choose) -> None:
+        """Note the question that a rebuilt conversation waits on."""
+        self.asked[key] = question
+        self._write(key, ["(restored)"])
+
+    def ended(self, key: str) -> None:
+        """Write ``ended``."""
+        self.asked.pop(key, None)
+        self._write(key, ["ended"])
+
+    def lines(self, key: str) -> list[str]:
+        """What `key` was shown so far."""
+        with self._changed:
+            return list(self.log.get(key, []))
+
+    def wait_for(self, key: str, line: str, timeout: float = 5.0) -> list[str]:
+        """Wait until `line` is in `key`'s log; return the log, or fail."""
+        return self.wait_until(lambda: line in self.log.get(key, []), timeout, key)
+
+    def wait_until(
+        self, test: Callable[[], bool], timeout: float = 5.0, key: str | None = None
+    ) -> list[str]:
+        """Wait until `test()` is true (checked on each change); fail after `timeout`."""
+        with self._changed:
+            if not self._changed.wait_for(test, timeout):
+                shown = self.log.get(key, []) if key is not None else sorted(self.log)
+                raise AssertionError(f"timed out after {timeout} s; log: {shown}")
+            return list(self.log.get(key, [])) if key is not None else []
+
+    def _write(self, key: str, lines: list[str]) -> None:
+        with self._changed:
+            self.log.setdefault(key, []).extend(lines)
+            self._changed.notify_all()
