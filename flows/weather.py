@@ -1,0 +1,167 @@
+"""The weather flow: name a city, pick the place you mean, read its weather.
+
+::
+
+    AskCity ──one place──▶ ShowWeather ──▶ AskAgain ──continue──▶ AskCity
+       │  ▲                    ▲              │
+       │  └─nothing found,     │              └──quit──▶ (end)
+       │    service down───────┘ (also from ShowWeather)
+       └──several places──▶ ChoosePlace
+
+All HTTP happens in ``Call(search_places, city)`` and
+``Call(current_weather, latitude, longitude)``, so tests answer those calls
+instead of reaching Open-Meteo. A place without a country is shown without
+the parentheses: ``Found Antarctica at latitude -78.15856 and longitude
+16.40626``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.commands import Call, Choose, Input, Print
+from engine.states import State, Steps
+from flows.openmeteo import (
+    Place,
+    ServiceUnavailable,
+    Weather,
+    compass_point,
+    current_weather,
+    search_places,
+)
+
+__all__ = [
+    "CITY_PROMPT",
+    "MAX_CHOICES",
+    "NEXT_PROMPT",
+    "NOTHING_FOUND",
+    "PLACE_PROMPT",
+    "TERMINATING",
+    "UNAVAILABLE",
+    "AskAgain",
+    "AskCity",
+    "ChoosePlace",
+    "ShowWeather",
+    "WeatherFlow",
+    "conditions",
+    "found",
+    "place_labels",
+]
+
+CITY_PROMPT = "Name a city: "
+NOTHING_FOUND = "Found nothing"
+PLACE_PROMPT = "Which one do you mean?"
+NEXT_PROMPT = "What next?"
+UNAVAILABLE = "The weather service is unavailable right now, please try again later."
+TERMINATING = "Terminating"
+#: How many places a user is offered when a name is ambiguous.
+MAX_CHOICES = 5
+
+
+def found(place: Place) -> str:
+    """``Found London (United Kingdom) at latitude 51.50853 and longitude -0.12574``."""
+    where = f"{place.name} ({place.country})" if place.country else place.name
+    return f"Found {where} at latitude {place.latitude} and longitude {place.longitude}"
+
+
+def conditions(weather: Weather) -> str:
+    """The line after the temperature: ``Overcast, wind 4.8 km/h from the north``."""
+    text = weather.description
+    if weather.wind_speed is not None:
+        if weather.wind_speed == 0:
+            text += ", no wind"
+        else:
+            text += f", wind {weather.wind_speed} km/h"
+            if weather.wind_direction is not None:
+                text += f" from the {compass_point(weather.wind_direction)}"
+    return text
+
+
+def place_labels(places: tuple[Place, ...]) -> list[str]:
+    """``name, region, country`` per place, skipping missing parts, all distinct.
+
+    A label that repeats an earlier one (ignoring case, as ``Choose`` matches
+    answers) gets `` (2)``, `` (3)``... appended.
+    """
+    labels: list[str] = []
+    taken: set[str] = set()
+    for place in places:
+        parts = [place.name, place.admin1, place.country]
+        base = ", ".join(dict.fromkeys(part for part in parts if part))
+        label, number = base, 1
+        while label.casefold() in taken or label.isdigit():
+            number += 1
+            label = f"{base} ({number})"
+        taken.add(label.casefold())
+        labels.append(label)
+    return labels
+
+
+@dataclass(frozen=True)
+class AskCity(State):
+    """Ask for a city and look it up; the flow's first state."""
+
+    def run(self) -> Steps:
+        city = ""
+        while not city:
+            answer = yield Input(CITY_PROMPT)
+            city = str(answer or "").strip()
+        try:
+            places: list[Place] = yield Call(search_places, city)
+        except ServiceUnavailable:
+            yield Print(UNAVAILABLE)
+            return AskCity()
+        if not places:
+            yield Print(NOTHING_FOUND)
+            return AskCity()
+        if len(places) == 1:
+            return ShowWeather(places[0])
+        return ChoosePlace(tuple(places[:MAX_CHOICES]))
+
+
+#: The flow's start, for ``--flow flows.weather:WeatherFlow`` (the default).
+WeatherFlow = AskCity
+
+
+@dataclass(frozen=True)
+class ChoosePlace(State):
+    """Several places share the name: let the user pick one."""
+
+    places: tuple[Place, ...]
+
+    def run(self) -> Steps:
+        labels = place_labels(self.places)
+        label = yield Choose(PLACE_PROMPT, labels)
+        return ShowWeather(self.places[labels.index(label)])
+
+
+@dataclass(frozen=True)
+class ShowWeather(State):
+    """Say which place was found and what its weather is now."""
+
+    place: Place
+
+    def run(self) -> Steps:
+        yield Print(found(self.place))
+        try:
+            weather: Weather = yield Call(
+                current_weather, self.place.latitude, self.place.longitude
+            )
+        except ServiceUnavailable:
+            yield Print(UNAVAILABLE)
+            return AskCity()
+        yield Print(f"Current temperature is {weather.temperature} °C")
+        yield Print(conditions(weather))
+        return AskAgain()
+
+
+@dataclass(frozen=True)
+class AskAgain(State):
+    """Another city, or the end."""
+
+    def run(self) -> Steps:
+        choice = yield Choose(NEXT_PROMPT, ["continue", "quit"])
+        if choice == "quit":
+            yield Print(TERMINATING)
+            return None
+        return AskCity()
