@@ -1,12 +1,15 @@
 """The weather flow: name a city, pick the place you mean, read its weather.
 
-::
+States, in order:
 
-    AskCity ──one place──▶ ShowWeather ──▶ AskAgain ──continue──▶ AskCity
-       │  ▲                    ▲              │
-       │  └─nothing found,     │              └──quit──▶ (end)
-       │    service down───────┘ (also from ShowWeather)
-       └──several places──▶ ChoosePlace
+* ``AskCity`` (also ``WeatherFlow``, the start): ask a city (blank: ask
+  again), search it; nothing found or service unavailable -> ``AskCity``,
+  one place -> ``ShowWeather``, several -> ``ChoosePlace``.
+* ``ChoosePlace``: offer the first five as ``name, region, country`` ->
+  ``ShowWeather``.
+* ``ShowWeather``: say where it is and read its weather; service
+  unavailable -> ``AskCity``, else -> ``AskAgain``.
+* ``AskAgain``: ``continue`` -> ``AskCity``; ``quit`` -> the end.
 
 All HTTP happens in ``Call(search_places, city)`` and
 ``Call(current_weather, latitude, longitude)``, so tests answer those calls
