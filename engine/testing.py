@@ -29,6 +29,7 @@ dialogue so far and what was expected next.
 
 from __future__ import annotations
 
+import copy
 import textwrap
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -36,7 +37,7 @@ from typing import Any
 
 from engine.commands import Call, Choose, Command, Input, Print, Sleep
 from engine.frontend import Frontend, Notice
-from engine.states import Conversation, Entered, Flow, State, conversation
+from engine.states import Conversation, Entered, Flow, State, conversation, first_state
 
 __all__ = ["FlowMismatch", "FlowTest", "RecordingFrontend", "check_transcript", "render"]
 
@@ -71,7 +72,10 @@ class FlowTest:
     """
 
     def __init__(self, flow: Flow) -> None:
-        self._steps: Conversation = conversation(flow)
+        self._start = copy.deepcopy(first_state(flow))
+        self._steps: Conversation = conversation(copy.deepcopy(self._start))
+        #: Every command answered so far, with what was sent in: (command, value, error).
+        self.history: list[tuple[Command, Any, BaseException | None]] = []
         self.command: Command | None = None
         self.state: State | None = None
         self.transcript: list[str] = []
@@ -135,7 +139,36 @@ class FlowTest:
 
     # -- internals -------------------------------------------------------
 
+    def check_replay(self) -> None:
+        """Replay this dialogue into a fresh conversation; fail if it goes differently.
+
+        This is what the journal does after a restart, so a flow that fails
+        here would not survive one: something non-deterministic (the time,
+        randomness, I/O) happens outside a ``Call``.
+        """
+        replay = conversation(copy.deepcopy(self._start))
+        sent: Any = None
+        error: BaseException | None = None
+        for number, (recorded, value, raised) in enumerate(self.history, 1):
+            try:
+                command = replay.throw(error) if error is not None else replay.send(sent)
+                while isinstance(command, Entered):
+                    command = next(replay)
+            except StopIteration:
+                command = None
+            if command != recorded:
+                raise FlowMismatch(
+                    f"the flow is not deterministic: at step {number} it yielded {command!r} "
+                    f"on replay, {recorded!r} the first time. Is something non-deterministic "
+                    f"(time, randomness, I/O) done outside a Call?"
+                    f"\n{_show_dialogue(self.transcript)}"
+                )
+            sent, error = value, raised
+        replay.close()
+
     def _advance(self, value: Any, error: BaseException | None) -> Command | None:
+        if self.command is not None:
+            self.history.append((self.command, value, error))
         try:
             step = self._steps.throw(error) if error else self._steps.send(value)
             while isinstance(step, Entered):
@@ -168,6 +201,7 @@ def check_transcript(
     calls: Mapping[str, Callable[..., Any]] | None = None,
     *,
     finished: bool = True,
+    replay: bool = True,
 ) -> FlowTest:
     """Run `flow` against a dialogue written as text; fail on any difference.
 
@@ -177,6 +211,9 @@ def check_transcript(
     answered by the fake in `calls` of that function's name: a plain function
     taking the same arguments, whose return value or exception goes back into
     the flow. With `finished` the flow must end where the script ends.
+    With `replay` (the default) the dialogue is then replayed into a fresh
+    conversation, as the journal would after a restart, and must go exactly
+    the same way (see :meth:`FlowTest.check_replay`).
     Returns the :class:`FlowTest`, to look further.
     """
     expected = _script_lines(script)
@@ -200,9 +237,13 @@ def check_transcript(
                     f"the flow ended, but the transcript goes on with {expected[checked]!r}"
                     f"\n{_show_dialogue(test.transcript)}"
                 )
+            if replay:
+                test.check_replay()
             return test
         if checked >= len(expected) and isinstance(command, (Input, Choose)):
             if not finished:
+                if replay:
+                    test.check_replay()
                 return test
             raise FlowMismatch(
                 f"the transcript ended, but the flow goes on with {command!r}"
