@@ -1,0 +1,381 @@
+"""The SQLite journal: conversations survive a restart of the scheduler.
+
+These tests run the real scheduler on a real state file, stop it in the
+middle of conversations (as a crash would leave them: nothing is ended), and
+start a new scheduler on the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Call, Choose, Input, Print, Sleep, State
+from engine.journal import JournalError, SqliteJournal
+from engine.scheduler import Scheduler
+from engine.states import Steps
+from engine.testing import RecordingFrontend
+
+CALLS: list[int] = []
+
+
+def double(number: int) -> int:
+    """A side effect the tests count: it must not run again on replay."""
+    CALLS.append(number)
+    return number * 2
+
+
+@dataclass
+class Round(State):
+    """Ask a number, double it in a Call, then continue or quit."""
+
+    number: int = 0
+
+    def run(self) -> Steps:
+        yield Print(f"round {self.number}")
+        text = yield Input("Number? ")
+        doubled = yield Call(double, int(text))
+        yield Print(f"doubled: {doubled}")
+        if (yield Choose("Again?", ["continue", "quit"])) == "continue":
+            return Round(self.number + 1)
+        yield Print("bye")
+        return None
+
+
+@dataclass
+class Napping(State):
+    """Sleeps between two questions."""
+
+    def run(self) -> Steps:
+        yield Input("First? ")
+        yield Sleep(0.2)
+        yield Print("woke up")
+        yield Input("Second? ")
+        return None
+
+
+class Running:
+    """A scheduler on a state file, stopped without ending its conversations."""
+
+    def __init__(self, path: Path, flow: Any = Round) -> None:
+        self.frontend = RecordingFrontend()
+        self.journal = SqliteJournal(path)
+        self.scheduler = Scheduler(self.frontend, flow, journal=self.journal)
+        self.scheduler.start()
+
+    def crash(self) -> None:
+        self.scheduler.stop()
+        self.journal.close()
+
+
+@pytest.fixture
+def state_file(tmp_path: Path) -> Iterator[Path]:
+    CALLS.clear()
+    yield tmp_path / "state.sqlite3"
+
+
+def test_a_question_pending_at_a_restart_is_simply_answered(state_file: Path) -> None:
+    first = Running(state_file)
+    first.scheduler.begin("ann", source=1)
+    first.scheduler.send("ann", "21", source=2)
+    first.frontend.wait_for("ann", "bot: 1) quit")
+    first.crash()
+
+    second = Running(state_file)
+    try:
+        second.scheduler.send("ann", "quit", source=3)
+        lines = second.frontend.wait_for("ann", "ended")
+    finally:
+        second.crash()
+    assert lines == ["(restored)", "bot: bye", "ended"]  # nothing shown twice
+    assert CALLS == [21]  # the Call was not run again
+
+
+def test_an_update_already_taken_is_not_taken_again(state_file: Path) -> None:
+    first = Running(state_file)
+    first.scheduler.begin("ann", source=10)
+    first.scheduler.send("ann", "1", source=11)
+    first.frontend.wait_for("ann", "bot: 1) quit")
+    first.crash()
+
+    second = Running(state_file)
+    try:
+        assert second.scheduler.last_source == 11
+        second.scheduler.send("ann", "1", source=11)  # Telegram delivers it again
+        second.scheduler.send("ann", "continue", source=12)
+        lines = second.frontend.wait_for("ann", "bot: Number?")
+    finally:
+        second.crash()
+    assert lines == ["(restored)", "bot: round 1", "bot: Number?"]
+
+
+def test_a_pending_call_runs_again_after_a_restart(state_file: Path) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(number: int) -> int:
+        entered.set()
+        release.wait(5)
+        return number
+
+    @dataclass
+    class Waits(State):
+        def run(self) -> Steps:
+            text = yield Input("Number? ")
+            value = yield Call(stuck, int(text))
+            yield Print(f"got {value}")
+            return None
+
+    _register(Waits)
+    first = Running(state_file, Waits)
+    first.scheduler.begin("ann")
+    first.scheduler.send("ann", "7")
+    assert entered.wait(5)
+    first.crash()  # the call is still running: abandoned
+    release.set()
+
+    second = Running(state_file, Waits)
+    try:
+        lines = second.frontend.wait_for("ann", "ended")
+    finally:
+        second.crash()
+    assert lines == ["bot: got 7", "ended"]
+
+
+def test_a_pending_sleep_is_slept_after_a_restart(state_file: Path) -> None:
+    first = Running(state_file, Napping)
+    first.scheduler.begin("ann")
+    first.scheduler.send("ann", "one")
+    first.crash()
+
+    second = Running(state_file, Napping)
+    try:
+        lines = second.frontend.wait_for("ann", "bot: Second?")
+    finally:
+        second.crash()
+    assert lines == ["bot: woke up", "bot: Second?"]
+
+
+def test_messages_waiting_in_a_mailbox_survive_a_restart(state_file: Path) -> None:
+    release = threading.Event()
+
+    def slow(text: str) -> str:
+        release.wait(5)
+        return text
+
+    @dataclass
+    class Echo(State):
+        def run(self) -> Steps:
+            text = yield Input("Say: ")
+            yield Print((yield Call(slow, text)))
+            yield Print(f"then {(yield Input())}")
+            yield Print(f"and {(yield Input())}")
+            return None
+
+    _register(Echo)
+    first = Running(state_file, Echo)
+    first.scheduler.begin("ann")
+    for text in ["a", "b", "c"]:  # b and c wait while the call runs
+        first.scheduler.send("ann", text)
+    first.frontend.wait_until(lambda: first.scheduler.running() == 1)
+    first.crash()
+    release.set()
+
+    second = Running(state_file, Echo)
+    try:
+        lines = second.frontend.wait_for("ann", "ended")
+    finally:
+        second.crash()
+    assert lines == ["bot: a", "bot: then b", "bot: and c", "ended"]
+
+
+def test_a_conversation_that_loops_keeps_a_small_journal(state_file: Path) -> None:
+    running = Running(state_file)
+    scheduler = running.scheduler
+    try:
+        scheduler.begin("ann")
+        for number in range(1000):
+            scheduler.send("ann", str(number))
+            scheduler.send("ann", "continue")
+        running.frontend.wait_for("ann", "bot: round 1000", timeout=30)
+        rows = _count_rows(running.journal)
+    finally:
+        running.crash()
+    assert rows == {"conversations": 1, "steps": 0, "mailbox": 0}
+    assert state_file.stat().st_size < 64 * 1024
+
+
+def test_ended_conversations_are_removed(state_file: Path) -> None:
+    running = Running(state_file)
+    try:
+        running.scheduler.begin("ann")
+        running.scheduler.send("ann", "1")
+        running.scheduler.send("ann", "quit")
+        running.scheduler.begin("bob")
+        running.scheduler.cancel("bob")
+        running.frontend.wait_for("ann", "ended")
+        running.frontend.wait_for("bob", "ended")
+        rows = _count_rows(running.journal)
+    finally:
+        running.crash()
+    assert rows == {"conversations": 0, "steps": 0, "mailbox": 0}
+
+
+# -- changed code ------------------------------------------------------------
+
+
+@dataclass
+class Before(State):
+    def run(self) -> Steps:
+        yield Input("Your name? ")
+        yield Input("Your city? ")
+        return None
+
+
+@dataclass
+class After(State):
+    def run(self) -> Steps:
+        yield Choose("Tea or coffee?", ["tea", "coffee"])  # asked where a name was
+        return None
+
+
+def test_a_changed_flow_starts_over_and_says_so(state_file: Path) -> None:
+    first = Running(state_file, Before)
+    first.scheduler.begin("ann")
+    first.scheduler.send("ann", "Ann")
+    first.frontend.wait_for("ann", "bot: Your city?")
+    first.crash()
+
+    Before.run = After.run  # type: ignore[method-assign]  # the code is edited
+    try:
+        second = Running(state_file, After)
+        try:
+            lines = second.frontend.wait_for("ann", "bot: Tea or coffee?")
+            second.scheduler.send("ann", "Ann")  # not fed to the new question
+            lines = second.frontend.wait_for("ann", "bot: Try again")
+        finally:
+            second.crash()
+    finally:
+        Before.run = _BEFORE_RUN  # type: ignore[method-assign]
+    assert lines[0] == "bot: The bot was updated, so this conversation starts over."
+
+
+_BEFORE_RUN = Before.run
+
+
+def test_a_removed_state_class_starts_over(state_file: Path) -> None:
+    @dataclass
+    class Doomed(State):
+        def run(self) -> Steps:
+            yield Input("Still there? ")
+            return None
+
+    _register(Doomed)
+    first = Running(state_file, Doomed)
+    first.scheduler.begin("ann")
+    first.frontend.wait_for("ann", "bot: Still there?")
+    first.crash()
+    del sys.modules[__name__].__dict__["Doomed"]  # the class is deleted from the code
+
+    second = Running(state_file, Round)
+    try:
+        lines = second.frontend.wait_for("ann", "bot: Number?")
+    finally:
+        second.crash()
+    assert lines == [
+        "bot: The bot was updated, so this conversation starts over.",
+        "bot: round 0",
+        "bot: Number?",
+    ]
+
+
+# -- bad state files -----------------------------------------------------------
+
+
+def test_a_damaged_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(JournalError, match=f"^{path}: .*damaged"):
+        SqliteJournal(path)
+    assert path.read_bytes() == b"this is not a database" * 100
+
+
+def test_a_file_in_use_by_another_instance_is_refused(state_file: Path) -> None:
+    first = SqliteJournal(state_file)
+    try:
+        with pytest.raises(JournalError, match="in use by another running instance"):
+            SqliteJournal(state_file)
+    finally:
+        first.close()
+
+
+def test_a_read_only_file_is_refused(state_file: Path) -> None:
+    SqliteJournal(state_file).close()
+    before = state_file.read_bytes()
+    os.chmod(state_file, 0o444)
+    with pytest.raises(JournalError, match="read-only"):
+        SqliteJournal(state_file)
+    assert state_file.read_bytes() == before
+
+
+def test_a_file_from_a_newer_version_is_refused(state_file: Path) -> None:
+    SqliteJournal(state_file).close()
+    with closing(sqlite3.connect(state_file)) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    with pytest.raises(JournalError, match="newer version"):
+        SqliteJournal(state_file)
+
+
+def test_another_programs_database_is_refused(state_file: Path) -> None:
+    with closing(sqlite3.connect(state_file)) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER)")
+        connection.commit()
+    with pytest.raises(JournalError, match="not a state file"):
+        SqliteJournal(state_file)
+    with closing(sqlite3.connect(state_file)) as connection:
+        assert connection.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
+
+
+def test_a_result_that_cannot_be_saved_restarts_that_conversation(state_file: Path) -> None:
+    @dataclass
+    class Lock(State):
+        def run(self) -> Steps:
+            lock = yield Call(threading.Lock)  # a lock cannot be pickled
+            yield Input(f"Got {type(lock).__name__}. Name? ")
+            return None
+
+    _register(Lock)
+    first = Running(state_file, Lock)
+    first.scheduler.begin("ann")
+    first.frontend.wait_for("ann", "bot: Got lock. Name?")
+    first.crash()
+
+    second = Running(state_file, Lock)
+    try:
+        lines = second.frontend.wait_for("ann", "bot: Got lock. Name?")
+    finally:
+        second.crash()
+    assert lines[0] == "bot: The bot was updated, so this conversation starts over."
+
+
+def _register(cls: type) -> None:
+    """Make a state class defined in a test importable by name, as a real one is."""
+    cls.__qualname__ = cls.__name__
+    setattr(sys.modules[__name__], cls.__name__, cls)
+
+
+def _count_rows(journal: SqliteJournal) -> dict[str, int]:
+    connection = journal._connection
+    return {
+        table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        for table in ("conversations", "steps", "mailbox")
+    }
