@@ -103,42 +103,49 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conversations (
-    key TEXT PRIMARY KEY, state_class TEXT NOT NULL, state_fields BLOB NOT NULL
+    key TEXT PRIMARY KEY, state_class TEXT NOT NULL, state_fields BLOB NOT NULL,
+    since INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS steps (
-    key TEXT NOT NULL, seq INTEGER NOT NULL, fingerprint TEXT NOT NULL,
-    value BLOB, error BLOB, PRIMARY KEY (key, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS mailbox (
-    key TEXT NOT NULL, seq INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (key, seq)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, steps BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS mailbox (key TEXT PRIMARY KEY, texts BLOB NOT NULL) WITHOUT ROWID;
 """
 
-_SAVE_STATE = "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)"
-_DROP_STEPS = "DELETE FROM steps WHERE key = ?"
-_ADD_STEP = "INSERT INTO steps VALUES (?, ?, ?, ?, ?)"
-_ADD_MAIL = "INSERT INTO mailbox VALUES (?, ?, ?)"
-_TAKE_MAIL = (
-    "DELETE FROM mailbox WHERE key = ?1 AND seq = (SELECT MIN(seq) FROM mailbox WHERE key = ?1)"
-)
+_SAVE_STATE = "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?)"
 _DROP_CONVERSATION = "DELETE FROM conversations WHERE key = ?"
+_SAVE_MAILBOX = "INSERT OR REPLACE INTO mailbox VALUES (?, ?)"
 _DROP_MAILBOX = "DELETE FROM mailbox WHERE key = ?"
+_ADD_BATCH = "INSERT INTO batches VALUES (?, ?)"
+_DROP_BATCH = "DELETE FROM batches WHERE id = ?"
+_SAVE_SOURCE = "INSERT OR REPLACE INTO meta VALUES ('last_source', ?)"
 _UNREADABLE = "(a value that could not be saved or read back)"
+#: Values SQLite's pickle-free path can keep as they are.
+_PLAIN = (str, int, float, type(None))
 
 
 class SqliteJournal(Journal):
     """A journal in one SQLite file (WAL), owned by one process at a time.
 
-    Writes are buffered and run in order at :meth:`commit`, in one
-    transaction: the scheduler commits once per batch of inbox events, so a
-    busy bot pays for one commit per batch, not one per message.
+    Why a log of batches rather than a row per step: a row costs SQLite a
+    few microseconds to insert and again to delete, more than the engine
+    spends on the step itself. So the steps of one scheduler batch are
+    pickled together into one row of `batches`, each tagged with a journal-
+    wide sequence number. A conversation's row holds its latest state
+    snapshot and the sequence number it was taken at (`since`): its steps
+    are the later ones. A batch row is deleted as soon as none of its steps
+    is needed any more (every conversation in it moved on to a new state or
+    ended), so a conversation looping for ever keeps the file small.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._ops: list[tuple[str, tuple[Any, ...]]] = []
-        self._step_seq: dict[str, int] = {}
-        self._mail_seq: dict[str, int] = {}
+        self._steps: list[tuple[Any, ...]] = []  # this batch's
+        self._seq = 0  # the last step's sequence number, journal-wide
+        self._batch = 1  # the id the current batch will get
+        self._needed: dict[int, int] = {}  # batch id -> steps in it still needed
+        self._held: dict[str, list[int]] = {}  # key -> batch ids holding its steps
+        self._mailboxes: dict[str, list[str]] = {}
+        self._changed_mailboxes: set[str] = set()
         self._connection = self._open()
 
     # -- opening, with a one-line reason for every way a file can be bad ----
@@ -188,46 +195,77 @@ class SqliteJournal(Journal):
     # -- recording ------------------------------------------------------------
 
     def entered(self, key: str, state: State) -> None:
-        """Save the new state; steps of the previous ones are dropped."""
+        """Save the new state; the steps before it are no longer needed."""
         class_path, fields = snapshot(state)
-        self._ops.append((_SAVE_STATE, (key, class_path, pickle.dumps(fields, _PROTOCOL))))
-        self._ops.append((_DROP_STEPS, (key,)))
+        self._release(key)
+        fields_blob = pickle.dumps(fields, _PROTOCOL)
+        self._ops.append((_SAVE_STATE, (key, class_path, fields_blob, self._seq)))
 
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """Record the value about to be sent in."""
-        seq = self._step_seq[key] = self._step_seq.get(key, 0) + 1
+        self._seq += 1
         print_ = fingerprint(command)
-        try:
-            blob = None if value is None else pickle.dumps(value, _PROTOCOL)
-            error_blob = None if error is None else pickle.dumps(error, _PROTOCOL)
-        except Exception as failure:
-            log.warning("conversation %s: cannot save %r (%s)", key, command, failure)
-            print_, blob, error_blob = _UNREADABLE, None, None
-        self._ops.append((_ADD_STEP, (key, seq, print_, blob, error_blob)))
+        kept: Any = value
+        kept_error: _Pickled | None = None
+        if type(value) not in _PLAIN or error is not None:
+            try:
+                kept = _Pickled(pickle.dumps(value, _PROTOCOL))
+                kept_error = None if error is None else _Pickled(pickle.dumps(error, _PROTOCOL))
+            except Exception as failure:
+                log.warning("conversation %s: cannot save %r (%s)", key, command, failure)
+                print_, kept, kept_error = _UNREADABLE, None, None
+        self._steps.append((key, self._seq, print_, kept, kept_error))
+        self._held.setdefault(key, []).append(self._batch)
+        self._needed[self._batch] = self._needed.get(self._batch, 0) + 1
 
     def queued(self, key: str, text: str) -> None:
         """Keep a waiting message."""
-        seq = self._mail_seq[key] = self._mail_seq.get(key, 0) + 1
-        self._ops.append((_ADD_MAIL, (key, seq, text)))
+        self._mailboxes.setdefault(key, []).append(text)
+        self._changed_mailboxes.add(key)
 
     def dequeued(self, key: str) -> None:
         """Drop the oldest waiting message."""
-        self._ops.append((_TAKE_MAIL, (key,)))
+        self._mailboxes[key].pop(0)
+        self._changed_mailboxes.add(key)
 
     def ended(self, key: str) -> None:
         """Forget the conversation."""
-        self._step_seq.pop(key, None)
-        self._mail_seq.pop(key, None)
-        for statement in (_DROP_CONVERSATION, _DROP_STEPS, _DROP_MAILBOX):
-            self._ops.append((statement, (key,)))
+        self._release(key)
+        self._ops.append((_DROP_CONVERSATION, (key,)))
+        if self._mailboxes.pop(key, None) is not None:
+            self._changed_mailboxes.add(key)
 
     def commit(self, source: int | None) -> None:
-        """Run the buffered writes in one transaction and commit it."""
-        if not self._ops and source is None:
-            return
+        """Write this batch in one transaction and commit it."""
         ops, self._ops = self._ops, []
+        for key in self._changed_mailboxes:
+            texts = self._mailboxes.get(key)
+            if texts:
+                ops.append((_SAVE_MAILBOX, (key, pickle.dumps(texts, _PROTOCOL))))
+            else:
+                self._mailboxes.pop(key, None)
+                ops.append((_DROP_MAILBOX, (key,)))
+        self._changed_mailboxes.clear()
+        if self._needed.get(self._batch):
+            ops.append((_ADD_BATCH, (self._batch, pickle.dumps(self._steps, _PROTOCOL))))
+            self._batch += 1
+        else:  # every step of it is already obsolete: nothing to keep
+            self._needed.pop(self._batch, None)
+        self._steps = []
         if source is not None:
-            ops.append(("INSERT OR REPLACE INTO meta VALUES ('last_source', ?)", (source,)))
+            ops.append((_SAVE_SOURCE, (source,)))
+        if ops:
+            self._write(ops)
+
+    def _release(self, key: str) -> None:
+        """`key`'s steps so far are obsolete; drop batches no longer needed by anyone."""
+        for batch in self._held.pop(key, ()):
+            self._needed[batch] -= 1
+            if self._needed[batch] == 0 and batch != self._batch:
+                del self._needed[batch]
+                self._ops.append((_DROP_BATCH, (batch,)))
+
+    def _write(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
         run = self._connection.executemany
         self._connection.execute("BEGIN")
         try:
@@ -252,20 +290,31 @@ class SqliteJournal(Journal):
         """Every saved conversation, with its steps and waiting messages in order."""
         query = self._connection.execute
         saved: dict[str, Saved] = {}
-        for key, class_path, fields in query("SELECT * FROM conversations"):
+        since: dict[str, int] = {}
+        for key, class_path, fields, seq in query("SELECT * FROM conversations"):
             try:
                 state_fields = pickle.loads(fields)
             except Exception:
                 class_path, state_fields = _UNREADABLE, {}
             saved[key] = Saved(key, class_path, state_fields)
-        for key, seq, print_, value, error in query("SELECT * FROM steps ORDER BY key, seq"):
+            since[key] = seq
+            self._seq = max(self._seq, seq)
+        for batch, blob in query("SELECT * FROM batches ORDER BY id"):
+            self._batch = batch + 1
+            self._needed[batch] = 0
+            for key, seq, print_, value, error in pickle.loads(blob):
+                self._seq = max(self._seq, seq)
+                if key in saved and seq > since[key]:
+                    saved[key].steps.append(_read_step(print_, value, error))
+                    self._held.setdefault(key, []).append(batch)
+                    self._needed[batch] += 1
+            if not self._needed[batch]:
+                del self._needed[batch]
+                self._ops.append((_DROP_BATCH, (batch,)))
+        for key, texts in query("SELECT * FROM mailbox"):
             if key in saved:
-                saved[key].steps.append(_read_step(print_, value, error))
-                self._step_seq[key] = seq
-        for key, seq, text in query("SELECT * FROM mailbox ORDER BY key, seq"):
-            if key in saved:
-                saved[key].mailbox.append(text)
-                self._mail_seq[key] = seq
+                saved[key].mailbox = pickle.loads(texts)
+                self._mailboxes[key] = list(saved[key].mailbox)
         return iter(saved.values())
 
     def close(self) -> None:
@@ -276,18 +325,25 @@ class SqliteJournal(Journal):
             self._connection.close()
 
 
+class _Pickled(bytes):
+    """A value kept pickled, told apart from a plain one when read back."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Pickled, (bytes(self),))
+
+
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def _read_step(print_: str, value: bytes | None, error: bytes | None) -> Step:
+def _read_step(print_: str, value: Any, error: Any) -> Step:
     try:
-        return Step(
-            print_,
-            None if value is None else pickle.loads(value),
-            None if error is None else pickle.loads(error),
-        )
+        if isinstance(value, _Pickled):
+            value = pickle.loads(value)
+        if isinstance(error, _Pickled):
+            error = pickle.loads(error)
     except Exception:  # a class that is gone or changed: the flow must start over
         return Step(_UNREADABLE)
+    return Step(print_, value, error)
 
 
 def _writable(path: str) -> bool:

@@ -210,7 +210,7 @@ def test_a_conversation_that_loops_keeps_a_small_journal(state_file: Path) -> No
         rows = _count_rows(running.journal)
     finally:
         running.crash()
-    assert rows == {"conversations": 1, "steps": 0, "mailbox": 0}
+    assert rows == {"conversations": 1, "batches": 0, "mailbox": 0}
     assert state_file.stat().st_size < 64 * 1024
 
 
@@ -227,7 +227,7 @@ def test_ended_conversations_are_removed(state_file: Path) -> None:
         rows = _count_rows(running.journal)
     finally:
         running.crash()
-    assert rows == {"conversations": 0, "steps": 0, "mailbox": 0}
+    assert rows == {"conversations": 0, "batches": 0, "mailbox": 0}
 
 
 # -- changed code ------------------------------------------------------------
@@ -377,5 +377,29 @@ def _count_rows(journal: SqliteJournal) -> dict[str, int]:
     connection = journal._connection
     return {
         table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        for table in ("conversations", "steps", "mailbox")
+        for table in ("conversations", "batches", "mailbox")
     }
+
+
+def test_steps_kept_for_a_waiting_user_survive_while_others_move_on(state_file: Path) -> None:
+    first = Running(state_file)
+    first.scheduler.begin("ann")
+    first.scheduler.send("ann", "5")  # ann's steps wait in an early batch
+    first.frontend.wait_for("ann", "bot: 1) quit")
+    first.scheduler.begin("bob")
+    for number in range(50):
+        first.scheduler.send("bob", str(number))
+        first.scheduler.send("bob", "continue")
+    first.frontend.wait_for("bob", "bot: round 50")
+    batches = _count_rows(first.journal)["batches"]
+    first.crash()
+    assert batches == 1  # only the batch holding ann's steps
+
+    second = Running(state_file)
+    try:
+        second.scheduler.send("ann", "quit")
+        lines = second.frontend.wait_for("ann", "ended")
+    finally:
+        second.crash()
+    assert lines == ["(restored)", "bot: bye", "ended"]
+    assert CALLS.count(5) == 1
