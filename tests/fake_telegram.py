@@ -1,0 +1,794 @@
+"""A fake Telegram Bot API for tests: real HTTP on 127.0.0.1, scripted users.
+
+It speaks the Bot API the way pyTelegramBotAPI uses it (``POST`` or ``GET``
+to ``/bot<token>/<method>``, parameters in the query string, a form or a JSON
+body) for the methods a polling bot needs: ``getMe``, ``getUpdates`` (a real
+long poll, honouring ``timeout`` and ``offset``), ``sendMessage``,
+``sendChatAction``, ``setMyCommands``, ``deleteWebhook``,
+``answerCallbackQuery``, ``editMessageReplyMarkup`` and ``editMessageText``::
+
+    with FakeTelegram() as telegram:                 # or the `telegram` fixture
+        env["TELEGRAM_API_URL"] = telegram.url
+        telegram.send_text(42, "/start")             # user 42 writes to the bot
+        prompt = telegram.wait_text(42, "Name a city")
+        telegram.fail("sendMessage", 429, retry_after=1)   # the next send answers 429
+        telegram.press(42, question, "quit")         # press a button of a bot message
+
+Users' messages are queued as updates (``send_text``, ``send_photo``,
+``press``, ``push`` for anything raw); what the bot sends is kept per chat as
+:class:`Sent` messages, edits applied. Every request is recorded
+(:attr:`requests`). The server is stopped, and all its threads joined, when
+the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["BOT_ID", "TOKEN", "FakeTelegram", "Request", "Sent"]
+
+BOT_ID = 123456789
+#: A well-formed token (it is never valid anywhere else).
+TOKEN = f"{BOT_ID}:AAFakeTestTokenDoNotUse_0123456789abcdef"
+BOT_USERNAME = "fake_weather_bot"
+
+T = TypeVar("T")
+
+FaultKind = Literal["status", "drop"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the server received."""
+
+    method: str
+    params: dict[str, Any]
+    at: float  # time.monotonic() on arrival
+    #: The injected fault it was answered with ("429", "502", "drop"...), if any.
+    fault: str | None = None
+
+
+@dataclass
+class Sent:
+    """A message the bot sent, as it is now (edits applied)."""
+
+    chat_id: int
+    message_id: int
+    text: str
+    reply_to: int | None = None
+    #: The inline keyboard as rows of button objects, or None.
+    keyboard: list[list[dict[str, Any]]] | None = None
+    force_reply: bool = False
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    parse_mode: str | None = None
+    edits: int = 0
+    at: float = 0.0
+
+    @property
+    def buttons(self) -> list[tuple[str, str]]:
+        """(text, callback_data) of each button, row by row."""
+        rows = self.keyboard or []
+        return [(b.get("text", ""), b.get("callback_data", "")) for row in rows for b in row]
+
+
+@dataclass
+class _Fault:
+    kind: FaultKind
+    status: int = 0
+    retry_after: int | None = None
+
+
+class TelegramError(Exception):
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+class FakeTelegram:
+    """The fake Bot API. Test-side methods may be called while it runs."""
+
+    def __init__(self, token: str = TOKEN, username: str = BOT_USERNAME) -> None:
+        self.token = token
+        self.username = username
+        self.bot_id = int(token.split(":")[0])
+        self._cond = threading.Condition()
+        self._closed = False
+        self._updates: list[dict[str, Any]] = []
+        self._update_ids = itertools.count(1000)
+        self._callback_ids = itertools.count(1)
+        self._message_ids: dict[int, itertools.count[int]] = {}
+        self._chats: dict[int, dict[str, Any]] = {}
+        self._sent: dict[int, list[Sent]] = {}
+        self._incoming: dict[tuple[int, int], dict[str, Any]] = {}
+        self._answers: dict[str, str | None] = {}
+        self._requests: list[Request] = []
+        self._faults: dict[str, deque[_Fault]] = {}
+        self._confirmed = 0  # highest update_id confirmed by an offset
+        self.commands: list[dict[str, Any]] | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> FakeTelegram:
+        if self._server is not None:
+            raise RuntimeError("the fake Telegram is already running")
+        self._closed = False
+        self._server = _Server(("127.0.0.1", 0), _Handler, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-telegram"
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: wake long polls, cut open connections, join every thread."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        server.shutdown()
+        server.cut_connections()
+        server.server_close()  # joins the request threads
+        thread.join(timeout=5)
+        self._server = self._thread = None
+        if thread.is_alive():
+            raise RuntimeError("the fake Telegram's thread did not stop")
+
+    def __enter__(self) -> FakeTelegram:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The value for ``TELEGRAM_API_URL``."""
+        if self._server is None:
+            raise RuntimeError("the fake Telegram is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # -- users do things ---------------------------------------------------------
+
+    def chat(self, chat_id: int, chat_type: str | None = None) -> dict[str, Any]:
+        """The chat object (made on first use: private for ids > 0, else a group)."""
+        with self._cond:
+            chat = self._chats.get(chat_id)
+            if chat is None or (chat_type is not None and chat["type"] != chat_type):
+                kind = chat_type or ("private" if chat_id > 0 else "group")
+                chat = {"id": chat_id, "type": kind}
+                if kind == "private":
+                    chat["first_name"] = f"User{chat_id}"
+                else:
+                    chat["title"] = f"Chat {chat_id}"
+                self._chats[chat_id] = chat
+            return dict(chat)
+
+    @staticmethod
+    def user(user_id: int) -> dict[str, Any]:
+        return {
+            "id": user_id,
+            "is_bot": False,
+            "first_name": f"User{user_id}",
+            "language_code": "en",
+        }
+
+    def push(self, update: dict[str, Any]) -> int:
+        """Queue a raw update (its update_id is assigned); returns the update_id."""
+        with self._cond:
+            update_id = next(self._update_ids)
+            self._updates.append({"update_id": update_id, **update})
+            self._cond.notify_all()
+            return update_id
+
+    def _next_message_id(self, chat_id: int) -> int:
+        with self._cond:
+            counter = self._message_ids.setdefault(chat_id, itertools.count(1))
+            return next(counter)
+
+    def message(
+        self,
+        chat_id: int,
+        *,
+        user_id: int | None = None,
+        chat_type: str | None = None,
+        reply_to: int | None = None,
+        **content: Any,
+    ) -> dict[str, Any]:
+        """A message object from a user (not queued); `content` e.g. ``text=...``."""
+        chat = self.chat(chat_id, chat_type)
+        if user_id is None:
+            if chat["type"] != "private":
+                raise ValueError("a group message needs a user_id")
+            user_id = chat_id
+        message: dict[str, Any] = {
+            "message_id": self._next_message_id(chat_id),
+            "from": self.user(user_id),
+            "chat": chat,
+            "date": int(time.time()),
+            **content,
+        }
+        text = content.get("text")
+        if isinstance(text, str) and text.startswith("/"):
+            length = len(text.split(maxsplit=1)[0])
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+        if reply_to is not None:
+            original = self._find_message(chat_id, reply_to)
+            if original is not None:
+                message["reply_to_message"] = original
+        with self._cond:
+            self._incoming[(chat_id, message["message_id"])] = message
+        return message
+
+    def send_text(self, chat_id: int, text: str, **kwargs: Any) -> dict[str, Any]:
+        """A user writes `text` (a command if it starts with ``/``); returns the message."""
+        message = self.message(chat_id, text=text, **kwargs)
+        self.push({"message": message})
+        return message
+
+    def send_texts(self, chats_and_texts: Iterable[tuple[int, str]]) -> None:
+        """Many users write at once (queued as one batch of updates)."""
+        messages = [self.message(chat_id, text=text) for chat_id, text in chats_and_texts]
+        with self._cond:
+            for message in messages:
+                self._updates.append({"update_id": next(self._update_ids), "message": message})
+            self._cond.notify_all()
+
+    def send_photo(self, chat_id: int, **kwargs: Any) -> dict[str, Any]:
+        photo = [{"file_id": "photo-1", "file_unique_id": "p1", "width": 90, "height": 90}]
+        message = self.message(chat_id, photo=photo, caption="look", **kwargs)
+        self.push({"message": message})
+        return message
+
+    def send_sticker(self, chat_id: int, **kwargs: Any) -> dict[str, Any]:
+        sticker = {
+            "file_id": "sticker-1", "file_unique_id": "s1", "type": "regular",
+            "width": 512, "height": 512, "is_animated": False, "is_video": False,
+        }  # fmt: skip
+        message = self.message(chat_id, sticker=sticker, **kwargs)
+        self.push({"message": message})
+        return message
+
+    def send_voice(self, chat_id: int, **kwargs: Any) -> dict[str, Any]:
+        voice = {"file_id": "voice-1", "file_unique_id": "v1", "duration": 2}
+        message = self.message(chat_id, voice=voice, **kwargs)
+        self.push({"message": message})
+        return message
+
+    def edit_user_message(self, message: dict[str, Any], text: str) -> None:
+        """The user edits a message they sent (an ``edited_message`` update)."""
+        edited = {**message, "text": text, "edit_date": int(time.time())}
+        self.push({"edited_message": edited})
+
+    def channel_post(self, chat_id: int, text: str) -> None:
+        chat = self.chat(chat_id, "channel")
+        post = {
+            "message_id": self._next_message_id(chat_id),
+            "sender_chat": chat,
+            "chat": chat,
+            "date": int(time.time()),
+            "text": text,
+        }
+        self.push({"channel_post": post})
+
+    def member_update(self, chat_id: int, user_id: int, status: str = "kicked") -> None:
+        """The bot's membership changed (a ``my_chat_member`` update)."""
+        bot = {
+            "id": self.bot_id,
+            "is_bot": True,
+            "first_name": "Weather",
+            "username": self.username,
+        }
+        old = {"status": "member", "user": bot}
+        new: dict[str, Any] = {"status": status, "user": bot}
+        if status == "kicked":
+            new["until_date"] = 0
+        self.push(
+            {
+                "my_chat_member": {
+                    "chat": self.chat(chat_id),
+                    "from": self.user(user_id),
+                    "date": int(time.time()),
+                    "old_chat_member": old,
+                    "new_chat_member": new,
+                }
+            }
+        )
+
+    def press(
+        self,
+        chat_id: int,
+        sent: Sent,
+        button: str | int,
+        *,
+        user_id: int | None = None,
+        data: str | None = None,
+    ) -> str:
+        """A user presses a button of `sent` (by text or index); returns the query id.
+
+        `data` overrides the button's callback data (e.g. a button long gone).
+        """
+        chat = self.chat(chat_id)
+        if user_id is None:
+            user_id = chat_id
+        if data is None:
+            buttons = sent.buttons
+            if isinstance(button, int):
+                data = buttons[button][1]
+            else:
+                matching = [d for label, d in buttons if label == button]
+                if not matching:
+                    raise AssertionError(f"no button {button!r} in {buttons!r}")
+                data = matching[0]
+        callback_id = str(next(self._callback_ids))
+        with self._cond:
+            self._answers[callback_id] = None
+        self.push(
+            {
+                "callback_query": {
+                    "id": callback_id,
+                    "from": self.user(user_id),
+                    "message": self._bot_message_json(chat, sent),
+                    "chat_instance": f"instance-{chat_id}",
+                    "data": data,
+                }
+            }
+        )
+        return callback_id
+
+    # -- faults --------------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        status: int | None = None,
+        *,
+        times: int = 1,
+        retry_after: int | None = None,
+        drop: bool = False,
+    ) -> None:
+        """Answer the next `times` calls of `method` with an error instead.
+
+        ``status=429`` answers "Too Many Requests" with ``parameters.retry_after``
+        (default 1); ``409`` a conflict with another poller; other 4xx a JSON
+        error; 5xx an HTML error page, as a proxy in front of Telegram would.
+        ``drop=True`` reads the request and closes the connection unanswered.
+        """
+        if not drop and status is None:
+            raise ValueError("give a status or drop=True")
+        fault = _Fault("drop") if drop else _Fault("status", int(status or 0), retry_after)
+        with self._cond:
+            self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
+
+    # -- reading what happened -------------------------------------------------------
+
+    @property
+    def requests(self) -> list[Request]:
+        with self._cond:
+            return list(self._requests)
+
+    def requests_to(self, method: str) -> list[Request]:
+        return [r for r in self.requests if r.method == method]
+
+    def messages(self, chat_id: int) -> list[Sent]:
+        """What the bot sent to `chat_id`, oldest first (copies)."""
+        with self._cond:
+            return [Sent(**vars(m)) for m in self._sent.get(chat_id, [])]
+
+    def texts(self, chat_id: int) -> list[str]:
+        return [m.text for m in self.messages(chat_id)]
+
+    def all_messages(self) -> dict[int, list[Sent]]:
+        with self._cond:
+            return {chat: [Sent(**vars(m)) for m in sent] for chat, sent in self._sent.items()}
+
+    def answer_of(self, callback_id: str) -> str | None:
+        """The text the bot answered a button press with (None: none yet, or no text)."""
+        with self._cond:
+            return self._answers.get(callback_id)
+
+    def answered(self, callback_id: str) -> bool:
+        with self._cond:
+            return any(
+                r.method == "answerCallbackQuery"
+                and str(r.params.get("callback_query_id")) == callback_id
+                and r.fault is None
+                for r in self._requests
+            )
+
+    def unconfirmed(self) -> int:
+        """Updates the bot has not confirmed yet (by polling with a higher offset)."""
+        with self._cond:
+            return len(self._updates)
+
+    def wait_until(self, check: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
+        """Wait until ``check()`` is truthy (re-checked on every change); return it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                result = check()
+                if result:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+                self._cond.wait(min(left, 0.2))
+
+    def wait_messages(self, chat_id: int, count: int, timeout: float = 10.0) -> list[Sent]:
+        """Wait until the bot sent `chat_id` at least `count` messages; return them all."""
+        try:
+            return self.wait_until(
+                lambda: m if len(m := self.messages(chat_id)) >= count else None,
+                timeout,
+                f"{count} messages in chat {chat_id}",
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}; got {self.texts(chat_id)!r}") from None
+
+    def wait_text(
+        self, chat_id: int, pattern: str, timeout: float = 10.0, *, after: int = 0
+    ) -> Sent:
+        """Wait for a message to `chat_id` (from index `after` on) containing `pattern`.
+
+        `pattern` is a substring, or a regular expression if it starts with ``re:``.
+        """
+        if pattern.startswith("re:"):
+            regex = re.compile(pattern[3:])
+            matches: Callable[[str], bool] = lambda text: bool(regex.search(text))  # noqa: E731
+        else:
+            matches = lambda text: pattern in text  # noqa: E731
+
+        def find() -> Sent | None:
+            return next((m for m in self.messages(chat_id)[after:] if matches(m.text)), None)
+
+        try:
+            return self.wait_until(find, timeout, f"{pattern!r} in chat {chat_id}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; got {self.texts(chat_id)!r}") from None
+
+    # -- serving (on request threads) ---------------------------------------------------
+
+    def _record(self, method: str, params: dict[str, Any], fault: str | None) -> None:
+        with self._cond:
+            self._requests.append(Request(method, params, time.monotonic(), fault))
+            self._cond.notify_all()
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        with self._cond:
+            faults = self._faults.get(method)
+            return faults.popleft() if faults else None
+
+    def _find_message(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
+        with self._cond:
+            if (chat_id, message_id) in self._incoming:
+                return self._incoming[(chat_id, message_id)]
+            for sent in self._sent.get(chat_id, []):
+                if sent.message_id == message_id:
+                    return self._bot_message_json(self.chat(chat_id), sent)
+        return None
+
+    def _bot_message_json(self, chat: dict[str, Any], sent: Sent) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "message_id": sent.message_id,
+            "from": {
+                "id": self.bot_id,
+                "is_bot": True,
+                "first_name": "Weather",
+                "username": self.username,
+            },
+            "chat": chat,
+            "date": int(time.time()),
+            "text": sent.text,
+        }
+        if sent.keyboard:
+            message["reply_markup"] = {"inline_keyboard": sent.keyboard}
+        if sent.edits:
+            message["edit_date"] = int(time.time())
+        return message
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        """Carry out a Bot API method; raises :class:`TelegramError`."""
+        handler = getattr(self, f"_api_{method}", None)
+        if handler is None:
+            raise TelegramError(404, "Not Found")
+        return handler(params)
+
+    def _api_getMe(self, params: dict[str, Any]) -> Any:
+        return {
+            "id": self.bot_id, "is_bot": True, "first_name": "Weather", "username": self.username,
+            "can_join_groups": True, "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }  # fmt: skip
+
+    def _api_deleteWebhook(self, params: dict[str, Any]) -> Any:
+        return True
+
+    def _api_setMyCommands(self, params: dict[str, Any]) -> Any:
+        commands = _json(params.get("commands"))
+        if not isinstance(commands, list):
+            raise TelegramError(400, "Bad Request: commands must be a list")
+        with self._cond:
+            self.commands = commands
+        return True
+
+    def _api_getUpdates(self, params: dict[str, Any]) -> Any:
+        offset = _int(params.get("offset"), 0)
+        limit = _int(params.get("limit"), 100) or 100
+        wait = float(params.get("timeout") or 0)
+        deadline = time.monotonic() + wait
+        with self._cond:
+            if offset > 0:
+                self._confirmed = max(self._confirmed, offset - 1)
+                self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                self._cond.notify_all()
+            while not self._updates and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return list(self._updates[:limit])
+
+    def _chat_id(self, params: dict[str, Any]) -> int:
+        chat_id = _int(params.get("chat_id"), None)
+        if not isinstance(chat_id, int):
+            raise TelegramError(400, "Bad Request: chat_id is empty")
+        return chat_id
+
+    def _api_sendMessage(self, params: dict[str, Any]) -> Any:
+        chat_id = self._chat_id(params)
+        text = str(params.get("text") or "")
+        if not text.strip():
+            raise TelegramError(400, "Bad Request: message text is empty")
+        if utf16_len(text) > 4096:
+            raise TelegramError(400, "Bad Request: message is too long")
+        markup = _json(params.get("reply_markup")) or {}
+        reply = _json(params.get("reply_parameters")) or {}
+        sent = Sent(
+            chat_id=chat_id,
+            message_id=self._next_message_id(chat_id),
+            text=text,
+            reply_to=reply.get("message_id") or _int(params.get("reply_to_message_id"), None),
+            keyboard=markup.get("inline_keyboard"),
+            force_reply=bool(markup.get("force_reply")),
+            entities=_json(params.get("entities")) or [],
+            parse_mode=params.get("parse_mode"),
+            at=time.monotonic(),
+        )
+        with self._cond:
+            self._sent.setdefault(chat_id, []).append(sent)
+            self._cond.notify_all()
+            return self._bot_message_json(self.chat(chat_id), sent)
+
+    def _api_sendChatAction(self, params: dict[str, Any]) -> Any:
+        self._chat_id(params)
+        if not params.get("action"):
+            raise TelegramError(400, "Bad Request: action is empty")
+        return True
+
+    def _edited(self, params: dict[str, Any]) -> Sent:
+        chat_id = self._chat_id(params)
+        message_id = _int(params.get("message_id"), None)
+        for sent in self._sent.get(chat_id, []):
+            if sent.message_id == message_id:
+                return sent
+        raise TelegramError(400, "Bad Request: message to edit not found")
+
+    def _api_editMessageReplyMarkup(self, params: dict[str, Any]) -> Any:
+        with self._cond:
+            sent = self._edited(params)
+            keyboard = (_json(params.get("reply_markup")) or {}).get("inline_keyboard")
+            if keyboard == sent.keyboard:
+                raise TelegramError(400, "Bad Request: message is not modified")
+            sent.keyboard, sent.edits = keyboard, sent.edits + 1
+            self._cond.notify_all()
+            return self._bot_message_json(self.chat(sent.chat_id), sent)
+
+    def _api_editMessageText(self, params: dict[str, Any]) -> Any:
+        with self._cond:
+            sent = self._edited(params)
+            text = str(params.get("text") or "")
+            if not text.strip():
+                raise TelegramError(400, "Bad Request: message text is empty")
+            keyboard = (_json(params.get("reply_markup")) or {}).get("inline_keyboard")
+            if text == sent.text and keyboard == sent.keyboard:
+                raise TelegramError(400, "Bad Request: message is not modified")
+            sent.text, sent.keyboard, sent.edits = text, keyboard, sent.edits + 1
+            self._cond.notify_all()
+            return self._bot_message_json(self.chat(sent.chat_id), sent)
+
+    def _api_answerCallbackQuery(self, params: dict[str, Any]) -> Any:
+        callback_id = str(params.get("callback_query_id") or "")
+        with self._cond:
+            if callback_id not in self._answers:
+                raise TelegramError(400, "Bad Request: query is too old or query ID is invalid")
+            self._answers[callback_id] = params.get("text")
+            self._cond.notify_all()
+        return True
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _int(value: Any, default: Any) -> Any:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+class _Server(ThreadingHTTPServer):
+    # Request threads are joined by server_close(), so none outlives a test.
+    daemon_threads = False
+    block_on_close = True
+    request_queue_size = 128
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: FakeTelegram
+    ) -> None:
+        self.fake = fake
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def cut_connections(self) -> None:
+        """Shut every open connection, so idle keep-alive threads end now."""
+        with self.connections_lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each answer waits ~40 ms for a delayed ACK
+    wbufsize = -1  # headers and body leave in one write (flushed after each request)
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def _params(self) -> dict[str, Any]:
+        query = urlsplit(self.path).query
+        params: dict[str, Any] = {
+            k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()
+        }
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if body and kind == "application/json":
+            decoded = json.loads(body)
+            if isinstance(decoded, dict):
+                params.update(decoded)
+        elif body and kind == "application/x-www-form-urlencoded":
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+            params.update({k: v[0] for k, v in form.items()})
+        return params
+
+    def _serve(self) -> None:
+        fake = self.server.fake
+        path = urlsplit(self.path).path
+        match = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", path)
+        try:
+            params = self._params()
+        except ValueError:
+            self._answer(
+                400, {"ok": False, "error_code": 400, "description": "Bad Request: bad body"}
+            )
+            return
+        if match is None:
+            self._answer(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return
+        token, method = match.groups()
+        if token != fake.token:
+            fake._record(method, params, "401")
+            self._answer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return
+        fault = fake._take_fault(method)
+        if fault is not None:
+            self._fault(method, params, fault)
+            return
+        fake._record(method, params, None)
+        try:
+            result = fake.call(method, params)
+        except TelegramError as error:
+            self._answer(
+                error.status,
+                {"ok": False, "error_code": error.status, "description": error.description},
+            )
+            return
+        self._answer(200, {"ok": True, "result": result})
+
+    def _fault(self, method: str, params: dict[str, Any], fault: _Fault) -> None:
+        fake = self.server.fake
+        if fault.kind == "drop":
+            fake._record(method, params, "drop")
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        status = fault.status
+        fake._record(method, params, str(status))
+        if status == 429:
+            retry_after = fault.retry_after if fault.retry_after is not None else 1
+            self._answer(
+                429,
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": f"Too Many Requests: retry after {retry_after}",
+                    "parameters": {"retry_after": retry_after},
+                },
+            )
+        elif status == 409:
+            description = (
+                "Conflict: terminated by other getUpdates request; "
+                "make sure that only one bot instance is running"
+            )
+            self._answer(409, {"ok": False, "error_code": 409, "description": description})
+        elif status >= 500:
+            page = f"<html><body><h1>{status} Bad Gateway</h1></body></html>".encode()
+            self._raw(status, page, "text/html")
+        else:
+            self._answer(status, {"ok": False, "error_code": status, "description": "Bad Request"})
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        self._raw(status, json.dumps(body).encode(), "application/json")
+
+    def _raw(self, status: int, body: bytes, kind: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the bot went away (e.g. stopped during a long poll)
+            self.close_connection = True
