@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from engine.scheduler import Scheduler
+from engine.states import Flow
+from engine.testing import RecordingFrontend
 from tests.openmeteo_server import FakeOpenMeteo
 
 
@@ -26,3 +32,71 @@ def openmeteo(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenMeteo]:
         monkeypatch.delenv("ALL_PROXY", raising=False)
         monkeypatch.delenv("all_proxy", raising=False)
         yield server
+
+
+# -- the engine ---------------------------------------------------------------
+
+#: A started scheduler and the frontend it talks to.
+Engine = tuple[Scheduler, RecordingFrontend]
+
+
+def engine_threads() -> list[str]:
+    """Names of the engine's threads still alive (scheduler and workers)."""
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("engine-"))
+
+
+@pytest.fixture
+def no_engine_threads() -> Iterator[None]:
+    """Fail the test if it leaves a scheduler or worker thread running.
+
+    Test modules of the engine use it for every test, with
+    ``pytestmark = pytest.mark.usefixtures("no_engine_threads")``.
+    """
+    before = engine_threads()
+    assert not before, f"engine threads left over by an earlier test: {before}"
+    yield
+    deadline = time.monotonic() + 2.0
+    while engine_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    left = engine_threads()
+    assert not left, f"the test left engine threads running: {left}"
+
+
+@pytest.fixture
+def gates(no_engine_threads: None) -> Iterator[Callable[[], threading.Event]]:
+    """Make events that a blocking ``Call`` waits on; all are set after the test.
+
+    So a test that fails half-way does not leave a worker stuck for the next.
+    """
+    made: list[threading.Event] = []
+
+    def make() -> threading.Event:
+        made.append(threading.Event())
+        return made[-1]
+
+    yield make
+    for gate in made:
+        gate.set()
+
+
+@pytest.fixture
+def start_engine(no_engine_threads: None) -> Iterator[Callable[..., Engine]]:
+    """Start a :class:`Scheduler` for a flow; every one started is stopped after the test.
+
+    ``start_engine(flow, frontend=None, **options)`` returns ``(scheduler, frontend)``;
+    the frontend is a new :class:`RecordingFrontend` unless one is given, and
+    `options` go to the scheduler (``workers``, ``idle_timeout``, ``clock``...).
+    """
+    started: list[Scheduler] = []
+
+    def start(flow: Flow, frontend: RecordingFrontend | None = None, **options: Any) -> Engine:
+        frontend = frontend if frontend is not None else RecordingFrontend()
+        scheduler = Scheduler(frontend, flow, **options)
+        scheduler.start()
+        started.append(scheduler)
+        return scheduler, frontend
+
+    yield start
+    for scheduler in started:
+        scheduler.stop()
+
