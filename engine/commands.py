@@ -61,7 +61,7 @@ class Choose(Command):
         for option in self.options:
             if option.strip().casefold() == wanted:
                 return option
-        if wanted.isdigit() and int(wanted) < len(self.options):
+        if wanted.isascii() and wanted.isdigit() and int(wanted[-9:]) < len(self.options):
             return self.options[int(wanted)]
         return None
 

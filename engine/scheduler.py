@@ -54,6 +54,9 @@ _BEGIN, _TEXT, _CANCEL, _DONE, _STOP = range(5)
 # Timer kinds.
 _WAKE, _EXPIRE = range(2)
 
+#: How many expired conversations are remembered, to tell them so.
+_MAX_EXPIRED_KEYS = 100_000
+
 #: A handler's answer meaning "no value yet: park until an event arrives".
 _PARK = object()
 
@@ -274,6 +277,7 @@ class Scheduler:
     def _cancel(self, key: str) -> None:
         chat = self._chats.get(key)
         if chat is None:
+            self._expired.discard(key)
             self._notify(key, Notice.NOT_STARTED)
             return
         self._close(chat, Cancelled())
@@ -301,7 +305,7 @@ class Scheduler:
                 log.debug("conversation %s finished", chat.key)
                 self._forget(chat)
                 return
-            except Exception:
+            except BaseException:  # even SystemExit: it must not stop everyone's thread
                 self._crashed(chat)
                 return
             error = None
@@ -333,7 +337,7 @@ class Scheduler:
             chat.steps.throw(error)
         except (StopIteration, type(error)):
             return
-        except Exception:
+        except BaseException:
             log.exception("conversation %s failed while closing", chat.key)
             return
         log.warning("conversation %s went on after %s; closing it", chat.key, type(error).__name__)
@@ -410,12 +414,17 @@ class Scheduler:
     def _expire_if_idle(self, chat: _Chat, now: float) -> None:
         # One expiry timer per conversation, moved on lazily: cheaper than
         # re-arming it on every message.
-        if chat.last_active + self.idle_timeout > now:
+        waits_on_user = isinstance(chat.waiting, (Input, Choose))
+        if chat.last_active + self.idle_timeout > now or not waits_on_user:
+            if not waits_on_user:  # busy in a Call or a Sleep is not idle
+                chat.last_active = now
             self._arm_expiry(chat)
             return
         log.info("conversation %s expired after %.0f s idle", chat.key, now - chat.last_active)
         self._close(chat, Cancelled("idle timeout"))
         self._expired.add(chat.key)
+        if len(self._expired) > _MAX_EXPIRED_KEYS:  # users who never came back
+            self._expired.pop()
         self._forget(chat)
 
     # -- the outbox -----------------------------------------------------------

@@ -164,6 +164,19 @@ class FlowTest:
                     f"\n{_show_dialogue(self.transcript)}"
                 )
             sent, error = value, raised
+        try:
+            command = replay.throw(error) if error is not None else replay.send(sent)
+            while isinstance(command, Entered):
+                command = next(replay)
+        except StopIteration:
+            command = None
+        if command != self.command:
+            raise FlowMismatch(
+                f"the flow is not deterministic: after the last answer it yielded {command!r} "
+                f"on replay, {self.command!r} the first time. Is something non-deterministic "
+                f"(time, randomness, I/O) done outside a Call?"
+                f"\n{_show_dialogue(self.transcript)}"
+            )
         replay.close()
 
     def _advance(self, value: Any, error: BaseException | None) -> Command | None:
@@ -182,10 +195,8 @@ class FlowTest:
         return step
 
     def _require(self, *kinds: type[Command]) -> Command:
-        if self.command is None:
-            self._fail("the flow has ended")
-        if not isinstance(self.command, kinds):
-            wanted = " or ".join(k.__name__ for k in kinds)
+        wanted = " or ".join(k.__name__ for k in kinds)
+        if self.command is None or not isinstance(self.command, kinds):
             self._fail(f"expected the flow to wait on {wanted}")
         assert self.command is not None
         return self.command

@@ -48,6 +48,11 @@ class WorkerPool:
 
     def stop(self, deadline: float) -> None:
         """Ask every thread to finish and join them until `deadline` (monotonic)."""
+        try:  # calls not started yet never will be: no side effect after stop
+            while True:
+                self._jobs.get_nowait()
+        except queue.Empty:
+            pass
         for _ in self._threads:
             self._jobs.put(_STOP)
         for thread in self._threads:

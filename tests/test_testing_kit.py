@@ -259,7 +259,8 @@ def test_flowtest_fails_once_the_flow_ended() -> None:
     assert flow.finished
     for action in [lambda: flow.answer("x"), lambda: flow.returns(1), flow.resume]:
         message = mismatch(action)
-        assert message.startswith("the flow has ended")
+        assert message.startswith("expected the flow to wait on ")
+        assert ", but the flow has ended\n" in message
         assert message.endswith(
             "\ndialogue so far:\n" + "\n".join(f"    {line}" for line in flow.transcript)
         )
