@@ -58,4 +58,3 @@ def test_the_first_lines_are_the_two_commands() -> None:
     assert commands[0].endswith("weather-cli")
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert commands[1] in ci, "CI must run the README's test command"
-
