@@ -54,7 +54,6 @@ from frontends.telegram_sending import (
     AnswerCallback,
     EditMessage,
     Keyboard,
-    Mention,
     Outbox,
     Pacing,
     PermanentError,
@@ -456,13 +455,7 @@ class TeleBotApi:
         reply_to: int | None,
         keyboard: Keyboard | None,
         force_reply: bool,
-        mention: Mention | None,
     ) -> int:
-        entities = None
-        if mention is not None:
-            user = types.User(mention.user_id, False, mention.name)
-            entities = [types.MessageEntity("text_mention", 0, utf16_len(mention.name), user=user)]
-            text = f"{mention.name}, {text}"
         markup: types.InlineKeyboardMarkup | types.ForceReply | None = None
         if keyboard:
             markup = types.InlineKeyboardMarkup(
@@ -480,7 +473,6 @@ class TeleBotApi:
             self.bot.send_message,
             chat_id,
             text,
-            entities=entities,
             reply_markup=markup,
             reply_parameters=reply,
             timeout=SEND_TIMEOUT,
@@ -541,7 +533,6 @@ class Question:
     chat_id: int
     tag: str  # names the question in the buttons' callback data
     options: tuple[str, ...]
-    owner: str | None = None
     message_id: int | None = None  # the message with the buttons, once sent
     text: str | None = None  # and its text
 
@@ -564,7 +555,6 @@ class Registry:
         self._routes: OrderedDict[Key, Route] = OrderedDict()
         self._active: set[Key] = set()
         self._questions: dict[Key, Question] = {}
-        self._by_message: dict[tuple[int, int], Question] = {}
 
     def route(self, key: Key) -> Route:
         with self._lock:
@@ -601,26 +591,17 @@ class Registry:
         """The question's buttons are on screen (called on a sender thread)."""
         with self._lock:
             question.message_id, question.text = message_id, text
-            if self._questions.get(question.key) is question:
-                self._by_message[(question.chat_id, message_id)] = question
 
     def close(self, key: Key) -> Question | None:
         with self._lock:
             return self._close(key)
 
     def _close(self, key: Key) -> Question | None:
-        question = self._questions.pop(key, None)
-        if question is not None and question.message_id is not None:
-            self._by_message.pop((question.chat_id, question.message_id), None)
-        return question
+        return self._questions.pop(key, None)
 
     def question(self, key: Key) -> Question | None:
         with self._lock:
             return self._questions.get(key)
-
-    def question_at(self, chat_id: int, message_id: int) -> Question | None:
-        with self._lock:
-            return self._by_message.get((chat_id, message_id))
 
 
 # -- the engine's side ----------------------------------------------------------------
@@ -646,16 +627,12 @@ class TelegramFrontend(Frontend):
         on_sent: Callable[[int, str], None] | None = None,
     ) -> None:
         route = self.registry.route(key)
-        mention = None
-        if route.user_id is not None and route.reply_to is None and route.name:
-            mention = Mention(route.user_id, route.name)
         self.outbox.send_text(
             route.chat_id,
             text,
             reply_to=route.reply_to,
             keyboard=keyboard,
             force_reply=force_reply and route.user_id is not None,
-            mention=mention,
             on_sent=on_sent,
         )
 
@@ -695,9 +672,11 @@ class TelegramFrontend(Frontend):
             return
         route = self.registry.route(key)
         tag = question_tag(question)
-        shown = Question(key, route.chat_id, tag, question.options, owner=route.name)
+        shown = Question(key, route.chat_id, tag, question.options)
         self.registry.open(shown)
-        keyboard = tuple((option, f"{tag}:{n}") for n, option in enumerate(question.options))
+        # In a group the buttons name whose they are: anyone there can press them.
+        owner = "" if route.user_id is None else f":{route.user_id}"
+        keyboard = tuple((option, f"{tag}:{n}{owner}") for n, option in enumerate(question.options))
 
         def on_sent(message_id: int, text: str) -> None:
             self.registry.sent(shown, message_id, text)
@@ -844,10 +823,10 @@ class Updates:
         def answer(text: str | None) -> None:
             self.outbox.put(AnswerCallback(chat.id, callback_id=press.id, text=text))
 
-        tag, _, number = (press.data or "").rpartition(":")
-        shown = self.registry.question_at(chat.id, message.message_id)
-        if shown is not None and shown.key != key:
-            answer(PRESS_NOT_YOURS.format(name=shown.owner or "someone else"))
+        tag, number, owner = [*(press.data or "").split(":", 2), "", ""][:3]
+        if owner and owner != str(press.from_user.id):
+            name = self.registry.route(f"{chat.id}:{owner}").name if owner.isdigit() else None
+            answer(PRESS_NOT_YOURS.format(name=name or "someone else"))
             return
         question = self.registry.question(key)
         if (
@@ -903,6 +882,7 @@ class Poller(threading.Thread):
         self.redact = redact
         self.fatal: str | None = None  # why the bot cannot run at all
         self.ready = threading.Event()  # set once getMe worked
+        self.dispatching = False  # handing a batch of updates over (else waiting)
 
     # -- backoff
 
@@ -1014,8 +994,12 @@ class Poller(threading.Thread):
                 failures = 0
             if self.stopping.is_set():
                 return  # not confirmed yet: Telegram sends them again next time
-            for item in raw or []:
-                offset = self._take(item, offset)
+            self.dispatching = True
+            try:
+                for item in raw or []:
+                    offset = self._take(item, offset)
+            finally:
+                self.dispatching = False
 
     def _take(self, item: Any, offset: int | None) -> int | None:
         """Handle one raw update; return the next offset."""
@@ -1026,8 +1010,9 @@ class Poller(threading.Thread):
         offset = max(offset or 0, update_id + 1)
         try:
             update = _update_type.de_json(item)
-        except Exception:
-            log.warning("ignoring update %s, which could not be read", update_id, exc_info=True)
+        except Exception as error:
+            log.warning("ignoring update %s, which could not be read: %r", update_id, error)
+            log.debug("the unreadable update %s", update_id, exc_info=True)
             return offset
         try:
             self.updates.handle(update)
@@ -1083,7 +1068,9 @@ class Bot:
 
     def stop(self) -> int:
         started = time.monotonic()
-        self.poller.join(0.5)  # in a long poll it is abandoned; nothing is lost
+        # A long poll in flight is abandoned (its updates are not confirmed, so
+        # Telegram sends them again); a batch being handed over is let finish.
+        self.poller.join(1.0 if self.poller.dispatching else 0.05)
         self.scheduler.stop(timeout=1.0)
         finished = self.outbox.close(timeout=self.drain_timeout)
         log.info(

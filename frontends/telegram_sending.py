@@ -78,7 +78,6 @@ class BotApi(Protocol):
         reply_to: int | None,
         keyboard: Keyboard | None,
         force_reply: bool,
-        mention: Mention | None,
     ) -> int:
         """Send a plain-text message; return its message_id."""
         ...
@@ -92,14 +91,6 @@ class BotApi(Protocol):
     def remove_keyboard(self, chat_id: int, message_id: int) -> None: ...
 
     def answer_callback(self, callback_id: str, text: str | None) -> None: ...
-
-
-@dataclass(frozen=True)
-class Mention:
-    """Start a message by naming a user (a ``text_mention`` entity), for groups."""
-
-    user_id: int
-    name: str
 
 
 # ---------------------------------------------------------------- splitting
@@ -282,7 +273,6 @@ class SendText(Job):
     reply_to: int | None = None
     keyboard: Keyboard | None = None
     force_reply: bool = False
-    mention: Mention | None = None
     #: Called on the sender thread with the new message's id and text.
     on_sent: Callable[[int, str], None] | None = None
     paced = True
@@ -294,7 +284,6 @@ class SendText(Job):
             reply_to=self.reply_to,
             keyboard=self.keyboard,
             force_reply=self.force_reply,
-            mention=self.mention,
         )
         if self.on_sent is not None:
             self.on_sent(message_id, self.text)
@@ -609,16 +598,14 @@ class Outbox:
         reply_to: int | None = None,
         keyboard: Keyboard | None = None,
         force_reply: bool = False,
-        mention: Mention | None = None,
         on_sent: Callable[[int, str], None] | None = None,
     ) -> None:
         """Queue `text`, split into as many messages as it needs.
 
-        Reply, mention and force-reply go with the first piece; the keyboard
-        and `on_sent` with the last (where the buttons show).
+        The reply goes with the first piece; the keyboard, the force-reply
+        and `on_sent` with the last (where the question is).
         """
-        limit = MESSAGE_LIMIT - (utf16_len(mention.name) + 2 if mention else 0)
-        pieces = split_text(text, limit)
+        pieces = split_text(text)
         if not pieces:
             log.debug("chat %s: not sending a blank message", chat_id)
             return
@@ -631,7 +618,6 @@ class Outbox:
                     reply_to=reply_to if index == 0 else None,
                     keyboard=keyboard if index == last else None,
                     force_reply=force_reply and index == last,
-                    mention=mention if index == 0 else None,
                     on_sent=on_sent if index == last else None,
                 )
             )

@@ -349,12 +349,17 @@ class FakeTelegram:
         callback_id = str(next(self._callback_ids))
         with self._cond:
             self._answers[callback_id] = None
+            # As Telegram does, the query carries the message as it is now.
+            current = next(
+                (m for m in self._sent.get(chat_id, []) if m.message_id == sent.message_id), sent
+            )
+            message = self._bot_message_json(chat, current)
         self.push(
             {
                 "callback_query": {
                     "id": callback_id,
                     "from": self.user(user_id),
-                    "message": self._bot_message_json(chat, sent),
+                    "message": message,
                     "chat_instance": f"instance-{chat_id}",
                     "data": data,
                 }

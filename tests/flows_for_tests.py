@@ -11,7 +11,7 @@ from engine.states import State, Steps
 
 def long_text() -> str:
     """10,000 characters in lines of 50: more than two Telegram messages."""
-    lines = [f"Line {n:03d}: the quick brown fox jumps over it." for n in range(200)]
+    lines = [f"Line {n:03d}: the quick brown fox jumps over the lazy" for n in range(200)]
     text = "\n".join(lines)
     assert len(text) == 200 * 50 - 1
     return text + "!"

@@ -31,7 +31,6 @@ from frontends.telegram import (
 from frontends.telegram_sending import (
     Bucket,
     Keyboard,
-    Mention,
     Outbox,
     Pacing,
     PermanentError,
@@ -342,7 +341,6 @@ class FakeApi:
         reply_to: int | None,
         keyboard: Keyboard | None,
         force_reply: bool,
-        mention: Mention | None,
     ) -> int:
         with self.lock:
             failures = self.failures.get(chat_id)
