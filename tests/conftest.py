@@ -12,6 +12,7 @@ import pytest
 from engine.scheduler import Scheduler
 from engine.states import Flow
 from engine.testing import RecordingFrontend
+from tests.fake_telegram import FakeTelegram
 from tests.openmeteo_server import FakeOpenMeteo
 
 
@@ -100,3 +101,18 @@ def start_engine(no_engine_threads: None) -> Iterator[Callable[..., Engine]]:
     for scheduler in started:
         scheduler.stop()
 
+
+# -- the Telegram bot ------------------------------------------------------------
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    """A running fake Telegram Bot API on 127.0.0.1 (see ``tests/fake_telegram.py``).
+
+    Point a bot at it with ``TELEGRAM_API_URL=telegram.url`` and the token
+    ``tests.fake_telegram.TOKEN``; play users with ``send_text``/``press``...;
+    read what the bot sent with ``messages``/``wait_text``; inject failures
+    with ``fail``. Stopped, with all its threads joined, after the test.
+    """
+    with FakeTelegram() as server:
+        yield server
