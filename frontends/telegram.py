@@ -39,7 +39,7 @@ import types as pytypes
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 import telebot
@@ -862,13 +862,22 @@ class Updates:
 # -- polling ------------------------------------------------------------------------------
 
 
+class Dispatcher(Protocol):
+    """Where the poller hands updates (:class:`Updates`, or a test's stand-in)."""
+
+    username: str
+    bot_id: int | None
+
+    def handle(self, update: types.Update) -> None: ...
+
+
 class Poller(threading.Thread):
     """Long polling with backoff; the only thread that talks to the handlers."""
 
     def __init__(
         self,
         bot: telebot.TeleBot,
-        updates: Updates,
+        updates: Dispatcher,
         stopping: threading.Event,
         *,
         poll_timeout: int,
@@ -883,6 +892,8 @@ class Poller(threading.Thread):
         self.fatal: str | None = None  # why the bot cannot run at all
         self.ready = threading.Event()  # set once getMe worked
         self.dispatching = False  # handing a batch of updates over (else waiting)
+        self.offset: int | None = None  # after the last update handed over
+        self.confirmed: int | None = None  # the offset Telegram was last told
 
     # -- backoff
 
@@ -969,10 +980,10 @@ class Poller(threading.Thread):
         return True
 
     def _poll(self) -> None:
-        offset: int | None = None
         failures = 0
         api: Any = apihelper  # untyped module
         while not self.stopping.is_set():
+            offset = self.offset
             try:
                 raw = api.get_updates(
                     self.bot.token,
@@ -989,6 +1000,7 @@ class Poller(threading.Thread):
                     delay = 30.0
                 self.stopping.wait(delay)
                 continue
+            self.confirmed = offset
             if failures:
                 log.info("polling works again after %d failure(s)", failures)
                 failures = 0
@@ -997,9 +1009,33 @@ class Poller(threading.Thread):
             self.dispatching = True
             try:
                 for item in raw or []:
-                    offset = self._take(item, offset)
+                    self.offset = self._take(item, self.offset)
             finally:
                 self.dispatching = False
+
+    def confirm(self, timeout: float = 2.0) -> None:
+        """On stop: tell Telegram which updates were handed over, so none comes again.
+
+        A short poll (no waiting) with the next offset; the updates it may
+        return are not confirmed and so come again after a restart.
+        """
+        offset = self.offset
+        if self.dispatching or offset is None or offset == self.confirmed:
+            return
+        api: Any = apihelper
+        try:
+            api._make_request(
+                self.bot.token,
+                "getUpdates",
+                params={"offset": offset, "limit": 1, "timeout": timeout},
+            )
+        except Exception as error:
+            log.warning(
+                "could not confirm the last updates (%s); Telegram will send them again",
+                self._describe(error),
+            )
+        else:
+            self.confirmed = offset
 
     def _take(self, item: Any, offset: int | None) -> int | None:
         """Handle one raw update; return the next offset."""
@@ -1072,6 +1108,7 @@ class Bot:
         # Telegram sends them again); a batch being handed over is let finish.
         self.poller.join(1.0 if self.poller.dispatching else 0.05)
         self.scheduler.stop(timeout=1.0)
+        self.poller.confirm()
         finished = self.outbox.close(timeout=self.drain_timeout)
         log.info(
             "stopped in %.1fs%s",

@@ -1,4 +1,4 @@
-"""The Telegram bot's parts, without a bot: splitting, redaction, settings, pacing, the outbox."""
+"""The Telegram bot's parts: splitting, redaction, settings, pacing, the outbox, the poller."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import requests
+import telebot
 from telebot import apihelper as _apihelper
+from telebot import types
 
 from engine.frontend import Notice
 from flows.weather import WeatherFlow
@@ -19,6 +21,7 @@ from frontends.telegram import (
     DEFAULT_FLOW,
     NOTICES,
     ConfigError,
+    Poller,
     Redactor,
     Route,
     build_parser,
@@ -40,7 +43,7 @@ from frontends.telegram_sending import (
     split_text,
     utf16_len,
 )
-from tests.fake_telegram import TOKEN
+from tests.fake_telegram import TOKEN, FakeTelegram
 
 SECRET = TOKEN.split(":")[1]
 apihelper: Any = _apihelper  # its exceptions are not annotated
@@ -543,3 +546,43 @@ def test_close_logs_what_it_could_not_send(api: FakeApi, caplog: pytest.LogCaptu
     lost = [r.getMessage() for r in caplog.records if "chat 5: NOT SENT" in r.getMessage()]
     assert len(lost) == 5
     assert not [t.name for t in threading.enumerate() if t.name.startswith("telegram-sender")]
+
+
+# -- the poller, in this process ----------------------------------------------------------------
+
+
+class StopAfter:
+    """Takes updates from the poller; asks it to stop after the first one."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self.username = ""
+        self.bot_id: int | None = None
+        self.stopping = stopping
+        self.handled: list[int] = []
+
+    def handle(self, update: types.Update) -> None:
+        self.handled.append(update.update_id)
+        self.stopping.set()
+
+
+def test_updates_handed_over_before_a_stop_are_confirmed(
+    telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apihelper, "API_URL", telegram.url + "/bot{0}/{1}")
+    for n in range(3):
+        telegram.send_text(50 + n, f"message {n}")
+    stopping = threading.Event()
+    sink = StopAfter(stopping)
+    poller = Poller(
+        telebot.TeleBot(TOKEN, threaded=False), sink, stopping, poll_timeout=1, redact=str
+    )
+
+    poller.start()
+    poller.join(5)
+    assert not poller.is_alive()
+    assert len(sink.handled) == 3  # the whole batch, though a stop came after the first
+    assert telegram.unconfirmed() == 3  # no poll after it: Telegram would send them again
+
+    poller.confirm()
+
+    assert telegram.unconfirmed() == 0
