@@ -534,7 +534,6 @@ class Question:
     tag: str  # names the question in the buttons' callback data
     options: tuple[str, ...]
     message_id: int | None = None  # the message with the buttons, once sent
-    text: str | None = None  # and its text
 
 
 def question_tag(question: Choose) -> str:
@@ -587,10 +586,10 @@ class Registry:
             self._close(question.key)
             self._questions[question.key] = question
 
-    def sent(self, question: Question, message_id: int, text: str) -> None:
+    def sent(self, question: Question, message_id: int) -> None:
         """The question's buttons are on screen (called on a sender thread)."""
         with self._lock:
-            question.message_id, question.text = message_id, text
+            question.message_id = message_id
 
     def close(self, key: Key) -> Question | None:
         with self._lock:
@@ -602,6 +601,22 @@ class Registry:
     def question(self, key: Key) -> Question | None:
         with self._lock:
             return self._questions.get(key)
+
+
+def retire_buttons(
+    outbox: Outbox,
+    chat_id: int,
+    message_id: Callable[[], int | None],
+    text: str | None = None,
+    answer: str | None = None,
+) -> None:
+    """Queue taking the buttons off a message; with `answer`, show it below `text`."""
+    edited = None
+    if answer is not None and text is not None:
+        edited = f"{text}\n\n→ {answer}"
+        if utf16_len(edited) > MESSAGE_LIMIT:
+            edited = None
+    outbox.put(EditMessage(chat_id, message_id=message_id, text=edited))
 
 
 # -- the engine's side ----------------------------------------------------------------
@@ -636,17 +651,10 @@ class TelegramFrontend(Frontend):
             on_sent=on_sent,
         )
 
-    def _retire(self, question: Question | None, answer: str | None = None) -> None:
-        """Take the buttons off a question's message (showing `answer`, if given)."""
-        if question is None:
-            return
-        text = None
-        if answer is not None and question.text is not None:
-            edited = f"{question.text}\n\n→ {answer}"
-            text = edited if utf16_len(edited) <= MESSAGE_LIMIT else None
-        self.outbox.put(
-            EditMessage(question.chat_id, message_id=lambda: question.message_id, text=text)
-        )
+    def _retire(self, question: Question | None) -> None:
+        """Take the buttons off a question that is over."""
+        if question is not None:
+            retire_buttons(self.outbox, question.chat_id, lambda: question.message_id)
 
     def deliver(self, key: Key, command: Command) -> None:
         if not isinstance(command, Print):
@@ -679,7 +687,7 @@ class TelegramFrontend(Frontend):
         keyboard = tuple((option, f"{tag}:{n}{owner}") for n, option in enumerate(question.options))
 
         def on_sent(message_id: int, text: str) -> None:
-            self.registry.sent(shown, message_id, text)
+            self.registry.sent(shown, message_id)
 
         prompt = question.prompt if question.prompt.strip() else "Choose one:"
         self._send(key, prompt, keyboard=keyboard, on_sent=on_sent)
@@ -819,6 +827,7 @@ class Updates:
             return
         group = is_group(chat.type)
         key = conversation_key(chat.id, press.from_user.id, group)
+        pressed: int = message.message_id
 
         def answer(text: str | None) -> None:
             self.outbox.put(AnswerCallback(chat.id, callback_id=press.id, text=text))
@@ -837,13 +846,9 @@ class Updates:
         ):
             answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
             if getattr(message, "reply_markup", None) is not None:
-                stale = message.message_id
-                self.outbox.put(EditMessage(chat.id, message_id=lambda: stale))
+                retire_buttons(self.outbox, chat.id, lambda: pressed)
             return
         option = question.options[int(number)]
-        if question.message_id is None:  # restored after a restart: this is its message
-            question.message_id = message.message_id
-            question.text = getattr(message, "text", None)
         self.registry.close(key)
         answer(None)
         if group:  # keep answering this person where they are
@@ -852,11 +857,13 @@ class Updates:
                 key, Route(chat.id, press.from_user.id, route.reply_to, press.from_user.first_name)
             )
         self.scheduler.send(key, option, source=self.source)
-        text = None
-        if question.text is not None:
-            edited = f"{question.text}\n\n→ {option}"
-            text = edited if utf16_len(edited) <= MESSAGE_LIMIT else None
-        self.outbox.put(EditMessage(chat.id, message_id=lambda: question.message_id, text=text))
+        # The pressed message shows the choice. (After a restart, or with an
+        # older copy of the same question, it need not be the latest one.)
+        retire_buttons(
+            self.outbox, chat.id, lambda: pressed, getattr(message, "text", None), option
+        )
+        if question.message_id not in (None, pressed):
+            retire_buttons(self.outbox, chat.id, lambda: question.message_id)
 
 
 # -- polling ------------------------------------------------------------------------------
