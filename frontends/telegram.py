@@ -200,6 +200,13 @@ def _non_negative(raw: str) -> float:
     return value
 
 
+def _positive(raw: str) -> float:
+    value = _non_negative(raw)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def _positive_int(raw: str) -> int:
     try:
         value = int(raw)
@@ -223,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
             "@BotFather, required; TELEGRAM_API_URL is the Bot API server (default "
             f"{DEFAULT_API_URL}); TELEGRAM_CHAT_RATE, TELEGRAM_CHAT_BURST, TELEGRAM_GROUP_RATE "
             "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options. Exit status: 0 "
-            "after a stop, 2 for a missing or malformed token or bad options."
+            "after a stop; 2 for a missing, malformed or rejected token, a flow that cannot be "
+            "loaded or bad options; 1 if the bot failed."
         ),
     )
     parser.add_argument(
@@ -283,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads running the flow's calls, e.g. weather lookups (default 8)",
     )  # fmt: skip
     tuning.add_argument(
-        "--idle-timeout", type=_non_negative, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
+        "--idle-timeout", type=_positive, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
         help="end a conversation after this long without an answer (default one day)",
     )  # fmt: skip
     tuning.add_argument(
