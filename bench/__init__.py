@@ -1,0 +1,1 @@
+"""Benchmarks; run ``python bench/engine_bench.py`` from the repository root."""

@@ -1,0 +1,59 @@
+"""The benchmark's parts run at tiny sizes and count every step (counts, never times)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import engine_bench as bench
+
+CONVERSATIONS, ANSWERS = 50, 3
+STEPS = CONVERSATIONS * ANSWERS
+
+
+@pytest.mark.parametrize("prints", [False, True], ids=["input", "input+print"])
+@pytest.mark.parametrize(
+    "run", [bench.run_floor, bench.run_scheduler, bench.run_asyncio, bench.run_asyncio_batch_fed]
+)
+def test_each_design_takes_every_answer(run: bench.Runner, prints: bool) -> None:
+    result = run(CONVERSATIONS, ANSWERS, prints)
+    assert result.steps == STEPS
+    assert result.asked == STEPS  # the first question, then one after each answer but the last
+    assert result.delivered == (STEPS if prints else 0)
+    assert result.ended == CONVERSATIONS
+    assert result.seconds > 0
+
+
+def test_the_journaled_scheduler_plugs_in() -> None:
+    result = bench.run_journaled(CONVERSATIONS, ANSWERS)
+    if bench.find_sqlite_journal() is None:
+        assert isinstance(result, str)
+        pytest.skip(result)
+    assert isinstance(result, bench.Result), result
+    assert (result.steps, result.asked, result.ended) == (STEPS, STEPS, CONVERSATIONS)
+
+
+def test_memory_is_measured_with_every_conversation_parked() -> None:
+    for measure in (bench.memory_scheduler, bench.memory_asyncio):
+        memory = measure(CONVERSATIONS, top=3)
+        assert memory.parked == CONVERSATIONS
+        assert memory.bytes_per_conversation > 0
+        assert len(memory.top) == 3
+
+
+def test_the_report_has_every_row_and_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--conversations", "40", "--answers", "2", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for suffix in ("", " +Print"):
+        for row in ("gen.send floor", "scheduler", "asyncio", "asyncio batch-fed"):
+            assert f"\n{row}{suffix} " in out
+    assert "SQLite journal:" in out
+    assert "memory per parked conversation, scheduler" in out
+    assert "memory per parked conversation, asyncio" in out
+    assert out.count("PASS") + out.count("FAIL") == 3
+
+
+def test_a_miscount_is_caught() -> None:
+    result = bench.run_floor(5, 2)
+    result.ended -= 1
+    with pytest.raises(AssertionError, match="ended"):
+        bench._check_counts(result)
