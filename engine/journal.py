@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.commands import Call, Command
+from engine.commands import Call, Command, Input
 from engine.states import State, snapshot
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ def fingerprint(command: Command) -> str:
     A ``Call`` is named by its function, not its arguments: an argument such
     as a session object has no stable text, and the function says enough.
     """
+    if isinstance(command, Input):  # the commonest: spared the slower dataclass repr
+        return f"Input {command.prompt!r}"
     if isinstance(command, Call):
         module = getattr(command.fn, "__module__", None) or "?"
         return f"Call {module}.{command.name}"

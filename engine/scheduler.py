@@ -57,6 +57,13 @@ _WAKE, _EXPIRE = range(2)
 #: How many expired conversations are remembered, to tell them so.
 _MAX_EXPIRED_KEYS = 100_000
 
+#: The most inbox events taken in one batch. Everything a batch sends waits in
+#: the outbox until its commit; with thousands of events those entries outlive
+#: the young garbage collections, get promoted, and set off full collections
+#: that walk every live conversation. 256 keeps them young; one SQLite commit
+#: per 256 events costs next to nothing.
+_MAX_BATCH = 256
+
 #: A handler's answer meaning "no value yet: park until an event arrives".
 _PARK = object()
 
@@ -109,7 +116,7 @@ class Scheduler:
         self._timers: list[tuple[float, int, int, _Chat, int]] = []
         self._timer_order = itertools.count()
         self._tickets = itertools.count(1)
-        self._outbox: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._outbox: list[tuple[Any, ...]] = []
         self._workers = WorkerPool(workers)
         self._thread: threading.Thread | None = None
         self._last_source = self.journal.last_source()
@@ -124,6 +131,9 @@ class Scheduler:
         }
         for extra in frontend.extra_commands:
             self._handlers[extra] = self._print
+        # Bound once: an outbox entry then costs one tuple, not three objects.
+        self._deliver = frontend.deliver
+        self._ask_user = frontend.ask
 
     # -- the thread-safe API --------------------------------------------
 
@@ -203,7 +213,7 @@ class Scheduler:
         except queue.Empty:
             return []
         try:
-            while len(batch) < 4096:
+            while len(batch) < _MAX_BATCH:
                 batch.append(self._inbox.get_nowait())
         except queue.Empty:
             pass
@@ -216,10 +226,10 @@ class Scheduler:
                 log.debug("skipping event from source %s: already taken", source)
                 return
             self._last_source = self._batch_source = source
-        if kind == _DONE:
-            self._call_done(target, payload)
-        elif kind == _TEXT:
+        if kind == _TEXT:
             self._text(target, payload)
+        elif kind == _DONE:
+            self._call_done(target, payload)
         elif kind == _BEGIN:
             self._begin(target)
         elif kind == _CANCEL:
@@ -249,8 +259,12 @@ class Scheduler:
                 self._notify(key, Notice.NOT_STARTED)
             return
         chat.last_active = self._clock()
-        if isinstance(chat.waiting, (Input, Choose)) and not chat.mailbox:
-            self._answer(chat, chat.waiting, text)
+        waiting = chat.waiting
+        if type(waiting) is Input and not chat.mailbox:  # the common case, inlined
+            self.journal.step(key, waiting, text, None)
+            self._resume(chat, text)
+        elif isinstance(waiting, (Input, Choose)) and not chat.mailbox:
+            self._answer(chat, waiting, text)
         else:
             if chat.mailbox is None:
                 chat.mailbox = deque()
@@ -354,7 +368,7 @@ class Scheduler:
 
     def _print(self, chat: _Chat, command: Command) -> Any:
         if not chat.replaying:
-            self._later(self.frontend.deliver, chat.key, command)
+            self._outbox.append((self._deliver, chat.key, command))
         return None
 
     def _ask(self, chat: _Chat, question: Input | Choose) -> Any:
@@ -368,7 +382,7 @@ class Scheduler:
         if chat.replaying:  # asked before the restart: don't ask twice
             self._later(self.frontend.restored, chat.key, question)
         else:
-            self._later(self.frontend.ask, chat.key, question)
+            self._outbox.append((self._ask_user, chat.key, question))
         return _PARK
 
     def _call(self, chat: _Chat, call: Call) -> Any:
@@ -431,7 +445,7 @@ class Scheduler:
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """Do `fn(*args)` once this batch is committed."""
-        self._outbox.append((fn, args))
+        self._outbox.append((fn, *args))
 
     def _notify(self, key: str, notice: Notice) -> None:
         self._later(self.frontend.notify, key, notice)
@@ -439,9 +453,9 @@ class Scheduler:
     def _commit(self) -> None:
         self.journal.commit(self._batch_source)
         outbox, self._outbox = self._outbox, []
-        for action, args in outbox:
+        for entry in outbox:
             try:
-                action(*args)
+                entry[0](*entry[1:])
             except Exception:  # a frontend bug must not stop the scheduler
                 log.exception("the %s frontend failed", self.frontend.name)
 
