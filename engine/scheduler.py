@@ -64,6 +64,12 @@ _MAX_EXPIRED_KEYS = 100_000
 #: per 256 events costs next to nothing.
 _MAX_BATCH = 256
 
+#: Sources (Telegram update ids) increase by one per update, so one that is
+#: not above the last taken was taken before, and is skipped. Not if it is far
+#: below, though: after a week without updates Telegram starts again from a
+#: random id, which must be taken.
+_REDELIVERY_WINDOW = 1_000_000
+
 #: A handler's answer meaning "no value yet: park until an event arrives".
 _PARK = object()
 
@@ -222,7 +228,8 @@ class Scheduler:
     def _handle(self, event: tuple[int, Any, Any, int | None]) -> None:
         kind, target, payload, source = event
         if source is not None:
-            if self._last_source is not None and source <= self._last_source:
+            last = self._last_source
+            if last is not None and last - _REDELIVERY_WINDOW < source <= last:
                 log.debug("skipping event from source %s: already taken", source)
                 return
             self._last_source = self._batch_source = source

@@ -47,6 +47,7 @@ from telebot import apihelper, types, util
 
 from engine.commands import Call, Choose, Command, Input, Print
 from engine.frontend import Frontend, Key, Notice
+from engine.journal import JournalError, SqliteJournal
 from engine.scheduler import DEFAULT_IDLE_TIMEOUT, Scheduler
 from engine.states import Flow, load_flow
 from frontends.telegram_sending import (
@@ -245,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STATE,
         metavar="PATH",
         help=(
-            f"journal file for conversations (default {DEFAULT_STATE} in the working "
-            "directory); reserved: this version keeps conversations in memory only"
+            f"SQLite file where conversations are kept, so that they survive a restart or a "
+            f"crash (default: {DEFAULT_STATE} in the working directory); one bot per file"
         ),
     )
     pacing = parser.add_argument_group(
@@ -1079,7 +1080,12 @@ class Bot:
     """Wires the pieces together and runs them until stopped."""
 
     def __init__(
-        self, settings: Settings, flow: Flow, args: argparse.Namespace, redactor: Redactor
+        self,
+        settings: Settings,
+        flow: Flow,
+        args: argparse.Namespace,
+        redactor: Redactor,
+        journal: SqliteJournal,
     ) -> None:
         helper: Any = apihelper  # its settings are module globals, typed by their defaults
         helper.API_URL = settings.api_url + "/bot{0}/{1}"
@@ -1090,8 +1096,13 @@ class Bot:
         self.registry = Registry()
         self.outbox = Outbox(TeleBotApi(self.bot), senders=args.senders, pacing=pacing_from(args))
         self.frontend = TelegramFrontend(self.outbox, self.registry)
+        self.journal = journal
         self.scheduler = Scheduler(
-            self.frontend, flow, workers=args.workers, idle_timeout=args.idle_timeout
+            self.frontend,
+            flow,
+            workers=args.workers,
+            idle_timeout=args.idle_timeout,
+            journal=journal,
         )
         self.updates = Updates(
             self.bot, self.scheduler, self.outbox, self.registry, help_text(flow, args.flow)
@@ -1123,6 +1134,7 @@ class Bot:
         # Telegram sends them again); a batch being handed over is let finish.
         self.poller.join(1.0 if self.poller.dispatching else 0.05)
         self.scheduler.stop(timeout=1.0)
+        self.journal.close()
         self.poller.confirm()
         finished = self.outbox.close(timeout=self.drain_timeout)
         log.info(
@@ -1149,8 +1161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"{PROGRAM}: error: {redactor.redact(str(error))}", file=sys.stderr)
         return 2
+    try:
+        journal = SqliteJournal(args.state)
+    except JournalError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        return 2
     setup_logging(args.verbose, redactor)
-    bot = Bot(settings, flow, args, redactor)
+    bot = Bot(settings, flow, args, redactor, journal)
     signal.signal(signal.SIGTERM, bot.request_stop)
     signal.signal(signal.SIGINT, bot.request_stop)
     try:

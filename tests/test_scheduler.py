@@ -725,6 +725,24 @@ def test_a_redelivered_update_is_taken_once(start_engine: StartEngine) -> None:
     assert scheduler.last_source == 3
 
 
+def test_ids_that_start_over_far_below_are_taken(start_engine: StartEngine) -> None:
+    # After a week without updates Telegram numbers them from a random id.
+    scheduler, frontend = start_engine(Echo)
+    scheduler.begin("ann", source=900_000_000)
+    scheduler.send("ann", "before", source=900_000_001)
+    scheduler.send("ann", "after", source=12_345)
+    scheduler.send("ann", "after again", source=12_345)
+    round_trip(scheduler, frontend)
+    assert frontend.lines("ann") == [
+        "bot: Say something:",
+        "bot: echo: before",
+        "bot: Say something:",
+        "bot: echo: after",
+        "bot: Say something:",
+    ]
+    assert scheduler.last_source == 12_345
+
+
 class QuietFrontend(RecordingFrontend):
     notices = {Notice.NOT_STARTED: "Send /start first", Notice.CANCELLED: ""}  # noqa: RUF012
 

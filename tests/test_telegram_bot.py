@@ -78,7 +78,7 @@ def start_bot(
         with path.open("wb") as output:
             process = subprocess.Popen(
                 [sys.executable, "-m", "frontends.telegram", *options],
-                cwd=ROOT,
+                cwd=tmp_path,  # where the bot keeps its state file; bots of one test share it
                 env=env if env is not None else bot_environment(telegram),
                 stdout=output,
                 stderr=subprocess.STDOUT,
