@@ -150,34 +150,23 @@ class FlowTest:
         sent: Any = None
         error: BaseException | None = None
         for number, (recorded, value, raised) in enumerate(self.history, 1):
-            try:
-                command = replay.throw(error) if error is not None else replay.send(sent)
-                while isinstance(command, Entered):
-                    command = next(replay)
-            except StopIteration:
-                command = None
+            command = _next_command(replay, sent, error)
             if command != recorded:
-                raise FlowMismatch(
-                    f"the flow is not deterministic: at step {number} it yielded {command!r} "
-                    f"on replay, {recorded!r} the first time. Is something non-deterministic "
-                    f"(time, randomness, I/O) done outside a Call?"
-                    f"\n{_show_dialogue(self.transcript)}"
-                )
+                self._not_deterministic(f"at step {number}", command, recorded)
             sent, error = value, raised
-        try:
-            command = replay.throw(error) if error is not None else replay.send(sent)
-            while isinstance(command, Entered):
-                command = next(replay)
-        except StopIteration:
-            command = None
+        command = _next_command(replay, sent, error)
         if command != self.command:
-            raise FlowMismatch(
-                f"the flow is not deterministic: after the last answer it yielded {command!r} "
-                f"on replay, {self.command!r} the first time. Is something non-deterministic "
-                f"(time, randomness, I/O) done outside a Call?"
-                f"\n{_show_dialogue(self.transcript)}"
-            )
+            self._not_deterministic("after the last answer", command, self.command)
         replay.close()
+
+    def _not_deterministic(
+        self, where: str, replayed: Command | None, recorded: Command | None
+    ) -> None:
+        raise FlowMismatch(
+            f"the flow is not deterministic: {where} it yielded {replayed!r} on replay, "
+            f"{recorded!r} the first time. Is something non-deterministic (time, randomness, "
+            f"I/O) done outside a Call?\n{_show_dialogue(self.transcript)}"
+        )
 
     def _advance(self, value: Any, error: BaseException | None) -> Command | None:
         if self.command is not None:
@@ -283,6 +272,17 @@ def check_transcript(
                 test.returns(result)
         else:
             test.resume()
+
+
+def _next_command(steps: Conversation, value: Any, error: BaseException | None) -> Command | None:
+    """Send `value` (or throw `error`) in; the next command, or ``None`` at the end."""
+    try:
+        command = steps.throw(error) if error is not None else steps.send(value)
+        while isinstance(command, Entered):
+            command = next(steps)
+    except StopIteration:
+        return None
+    return command
 
 
 def _short_name(command: Call) -> str:
