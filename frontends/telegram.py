@@ -230,9 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
             "environment: TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_API_KEY) is the bot's token from "
             "@BotFather, required; TELEGRAM_API_URL is the Bot API server (default "
             f"{DEFAULT_API_URL}); TELEGRAM_CHAT_RATE, TELEGRAM_CHAT_BURST, TELEGRAM_GROUP_RATE "
-            "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options. Exit status: 0 "
-            "after a stop; 2 for a missing, malformed or rejected token, a flow that cannot be "
-            "loaded or bad options; 1 if the bot failed."
+            "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options; the weather flow "
+            "reads OPEN_METEO_GEOCODING_URL and OPEN_METEO_FORECAST_URL. Exit status: 0 after a "
+            "stop; 2 for a missing, malformed or rejected token, a flow that cannot be loaded, "
+            "a state file that cannot be used, or bad options; 1 if the bot failed."
         ),
     )
     parser.add_argument(
