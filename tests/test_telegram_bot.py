@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.journal import SqliteJournal
 from flows.weather import NEXT_PROMPT, PLACE_PROMPT
 from tests.fake_telegram import TOKEN, FakeTelegram, Sent
 from tests.flows_for_tests import long_text
@@ -598,3 +599,39 @@ def test_a_bad_flow_exits_2_with_one_line(telegram: FakeTelegram) -> None:
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no_such_module" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["damaged", "read-only", "in use"])
+def test_a_state_file_that_cannot_be_used_exits_2_with_one_line(
+    telegram: FakeTelegram, tmp_path: Path, damage: str
+) -> None:
+    state = tmp_path / "weather-bot.sqlite3"
+    holder = None
+    if damage == "damaged":
+        state.write_bytes(b"not a database at all" * 50)
+    else:
+        SqliteJournal(state).close()
+        if damage == "read-only":
+            state.chmod(0o444)
+        else:
+            holder = SqliteJournal(state)  # another instance runs on it
+    before = state.read_bytes()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "frontends.telegram"],
+            cwd=tmp_path,
+            env=bot_environment(telegram),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        if holder is not None:
+            holder.close()
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("weather-bot: error: weather-bot.sqlite3: ")
+    assert damage.replace("in use", "in use by another") in lines[0]
+    assert telegram.requests == []
+    assert state.read_bytes() == before
