@@ -636,4 +636,5 @@ def test_a_state_file_that_cannot_be_used_exits_2_with_one_line(
     assert lines[0].startswith("weather-bot: error: weather-bot.sqlite3: ")
     assert damage.replace("in use", "in use by another") in lines[0]
     assert telegram.requests == []
-    assert state.read_bytes() == before
+    if holder is None:  # (the instance holding it may write to it, of course)
+        assert state.read_bytes() == before
