@@ -302,7 +302,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="log debugging details (engine steps, HTTP requests) to stderr",
+        help="log debugging details (engine steps, HTTP requests, warnings) to stderr; "
+        "without it only errors are logged",
     )
     return parser
 
@@ -335,7 +336,9 @@ def _configure_logging(prog: str, verbose: bool) -> None:
     handler.setFormatter(_TerminalLogFormatter(fmt, tracebacks=verbose))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Without -v the terminal shows the dialogue and real errors only: a failed
+    # request is already told to the user by the flow, in a sentence.
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _load(spec: str) -> Flow:
