@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from engine.commands import Call, Input, Print
+from engine.commands import Call, Input, Print, Sleep
 from engine.states import State, Steps
 
 
@@ -57,4 +57,42 @@ class Countdown(State):
         for n in range(5, 0, -1):
             yield Print(f"count {n}")
         yield Input("Done?")
+        return None
+
+
+@dataclass(frozen=True)
+class Nap(State):
+    """Asks how many seconds to sleep, sleeps (a ``Sleep``, no thread held), says so.
+
+    Again until "bye".
+    """
+
+    def run(self) -> Steps:
+        answer = yield Input("How long?")
+        while answer != "bye":
+            yield Print(f"sleeping {answer} s")
+            yield Sleep(float(answer))
+            yield Print(f"slept {answer} s")
+            answer = yield Input("How long?")
+        yield Print("bye")
+        return None
+
+
+@dataclass(frozen=True)
+class Hold(State):
+    """Echoes like :class:`Echo`, but "hold N" first blocks the engine's thread N seconds.
+
+    A flow must never block (that is what ``Call`` is for); this one does on
+    purpose, to stand for an engine that falls behind the updates (a burst,
+    a slow disk), so a test can crash the bot while updates wait unjournaled.
+    """
+
+    def run(self) -> Steps:
+        text = yield Input("Say something")
+        while text != "bye":
+            if text.startswith("hold "):
+                time.sleep(float(text.split()[1]))
+            yield Print(f"echo: {text}")
+            text = yield Input()
+        yield Print("bye")
         return None

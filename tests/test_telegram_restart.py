@@ -1,0 +1,614 @@
+"""The Telegram bot survives ``kill -9``: conversations go on where they were.
+
+Each test runs ``python -m frontends.telegram`` as a subprocess against the
+fake Bot API and the fake Open-Meteo, brings several users to different
+points of their conversations, kills the bot with SIGKILL (never a graceful
+stop), starts it again in the same directory (so on the same state file,
+``weather-bot.sqlite3``) and checks that every chat received exactly what it
+would have without the crash: no message lost, none sent twice, no update
+handled twice, no ``/start`` needed.
+
+Unless a test is about updates Telegram sends again, the bot is killed once
+it has confirmed every update (so waits in a long poll), and the pending
+command is the only thing in flight. Every chat's whole list of texts is
+compared, in order. To be sure nothing
+more is still coming, each check ends with a ``/cancel`` from every user,
+whose answer ("Exiting..." or "Not started...") comes after anything earlier
+in that chat.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from threading import Condition
+from typing import TypeVar
+
+import pytest
+
+from flows.weather import CITY_PROMPT, NEXT_PROMPT, PLACE_PROMPT, TERMINATING
+from tests.fake_telegram import FakeTelegram, Sent
+from tests.openmeteo_server import FakeOpenMeteo
+from tests.test_telegram_bot import SECRET, bot_environment
+
+T = TypeVar("T")
+
+NOT_STARTED = "Not started, call /start first"
+ALREADY = "Already running, call /cancel to exit"
+EXITING = "Exiting..."
+PLEASE = "Please answer with text."
+WIND = "Overcast, wind 4.8 km/h from the north"
+
+LONDON_OPTIONS = [
+    "London, England, United Kingdom",
+    "London, Ontario, Canada",
+    "London, Ohio, United States",
+    "London, Kentucky, United States",
+    "London, Arkansas, United States",
+]
+
+
+def weather(where: str, latitude: float, longitude: float, temperature: float) -> list[str]:
+    """What the weather flow says about a place, uninterrupted."""
+    return [
+        f"Found {where} at latitude {latitude} and longitude {longitude}",
+        f"Current temperature is {temperature} °C",
+        WIND,
+    ]
+
+
+SPRINGFIELD = weather("Springfield (United States)", 39.8, -89.6, 21.5)
+SHELBYVILLE = weather("Shelbyville (United States)", 35.5, -86.5, 9.0)
+LONDON_CANADA = weather("London (Canada)", 42.98339, -81.23304, 15.6)
+LONDON_OHIO = weather("London (United States)", 39.88645, -83.44825, 15.6)
+LONDON_ENGLAND = weather("London (United Kingdom)", 51.50853, -0.12574, 15.6)
+
+
+def answered(question: str, answer: str) -> str:
+    """A question whose button was pressed: the choice is shown on it."""
+    return f"{question}\n\n→ {answer}"
+
+
+# -- the fakes and the bot ---------------------------------------------------------------
+
+
+class Telegram(FakeTelegram):
+    """The fake Bot API, plus a way to hand the bot several updates in one answer."""
+
+    def together(self) -> Condition:
+        """``with telegram.together(): ...``: updates pushed inside reach the bot at once.
+
+        The server's lock is held meanwhile, so a waiting long poll answers
+        only when all of them are queued (its lock is re-entrant).
+        """
+        return self._cond
+
+
+@pytest.fixture
+def telegram() -> Iterator[Telegram]:
+    with Telegram() as server:
+        yield server
+
+
+@pytest.fixture
+def places(openmeteo: FakeOpenMeteo) -> FakeOpenMeteo:
+    openmeteo.add_place("Springfield", 39.8, -89.6, country="United States")
+    openmeteo.set_forecast(39.8, -89.6, temperature=21.5)
+    openmeteo.add_place("Shelbyville", 35.5, -86.5, country="United States")
+    openmeteo.set_forecast(35.5, -86.5, temperature=9.0)
+    return openmeteo
+
+
+class Bots:
+    """Starts the bot, kills it with SIGKILL and starts it again, in one directory."""
+
+    def __init__(self, telegram: Telegram, directory: Path) -> None:
+        self.telegram = telegram
+        self.directory = directory
+        self.options: tuple[str, ...] = ()
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.started[-1][0]
+
+    def output(self, index: int = -1) -> str:
+        return self.started[index][1].read_text(encoding="utf-8", errors="replace")
+
+    def start(self, *options: str) -> None:
+        """Start the bot (unpaced) and wait until it polls: it has recovered by then."""
+        assert not self.started or self.process.poll() is not None, "one bot at a time"
+        if not self.started:
+            self.options = options
+        polls = len(self.telegram.requests_to("getUpdates"))
+        log = self.directory / f"bot-{len(self.started)}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "frontends.telegram", "--no-pacing", *self.options],
+                cwd=self.directory,  # the state file is weather-bot.sqlite3 in here
+                env=bot_environment(self.telegram),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self.started.append((process, log))
+        self.telegram.wait_until(
+            lambda: (
+                len(self.telegram.requests_to("getUpdates")) > polls or process.poll() is not None
+            ),
+            timeout=20,
+            what="the bot to poll",
+        )
+        assert process.poll() is None, self.output()
+
+    def crash(self) -> None:
+        """``kill -9`` the running bot."""
+        process = self.process
+        assert process.poll() is None, f"the bot died by itself:\n{self.output()}"
+        process.kill()
+        assert process.wait(10) == -signal.SIGKILL
+
+    def restart(self) -> None:
+        """Start the bot again, in the same directory, with the same options."""
+        self.start(*self.options)
+
+    def stop_all(self) -> None:
+        for process, _ in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture
+def bots(telegram: Telegram, openmeteo: FakeOpenMeteo, tmp_path: Path) -> Iterator[Bots]:
+    """Bots run in `tmp_path`; all are killed after the test and their output checked."""
+    runner = Bots(telegram, tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.stop_all()
+    for index in range(len(runner.started)):
+        output = runner.output(index)
+        assert SECRET not in output, "the token leaked into the bot's output"
+        assert "Traceback" not in output, output
+
+
+# -- waiting and checking -------------------------------------------------------------------
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 10.0) -> T:
+    """Poll `check` (for state with no condition to wait on) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+    return result
+
+
+def searched(openmeteo: FakeOpenMeteo, name: str) -> int:
+    return sum(r.params.get("name") == name for r in openmeteo.requests_to("search"))
+
+
+def forecasts(openmeteo: FakeOpenMeteo, latitude: float) -> int:
+    return sum(
+        float(r.params.get("latitude", "nan")) == latitude
+        for r in openmeteo.requests_to("forecast")
+    )
+
+
+def now(telegram: FakeTelegram, sent: Sent) -> Sent:
+    """A message the bot sent, as it is now (edits applied)."""
+    return next(m for m in telegram.messages(sent.chat_id) if m.message_id == sent.message_id)
+
+
+def confirmed_all(telegram: FakeTelegram) -> None:
+    """Wait until the bot has confirmed every update (so it is in its next long poll)."""
+    telegram.wait_until(lambda: telegram.unconfirmed() == 0, what="all updates confirmed")
+
+
+def check_chats(
+    telegram: FakeTelegram, expected: dict[int, list[str]], timeout: float = 15.0
+) -> None:
+    """Every chat got exactly `expected`, the last text answering a closing ``/cancel``.
+
+    Waits for all but that last text, sends the ``/cancel``s, then waits for
+    them to be answered: anything sent twice comes before, so shows up.
+    """
+    for chat, texts in expected.items():
+        telegram.wait_messages(chat, len(texts) - 1, timeout)
+    telegram.send_texts((chat, "/cancel") for chat in expected)
+    for chat, texts in expected.items():
+        telegram.wait_messages(chat, len(texts), timeout)
+    got = {chat: telegram.texts(chat) for chat in expected}
+    wrong = [
+        f"chat {chat}: got {got[chat]!r},\n  expected {texts!r}"
+        for chat, texts in expected.items()
+        if got[chat] != texts
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def start_at_city(telegram: FakeTelegram, *chats: int) -> None:
+    telegram.send_texts((chat, "/start") for chat in chats)
+    for chat in chats:
+        telegram.wait_text(chat, CITY_PROMPT)
+
+
+def start_at_next(telegram: FakeTelegram, chats: dict[int, str]) -> dict[int, Sent]:
+    """Bring each chat to "What next?" with its city; return those questions."""
+    start_at_city(telegram, *chats)
+    telegram.send_texts(chats.items())
+    return {chat: telegram.wait_text(chat, NEXT_PROMPT) for chat in chats}
+
+
+def start_at_place(telegram: FakeTelegram, *chats: int) -> dict[int, Sent]:
+    """Bring each chat to "Which one do you mean?" (London); return those questions."""
+    start_at_city(telegram, *chats)
+    telegram.send_texts((chat, "London") for chat in chats)
+    questions = {chat: telegram.wait_text(chat, PLACE_PROMPT) for chat in chats}
+    assert all([label for label, _ in q.buttons] == LONDON_OPTIONS for q in questions.values())
+    return questions
+
+
+# -- a question pending: Input and Choose ------------------------------------------------------
+
+
+def test_users_asked_a_question_when_the_bot_was_killed_just_answer_it(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_city(telegram, 101, 105)  # Input "Name a city: " pending
+    places_asked = start_at_place(telegram, 102, 103)  # Choose with buttons pending
+    next_asked = start_at_next(telegram, {104: "Springfield", 106: "Shelbyville"})
+    telegram.send_text(107, "/start")
+    telegram.wait_text(107, CITY_PROMPT)
+    telegram.send_text(107, "Springfield")
+    finished = telegram.press(107, telegram.wait_text(107, NEXT_PROMPT), "quit")
+    telegram.wait_text(107, TERMINATING)
+
+    confirmed_all(telegram)
+    bots.crash()
+    bots.restart()
+
+    telegram.send_texts([(101, "Springfield"), (103, "2"), (105, "/start"), (107, "Paris")])
+    telegram.press(102, places_asked[102], "London, Ontario, Canada")
+    telegram.press(104, next_asked[104], "continue")
+    telegram.send_text(106, "continue")
+    telegram.wait_text(105, ALREADY)
+    telegram.send_text(105, "Shelbyville")
+    telegram.wait_text(104, CITY_PROMPT, after=5)
+    telegram.send_text(104, "Shelbyville")
+    telegram.wait_text(106, CITY_PROMPT, after=5)
+    telegram.send_text(106, "London")
+    again = telegram.wait_text(106, PLACE_PROMPT)
+    telegram.press(106, again, "London, England, United Kingdom")
+    telegram.press(102, telegram.wait_text(102, NEXT_PROMPT), "quit")
+    telegram.wait_text(103, NEXT_PROMPT)
+    telegram.send_text(103, "quit")
+
+    check_chats(
+        telegram,
+        {
+            101: [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT, EXITING],
+            102: [
+                CITY_PROMPT,
+                answered(PLACE_PROMPT, "London, Ontario, Canada"),
+                *LONDON_CANADA,
+                answered(NEXT_PROMPT, "quit"),
+                TERMINATING,
+                NOT_STARTED,
+            ],
+            103: [CITY_PROMPT, PLACE_PROMPT, *LONDON_OHIO, NEXT_PROMPT, TERMINATING, NOT_STARTED],
+            104: [
+                CITY_PROMPT,
+                *SPRINGFIELD,
+                answered(NEXT_PROMPT, "continue"),
+                CITY_PROMPT,
+                *SHELBYVILLE,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+            105: [CITY_PROMPT, ALREADY, *SHELBYVILLE, NEXT_PROMPT, EXITING],
+            106: [
+                CITY_PROMPT,
+                *SHELBYVILLE,
+                NEXT_PROMPT,
+                CITY_PROMPT,
+                answered(PLACE_PROMPT, "London, England, United Kingdom"),
+                *LONDON_ENGLAND,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+            107: [
+                CITY_PROMPT,
+                *SPRINGFIELD,
+                answered(NEXT_PROMPT, "quit"),
+                TERMINATING,
+                NOT_STARTED,
+                NOT_STARTED,
+            ],
+        },
+    )
+    assert telegram.answer_of(finished) is None  # no press was answered with a complaint
+
+
+# -- a Call pending ---------------------------------------------------------------------------
+
+
+def test_a_call_cut_short_by_the_crash_is_made_again_and_answered_once(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_city(telegram, 201, 202, 203)
+    places.fail("hang", endpoint="search")
+    telegram.send_text(201, "Springfield")
+    wait_for(lambda: searched(places, "Springfield"), "the search that hangs")
+    places.fail("hang", endpoint="forecast")
+    telegram.send_text(202, "Shelbyville")
+    telegram.wait_text(202, "Found Shelbyville")
+    wait_for(lambda: forecasts(places, 35.5), "the forecast that hangs")
+
+    confirmed_all(telegram)
+    bots.crash()
+    assert telegram.texts(201) == [CITY_PROMPT]
+    assert telegram.texts(202) == [CITY_PROMPT, SHELBYVILLE[0]]
+    bots.restart()
+
+    telegram.send_text(203, "London")
+    telegram.press(203, telegram.wait_text(203, PLACE_PROMPT), 0)
+    telegram.wait_text(201, NEXT_PROMPT)
+    telegram.wait_text(202, NEXT_PROMPT)
+    telegram.wait_text(203, NEXT_PROMPT)
+    check_chats(
+        telegram,
+        {
+            201: [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT, EXITING],
+            202: [CITY_PROMPT, *SHELBYVILLE, NEXT_PROMPT, EXITING],
+            203: [
+                CITY_PROMPT,
+                answered(PLACE_PROMPT, "London, England, United Kingdom"),
+                *LONDON_ENGLAND,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+        },
+    )
+    assert searched(places, "Springfield") == 2  # the one that hung, and again
+    assert searched(places, "Shelbyville") == 1  # its result was journaled
+    assert forecasts(places, 35.5) == 2
+    assert forecasts(places, 39.8) == 1
+
+
+# -- a Sleep pending --------------------------------------------------------------------------
+
+
+def test_a_sleep_cut_short_by_the_crash_ends_after_the_restart(
+    bots: Bots, telegram: Telegram
+) -> None:
+    bots.start("--flow", "tests.flows_for_tests:Nap")
+    telegram.send_texts([(301, "/start"), (302, "/start")])
+    telegram.wait_text(301, "How long?")
+    telegram.wait_text(302, "How long?")
+    telegram.send_texts([(301, "2"), (302, "0")])
+    telegram.wait_text(302, "How long?", after=1)
+    telegram.wait_text(301, "sleeping 2 s")
+
+    confirmed_all(telegram)
+    bots.crash()
+    assert telegram.texts(301) == ["How long?", "sleeping 2 s"]
+    bots.restart()
+
+    telegram.send_text(302, "bye")
+    telegram.wait_text(301, "How long?", after=1)
+    telegram.send_text(301, "bye")
+    check_chats(
+        telegram,
+        {
+            301: ["How long?", "sleeping 2 s", "slept 2 s", "How long?", "bye", NOT_STARTED],
+            302: ["How long?", "sleeping 0 s", "slept 0 s", "How long?", "bye", NOT_STARTED],
+        },
+    )
+
+
+# -- updates sent again ------------------------------------------------------------------------
+
+
+def hold_confirmations(telegram: FakeTelegram) -> None:
+    """Have the bot's next getUpdates answered 429 "retry after 30 s".
+
+    Call it while the bot waits in a long poll: the updates that poll then
+    returns are handed over but not confirmed (the next poll would have done
+    it), as when the bot is killed between two polls. The restarted bot polls
+    without an offset and gets them again, as from Telegram.
+    """
+    confirmed_all(telegram)
+    telegram.fail("getUpdates", 429, retry_after=30)
+
+
+def test_updates_sent_again_after_the_crash_are_not_handled_twice(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_city(telegram, 401)
+    places_asked = start_at_place(telegram, 402)
+    next_asked = start_at_next(telegram, {403: "Springfield", 405: "Shelbyville"})
+
+    hold_confirmations(telegram)
+    with telegram.together():
+        telegram.send_text(401, "Springfield")
+        pressed = telegram.press(402, places_asked[402], "London, Ontario, Canada")
+        telegram.send_text(403, "quit")
+        telegram.send_text(404, "/start")
+        telegram.press(405, next_asked[405], "continue")
+        telegram.send_text(406, "hello")
+    telegram.wait_text(401, NEXT_PROMPT)
+    telegram.wait_text(402, NEXT_PROMPT)
+    telegram.wait_text(403, TERMINATING)
+    telegram.wait_text(404, CITY_PROMPT)
+    telegram.wait_text(405, CITY_PROMPT, after=5)
+    telegram.wait_text(406, NOT_STARTED)
+    assert telegram.unconfirmed() == 6
+
+    bots.crash()
+    bots.restart()
+    confirmed_all(telegram)  # the six came again, and the new bot took them
+
+    telegram.send_texts([(401, "quit"), (403, "Paris"), (404, "Shelbyville")])
+    telegram.send_texts([(405, "Springfield"), (406, "/start")])
+    telegram.press(402, telegram.wait_text(402, NEXT_PROMPT), "quit")
+    check_chats(
+        telegram,
+        {
+            401: [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT, TERMINATING, NOT_STARTED],
+            402: [
+                CITY_PROMPT,
+                answered(PLACE_PROMPT, "London, Ontario, Canada"),
+                *LONDON_CANADA,
+                answered(NEXT_PROMPT, "quit"),
+                TERMINATING,
+                NOT_STARTED,
+            ],
+            403: [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT, TERMINATING, NOT_STARTED, NOT_STARTED],
+            404: [CITY_PROMPT, *SHELBYVILLE, NEXT_PROMPT, EXITING],
+            405: [
+                CITY_PROMPT,
+                *SHELBYVILLE,
+                answered(NEXT_PROMPT, "continue"),
+                CITY_PROMPT,
+                *SPRINGFIELD,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+            406: [NOT_STARTED, CITY_PROMPT, EXITING],
+        },
+    )
+    assert telegram.answered(pressed)
+
+
+# -- while the bot is down ----------------------------------------------------------------------
+
+
+def test_messages_sent_while_the_bot_is_down_are_answered_after_the_restart(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_city(telegram, 601)
+    places_asked = start_at_place(telegram, 602)
+    start_at_next(telegram, {603: "Springfield"})
+
+    confirmed_all(telegram)
+    bots.crash()
+    telegram.send_text(601, "Springfield")
+    telegram.press(602, places_asked[602], "London, Ontario, Canada")
+    telegram.send_text(603, "continue")
+    telegram.send_text(603, "Shelbyville")
+    telegram.send_text(604, "/start")
+    telegram.send_text(605, "hello")
+    bots.restart()
+
+    telegram.wait_text(604, CITY_PROMPT)
+    telegram.send_text(604, "London")
+    telegram.wait_text(604, PLACE_PROMPT)
+    telegram.send_text(604, "London, Ohio, United States")
+    telegram.wait_text(602, NEXT_PROMPT)
+    check_chats(
+        telegram,
+        {
+            601: [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT, EXITING],
+            602: [
+                CITY_PROMPT,
+                answered(PLACE_PROMPT, "London, Ontario, Canada"),
+                *LONDON_CANADA,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+            603: [
+                CITY_PROMPT,
+                *SPRINGFIELD,
+                NEXT_PROMPT,
+                CITY_PROMPT,
+                *SHELBYVILLE,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+            604: [CITY_PROMPT, PLACE_PROMPT, *LONDON_OHIO, NEXT_PROMPT, EXITING],
+            605: [NOT_STARTED, NOT_STARTED],
+        },
+    )
+
+
+# -- a busy conversation's mailbox ----------------------------------------------------------------
+
+
+def test_a_burst_to_a_busy_conversation_is_answered_in_order_after_the_crash(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_city(telegram, 701)
+    places.fail("hang", endpoint="search")
+    telegram.send_text(701, "Springfield")
+    wait_for(lambda: searched(places, "Springfield"), "the search that hangs")
+    # Inside the Call: these wait in the conversation's mailbox. 702's /start
+    # comes after them, so its answer means they were journaled.
+    telegram.send_texts([(701, "continue"), (701, "Shelbyville"), (701, "quit"), (702, "/start")])
+    telegram.wait_text(702, CITY_PROMPT)
+
+    confirmed_all(telegram)
+    bots.crash()
+    assert telegram.texts(701) == [CITY_PROMPT]
+    bots.restart()
+
+    check_chats(
+        telegram,
+        {
+            # A question with its answer already waiting is not shown.
+            701: [CITY_PROMPT, *SPRINGFIELD, *SHELBYVILLE, TERMINATING, NOT_STARTED],
+            702: [CITY_PROMPT, EXITING],
+        },
+    )
+    assert searched(places, "Springfield") == 2
+
+
+# -- killed again ------------------------------------------------------------------------------
+
+
+def test_killed_again_right_after_the_restart(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_city(telegram, 1001, 1003)
+    places_asked = start_at_place(telegram, 1002)
+    places.fail("hang", times=2, endpoint="search")
+    telegram.send_text(1003, "Springfield")
+    wait_for(lambda: searched(places, "Springfield") == 1, "the search that hangs")
+
+    confirmed_all(telegram)
+    bots.crash()
+    bots.restart()
+    wait_for(lambda: searched(places, "Springfield") == 2, "the search again, which hangs too")
+    confirmed_all(telegram)
+    bots.crash()
+    bots.restart()
+
+    telegram.send_text(1001, "Shelbyville")
+    telegram.press(1002, places_asked[1002], "London, Ontario, Canada")
+    telegram.wait_text(1003, NEXT_PROMPT)
+    check_chats(
+        telegram,
+        {
+            1001: [CITY_PROMPT, *SHELBYVILLE, NEXT_PROMPT, EXITING],
+            1002: [
+                CITY_PROMPT,
+                answered(PLACE_PROMPT, "London, Ontario, Canada"),
+                *LONDON_CANADA,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+            1003: [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT, EXITING],
+        },
+    )
+    assert searched(places, "Springfield") == 3
