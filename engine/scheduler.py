@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 24 * 3600.0
 
 # Inbox event kinds. Events are plain tuples: (kind, target, payload, source).
-_BEGIN, _TEXT, _CANCEL, _DONE, _STOP = range(5)
+_BEGIN, _TEXT, _CANCEL, _DONE, _POST, _STOP = range(6)
 # Timer kinds.
 _WAKE, _EXPIRE = range(2)
 
@@ -126,6 +126,7 @@ class Scheduler:
         self._workers = WorkerPool(workers)
         self._thread: threading.Thread | None = None
         self._last_source = self.journal.last_source()
+        self._committed_source = self._last_source
         self._batch_source: int | None = None
         # The table: what to do with each kind of command a flow yields.
         self._handlers: dict[type, Callable[[_Chat, Any], Any]] = {
@@ -154,6 +155,29 @@ class Scheduler:
     def cancel(self, key: str, *, source: int | None = None) -> None:
         """End `key`'s conversation: its flow sees :class:`Cancelled` at its ``yield``."""
         self._inbox.put((_CANCEL, key, None, source))
+
+    def post(self, action: Callable[[], Any] | None, *, source: int | None = None) -> None:
+        """Run `action` on the scheduler's thread, after the current batch commits.
+
+        For a frontend's own replies (``/help``, a hint): they then keep their
+        place among the conversations' messages and, with a `source`, are
+        taken once like everything else. With no `action` it only marks
+        `source` as taken (an update the frontend ignores).
+        """
+        self._inbox.put((_POST, None, action, source))
+
+    def already_taken(self, source: int) -> bool:
+        """Whether an event from `source` was taken before (so would be skipped)."""
+        last = self._last_source
+        return last is not None and last - _REDELIVERY_WINDOW < source <= last
+
+    @property
+    def committed_source(self) -> int | None:
+        """The highest source whose effects are durable (with a journal), from any thread.
+
+        A frontend confirms its updates to their sender no further than this.
+        """
+        return self._committed_source
 
     @property
     def last_source(self) -> int | None:
@@ -228,8 +252,7 @@ class Scheduler:
     def _handle(self, event: tuple[int, Any, Any, int | None]) -> None:
         kind, target, payload, source = event
         if source is not None:
-            last = self._last_source
-            if last is not None and last - _REDELIVERY_WINDOW < source <= last:
+            if self.already_taken(source):
                 log.debug("skipping event from source %s: already taken", source)
                 return
             self._last_source = self._batch_source = source
@@ -241,6 +264,8 @@ class Scheduler:
             self._begin(target)
         elif kind == _CANCEL:
             self._cancel(target)
+        elif kind == _POST and payload is not None:
+            self._later(payload)
 
     def _begin(self, key: str) -> None:
         self._expired.discard(key)
@@ -459,6 +484,8 @@ class Scheduler:
 
     def _commit(self) -> None:
         self.journal.commit(self._batch_source)
+        if self._batch_source is not None:
+            self._committed_source = self._batch_source
         outbox, self._outbox = self._outbox, []
         for entry in outbox:
             try:

@@ -25,6 +25,7 @@ the URLs that ``requests`` puts into its exceptions.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import os
@@ -747,16 +748,39 @@ class Updates:
         bot.register_callback_query_handler(self.on_press, func=lambda press: True)
 
     def handle(self, update: types.Update) -> None:
-        """Dispatch one update to the handlers (or nowhere: other kinds are ignored)."""
+        """Dispatch one update to the handlers (or nowhere: other kinds are ignored).
+
+        Its id goes to the scheduler with whatever it caused, or alone, so
+        that the journal knows it was taken.
+        """
         self.source = update.update_id
         try:
             self.bot.process_new_updates([update])
         finally:
+            if self.source is not None:
+                self.scheduler.post(None, source=self.source)
             self.source = None
 
+    def taken(self, update_id: int) -> bool:
+        """Handled before: after a crash Telegram sends what it was not told of."""
+        return self.scheduler.already_taken(update_id)
+
+    def journaled(self) -> int | None:
+        """The last update id the journal holds."""
+        return self.scheduler.committed_source
+
+    def _take_source(self) -> int | None:
+        """The update id, for the one event it causes."""
+        source, self.source = self.source, None
+        return source
+
     def _reply(self, key: Key, text: str) -> None:
+        """A reply of the bot's own, in its place among the conversation's messages."""
         route = self.registry.route(key)
-        self.outbox.send_text(route.chat_id, text, reply_to=route.reply_to)
+        send = functools.partial(
+            self.outbox.send_text, route.chat_id, text, reply_to=route.reply_to
+        )
+        self.scheduler.post(send, source=self._take_source())
 
     def on_message(self, message: types.Message) -> None:
         chat, person = message.chat, message.from_user
@@ -784,7 +808,7 @@ class Updates:
         if group and not self._addressed_to_me(key, message):
             log.debug("ignoring group chatter in chat %s", chat.id)
             return
-        self.scheduler.send(key, text, source=self.source)
+        self.scheduler.send(key, text, source=self._take_source())
 
     def _addressed_to_me(self, key: Key, message: types.Message) -> bool:
         """In a group: part of a conversation, a reply to the bot, or mentioning it."""
@@ -812,9 +836,9 @@ class Updates:
         name = name.casefold()
         if name == "start":
             self.registry.activate(key)
-            self.scheduler.begin(key, source=self.source)
+            self.scheduler.begin(key, source=self._take_source())
         elif name == "cancel":
-            self.scheduler.cancel(key, source=self.source)
+            self.scheduler.cancel(key, source=self._take_source())
         elif name == "help":
             self._reply(key, self.help_text)
         elif not group or target:
@@ -866,7 +890,7 @@ class Updates:
             self.registry.saw(
                 key, Route(chat.id, press.from_user.id, route.reply_to, press.from_user.first_name)
             )
-        self.scheduler.send(key, option, source=self.source)
+        self.scheduler.send(key, option, source=self._take_source())
         # The pressed message shows the choice. (After a restart, or with an
         # older copy of the same question, it need not be the latest one.)
         retire_buttons(
@@ -886,6 +910,14 @@ class Dispatcher(Protocol):
     bot_id: int | None
 
     def handle(self, update: types.Update) -> None: ...
+
+    def taken(self, update_id: int) -> bool:
+        """Whether this update was handled before (Telegram sends it again after a crash)."""
+        ...
+
+    def journaled(self) -> int | None:
+        """The last update id whose effects are durable: confirm no further."""
+        ...
 
 
 class Poller(threading.Thread):
@@ -1000,7 +1032,7 @@ class Poller(threading.Thread):
         failures = 0
         api: Any = apihelper  # untyped module
         while not self.stopping.is_set():
-            offset = self.offset
+            offset = self._journaled_offset()
             try:
                 raw = api.get_updates(
                     self.bot.token,
@@ -1036,7 +1068,7 @@ class Poller(threading.Thread):
         A short poll (no waiting) with the next offset; the updates it may
         return are not confirmed and so come again after a restart.
         """
-        offset = self.offset
+        offset = self._journaled_offset(wait=0.0)
         if self.dispatching or offset is None or offset == self.confirmed:
             return
         api: Any = apihelper
@@ -1054,6 +1086,28 @@ class Poller(threading.Thread):
         else:
             self.confirmed = offset
 
+    def _journaled_offset(self, wait: float = 5.0) -> int | None:
+        """The offset that confirms the updates handed over, once they are journaled.
+
+        Confirming an update tells Telegram to forget it, so it must not
+        happen before the journal holds what the update caused: a crash in
+        between would lose it. Usually the scheduler commits within
+        milliseconds; if it lags, only what it committed is confirmed and
+        the rest comes again (and is recognised as taken).
+        """
+        wanted = self.offset
+        if wanted is None:
+            return None
+        deadline = time.monotonic() + wait
+        while True:
+            journaled = self.updates.journaled()
+            if journaled is not None and journaled >= wanted - 1:
+                return wanted
+            if time.monotonic() >= deadline or self.stopping.is_set():
+                break
+            self.stopping.wait(0.005)
+        return wanted if journaled is None else min(wanted, journaled + 1)
+
     def _take(self, item: Any, offset: int | None) -> int | None:
         """Handle one raw update; return the next offset."""
         update_id = item.get("update_id") if isinstance(item, dict) else None
@@ -1061,6 +1115,9 @@ class Poller(threading.Thread):
             log.warning("ignoring an update without an update_id")
             return offset
         offset = max(offset or 0, update_id + 1)
+        if self.updates.taken(update_id):
+            log.info("update %s was handled before the restart: not again", update_id)
+            return offset
         try:
             update = _update_type.de_json(item)
         except Exception as error:

@@ -564,6 +564,12 @@ class StopAfter:
         self.handled.append(update.update_id)
         self.stopping.set()
 
+    def taken(self, update_id: int) -> bool:
+        return update_id in self.handled
+
+    def journaled(self) -> int | None:
+        return max(self.handled, default=None)
+
 
 def test_updates_handed_over_before_a_stop_are_confirmed(
     telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch
