@@ -1,0 +1,656 @@
+"""The Telegram bot under load: N users against local fakes, ours beside a plain bot.
+
+Run from the repository root::
+
+    python bench/telegram_bench.py               # 200 users x 3 cities, 2 runs per bot
+    python bench/telegram_bench.py --quick       # 50 users x 2 cities, a few seconds
+    python bench/telegram_bench.py --users 500 --rounds 2 --repeat 3
+    python bench/telegram_bench.py --profile ours.raw   # then where our bot's time goes
+
+This process runs the fake Bot API (``tests/fake_telegram.py``) and the fake
+Open-Meteo (``tests/openmeteo_server.py``) on 127.0.0.1, then starts a bot as
+a subprocess against them, and plays N users at once. Each user has the
+whole weather dialogue::
+
+    /start -> "Name a city: "; City0001 -> ... "What next?"; continue ->
+    "Name a city: "; City0201 -> ... "What next?"; ... quit -> "Terminating"
+
+every city a different generated one (its own coordinates and temperature).
+A user sends its next message the moment the reply it waits for (the
+prompt quoted above) reaches the fake server: the fake's ``sendMessage``
+hands each message to the users as it arrives.
+
+The same workload runs against two bots, one after the other, each with
+fresh fakes; ``--repeat`` runs (default 2) are interleaved and pooled:
+
+* ``ours``: ``python -m frontends.telegram --no-pacing --state <tmp>``
+  (the engine, its SQLite journal, the outbox).
+* ``plain``: ``bench/plain_telebot_bot.py``, the dialogue written the usual
+  pyTelegramBotAPI way (step handlers, blocking lookups in the handlers, the
+  library's worker pool). It sends the same messages, buttons and button
+  removals, and "typing" before each lookup (ours skips a "typing" that a
+  message already queued for the chat would end at once: fewer calls).
+
+Measured, per bot:
+
+* conversations/s: users / seconds from the first ``/start`` pushed until
+  the last ``Terminating`` arrived.
+* latency: from pushing a user's update into the fake Bot API until the
+  reply the user waits for arrives there; median, 99th percentile, maximum.
+* CPU ms/update: the bot process's user+system CPU (``/proc/<pid>/stat``)
+  from just before the first update until the bot is quiet after the last,
+  divided by the updates the users sent. Start-up is not counted.
+* peak memory: the bot process's ``VmHWM`` (peak resident set).
+
+Every user's whole transcript is checked against the dialogue; a run with a
+user unfinished or a wrong transcript fails the benchmark (exit status 1).
+The machine running the fakes runs the bots too: the numbers are for
+comparing the two bots side by side, in one run, not absolute. Users answer
+at once, so the bot is saturated: latency is then mostly N users divided by
+the bot's throughput (Little's law), i.e. CPU per update again.
+
+``--profile FILE`` adds one run of ours under ``py-spy record --gil``
+(samples only the thread holding the GIL: where the Python CPU goes) and
+prints the share of each thread role and library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make `flows` and `tests` importable
+    sys.path.insert(0, str(ROOT))
+
+from flows.openmeteo import Place, Weather  # noqa: E402
+from flows.weather import CITY_PROMPT, NEXT_PROMPT, TERMINATING, conditions, found  # noqa: E402
+from tests.fake_telegram import TOKEN, FakeTelegram  # noqa: E402
+from tests.openmeteo_server import DEFAULT_WEATHER, FakeOpenMeteo, GeneratedCity  # noqa: E402
+
+#: CPU per update the bot may use, at most (ms).
+CPU_TARGET_MS = 2.0
+#: How long one run may take before the benchmark gives up (s), at least.
+RUN_TIMEOUT = 120.0
+#: The bot counts as done when no Bot API call (but getUpdates) came for this long (s).
+QUIET = 0.3
+
+BOTS: dict[str, list[str]] = {
+    "ours": [sys.executable, "-m", "frontends.telegram", "--no-pacing", "--state", "{state}"],
+    "plain": [sys.executable, str(ROOT / "bench" / "plain_telebot_bot.py")],
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Connections the fake Open-Meteo lets wait to be accepted.
+LISTEN_BACKLOG = 128
+#: py-spy samples a second, in --profile runs.
+PROFILE_RATE = 250
+
+#: Where the bot's time goes, by the function a thread's stack goes through
+#: (the first that matches), for --profile.
+PROFILE_PARTS = (
+    ("sending (outbox threads)", "_Sender.run"),
+    ("getUpdates and handlers (polling thread)", "Poller.run"),
+    ("flow calls: Open-Meteo (engine workers)", "WorkerPool._work"),
+    ("engine scheduler, with its journal", "Scheduler.run"),
+    ("main thread: start-up, stop", "_run_module_as_main"),
+)
+#: ...and, within each, what it spends in these.
+PROFILE_DETAILS = (
+    ("requests/urllib3/http.client", "Session.request"),
+    ("pyTelegramBotAPI types (de_json)", ".de_json"),
+    ("typing Protocol isinstance", "_ProtocolMeta.__instancecheck__"),
+    ("requests' netrc lookup", "get_netrc_auth"),
+    ("SqliteJournal", "SqliteJournal."),
+)
+
+
+# -- the fake Bot API, telling the users what arrives ------------------------------------
+
+
+class BenchTelegram(FakeTelegram):
+    """The fake Bot API that calls `listener(chat_id, text, at)` on every sendMessage.
+
+    `at` is when the request reached ``sendMessage`` (``time.monotonic()``);
+    the listener runs on the request's thread before the bot gets its answer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listener: Callable[[int, str, float], None] | None = None
+        #: When the latest Bot API call other than getUpdates came in.
+        self.last_call = time.monotonic()
+
+    def _record(self, method: str, params: dict[str, Any], fault: str | None) -> None:
+        super()._record(method, params, fault)
+        if method != "getUpdates":
+            self.last_call = time.monotonic()
+
+    def _api_sendMessage(self, params: dict[str, Any]) -> Any:
+        at = time.monotonic()
+        result = super()._api_sendMessage(params)
+        listener = self.listener
+        if listener is not None:
+            listener(int(result["chat"]["id"]), str(result["text"]), at)
+        return result
+
+
+class BenchOpenMeteo(FakeOpenMeteo):
+    """The fake Open-Meteo with a listen backlog for a crowd.
+
+    The stock server listens with Python's default backlog of 5: a bot with
+    8 lookups in flight overflows it, and every dropped SYN costs the lookup
+    a 1 s retransmission: latency of the fake, not of the bot.
+    """
+
+    def start(self) -> BenchOpenMeteo:
+        super().start()
+        if self._server is not None:
+            self._server.socket.listen(LISTEN_BACKLOG)  # Linux takes the new backlog
+        return self
+
+
+# -- the users -------------------------------------------------------------------------------
+
+
+@dataclass
+class User:
+    """One simulated user: what they send, and the reply each message waits for."""
+
+    chat_id: int
+    cities: list[GeneratedCity]
+    script: list[tuple[str, str]] = field(default_factory=list)
+    step: int = 0  # index into script of the message waiting for its reply
+    pushed_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.script:
+            self.script = [("/start", CITY_PROMPT)]
+            for index, city in enumerate(self.cities):
+                if index:
+                    self.script.append(("continue", CITY_PROMPT))
+                self.script.append((city.name, NEXT_PROMPT))
+            self.script.append(("quit", TERMINATING))
+
+    def transcript(self) -> list[str]:
+        """Every message the bot should send this user, in order."""
+        weather = Weather(
+            temperature=0.0,
+            weather_code=DEFAULT_WEATHER["weather_code"],
+            wind_speed=DEFAULT_WEATHER["wind_speed_10m"],
+            wind_direction=DEFAULT_WEATHER["wind_direction_10m"],
+        )
+        texts = [CITY_PROMPT]
+        for index, city in enumerate(self.cities):
+            if index:
+                texts.append(CITY_PROMPT)
+            place = Place(city.name, city.latitude, city.longitude, country="Testland")
+            texts += [
+                found(place),
+                f"Current temperature is {city.temperature} °C",
+                conditions(weather),
+                NEXT_PROMPT,
+            ]
+        texts.append(TERMINATING)
+        return texts
+
+
+def make_users(openmeteo: FakeOpenMeteo, users: int, rounds: int) -> list[User]:
+    """`users` users with `rounds` cities each, no two cities alike."""
+    cities = openmeteo.add_cities(users * rounds)
+    return [
+        User(chat_id=1_000 + n, cities=[cities[r * users + n] for r in range(rounds)])
+        for n in range(users)
+    ]
+
+
+class Crowd:
+    """Plays the users: each sends its next message as soon as its awaited reply arrives."""
+
+    def __init__(self, telegram: FakeTelegram, users: list[User]) -> None:
+        self.telegram = telegram
+        self.users = users
+        self._by_chat = {user.chat_id: user for user in users}
+        self._lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.pushed = 0
+        self.finished = 0
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        for user in self.users:
+            self._push(user)
+
+    def _push(self, user: User) -> None:
+        text = user.script[user.step][0]
+        with self._lock:
+            self.pushed += 1
+        user.pushed_at = time.monotonic()
+        self.telegram.send_text(user.chat_id, text)
+
+    def on_sent(self, chat_id: int, text: str, at: float) -> None:
+        """The bot sent `text` to `chat_id` (on a request thread of the fake)."""
+        user = self._by_chat.get(chat_id)
+        if user is None:
+            return
+        with self._lock:
+            if user.step >= len(user.script) or text != user.script[user.step][1]:
+                return
+            self.latencies.append(at - user.pushed_at)
+            user.step += 1
+            more = user.step < len(user.script)
+            if not more:
+                self.finished += 1
+                if self.finished == len(self.users):
+                    self.finished_at = at
+                    self.done.set()
+        if more:
+            self._push(user)
+
+    def stuck(self) -> list[str]:
+        """Users not finished, with what they wait for (for an error message)."""
+        with self._lock:
+            return [
+                f"{user.chat_id} waits for {user.script[user.step][1]!r}"
+                for user in self.users
+                if user.step < len(user.script)
+            ]
+
+
+# -- the bot process ------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU of a live process, all its threads (``/proc/<pid>/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime
+
+
+def peak_memory_kb(pid: int) -> int:
+    """The process's peak resident set so far (``VmHWM``), in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
+
+def bot_environment(telegram: FakeTelegram, openmeteo: FakeOpenMeteo) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.pop("TELEGRAM_BOT_API_KEY", None)
+    env.update(
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_API_URL=telegram.url,
+        OPEN_METEO_GEOCODING_URL=openmeteo.geocoding_url,
+        OPEN_METEO_FORECAST_URL=openmeteo.forecast_url,
+        OPEN_METEO_TIMEOUT="10",
+        NO_PROXY="127.0.0.1",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def python_pid(process: subprocess.Popen[bytes]) -> int:
+    """The bot's own pid: the process itself, or the Python that py-spy runs."""
+    if not str(process.args[0]).endswith("py-spy"):  # type: ignore[index]
+        return process.pid
+    deadline = time.monotonic() + 10
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    while not children.read_text().split():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("py-spy started no bot")
+        time.sleep(0.01)
+    return int(children.read_text().split()[0])
+
+
+@contextlib.contextmanager
+def running_bot(
+    command: list[str], env: dict[str, str], workdir: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The bot as a subprocess, stopped (SIGTERM, then SIGKILL) when the block ends.
+
+    Under py-spy, the bot gets the SIGTERM, and py-spy writes its profile
+    when the bot has exited.
+    """
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=output, stderr=output)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            bot = python_pid(process)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(bot, signal.SIGTERM)
+            try:
+                process.wait(10 if bot == process.pid else 60)
+            except subprocess.TimeoutExpired:
+                for pid in {bot, process.pid}:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                process.wait(5)
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    bot: str
+    users: int
+    rounds: int
+    updates: int  # messages the users sent
+    finished: int  # users whose whole dialogue was answered
+    wrong: list[str]  # users whose transcript is not the dialogue's
+    seconds: float
+    latencies: list[float]
+    cpu: float  # seconds, user and system, over the workload
+    cpu_system: float  # the system part
+    peak_kb: int
+    calls: Counter[str]  # Bot API calls the bot made over the workload, by method
+    lookups: int  # Open-Meteo requests
+    log_problems: list[str]
+
+    @property
+    def conversations_per_second(self) -> float:
+        return self.finished / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_update(self) -> float:
+        return 1000 * self.cpu / self.updates if self.updates else 0.0
+
+    @property
+    def calls_per_update(self) -> float:
+        sent = sum(n for method, n in self.calls.items() if method != "getUpdates")
+        return sent / self.updates if self.updates else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank `q`-th percentile (0 < q <= 100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _problems(log: Path) -> list[str]:
+    text = log.read_text(encoding="utf-8", errors="replace")
+    return [
+        line
+        for line in text.splitlines()
+        if "Traceback" in line or " ERROR " in line or " CRITICAL " in line
+    ]
+
+
+def run_bot(
+    bot: str,
+    users: int,
+    rounds: int,
+    workdir: Path,
+    timeout: float | None = None,
+    profile: Path | None = None,
+) -> Result:
+    """The whole workload against one bot, with fresh fakes and a fresh state file.
+
+    With `profile`, the bot runs under ``py-spy record`` writing there (its
+    CPU is then the bot's own still, but sampling slows it).
+    """
+    if timeout is None:
+        timeout = max(RUN_TIMEOUT, users * rounds * 0.1)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = workdir / f"bench-{bot}.sqlite3"
+    for stale in workdir.glob(f"{state.name}*"):
+        stale.unlink()
+    command = [part.format(state=state) for part in BOTS[bot]]
+    if profile is not None:
+        spy = ["py-spy", "record", "--gil", "--rate", str(PROFILE_RATE), "--format", "raw"]
+        command = [*spy, "--output", str(profile), "--", *command]
+    log = workdir / f"bot-{bot}.log"
+    telegram = BenchTelegram()
+    with telegram, BenchOpenMeteo() as openmeteo:
+        crowd = Crowd(telegram, make_users(openmeteo, users, rounds))
+        env = bot_environment(telegram, openmeteo)
+        with running_bot(command, env, workdir, log) as process:
+
+            def polling() -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the {bot} bot exited:\n{log.read_text()[-3000:]}")
+                return bool(telegram.requests_to("getUpdates"))
+
+            _wait(polling, 30, f"the {bot} bot to poll")
+            time.sleep(0.2)  # let start-up settle: its CPU is not the workload's
+            pid = python_pid(process)
+            calls_before = Counter(r.method for r in telegram.requests)
+            user_before, system_before = cpu_seconds(pid)
+            telegram.listener = crowd.on_sent
+            crowd.start()
+            if not crowd.done.wait(timeout):
+                stuck = crowd.stuck()
+                raise RuntimeError(
+                    f"the {bot} bot: {len(stuck)} of {users} users unfinished after "
+                    f"{timeout:g}s, e.g. {stuck[:3]}; log:\n{log.read_text()[-3000:]}"
+                )
+            # Buttons coming off after the last answers etc.: wait until all is quiet.
+            _wait(lambda: time.monotonic() - telegram.last_call >= QUIET, 30, "a quiet bot")
+            cpu_user, cpu_system = cpu_seconds(pid)
+            cpu_user, cpu_system = cpu_user - user_before, cpu_system - system_before
+            peak = peak_memory_kb(pid)
+            telegram.listener = None
+        calls = Counter(r.method for r in telegram.requests) - calls_before
+        wrong = [
+            f"{user.chat_id}: {telegram.texts(user.chat_id)!r}"
+            for user in crowd.users
+            if telegram.texts(user.chat_id) != user.transcript()
+        ]
+        lookups = len(openmeteo.requests)
+    return Result(
+        bot=bot, users=users, rounds=rounds, updates=crowd.pushed, finished=crowd.finished,
+        wrong=wrong, seconds=crowd.finished_at - crowd.started_at, latencies=crowd.latencies,
+        cpu=cpu_user + cpu_system, cpu_system=cpu_system, peak_kb=peak, calls=calls,
+        lookups=lookups, log_problems=_problems(log),
+    )  # fmt: skip
+
+
+def pooled(results: list[Result]) -> Result:
+    """Several runs of one bot as one: sums, all latencies, the highest peak."""
+    first = results[0]
+    calls: Counter[str] = Counter()
+    for result in results:
+        calls.update(result.calls)
+    return Result(
+        bot=first.bot, users=first.users, rounds=first.rounds,
+        updates=sum(r.updates for r in results), finished=sum(r.finished for r in results),
+        wrong=[w for r in results for w in r.wrong], seconds=sum(r.seconds for r in results),
+        latencies=[x for r in results for x in r.latencies], cpu=sum(r.cpu for r in results),
+        cpu_system=sum(r.cpu_system for r in results),
+        peak_kb=max(r.peak_kb for r in results), calls=calls,
+        lookups=sum(r.lookups for r in results),
+        log_problems=[p for r in results for p in r.log_problems],
+    )  # fmt: skip
+
+
+def summarize_profile(path: Path, top: int = 12) -> Iterator[str]:
+    """py-spy's raw output (GIL-holding samples) as shares of the bot's Python time."""
+    parts: Counter[str] = Counter()
+    details: Counter[tuple[str, str]] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        names = [frame.split(" (")[0] for frame in frames]
+        part = next((p for p, marker in PROFILE_PARTS if marker in names), "other")
+        parts[part] += samples
+        for detail, marker in PROFILE_DETAILS:
+            if any(marker in name for name in names):
+                details[(part, detail)] += samples
+        leaf = frames[-1].rsplit(":", 1)[0] + ")" if ":" in frames[-1] else frames[-1]
+        leaves[leaf] += samples
+    if not total:
+        yield f"profile: no samples in {path}"
+        return
+    yield f"profile of ours: {total:,} GIL-holding samples at {PROFILE_RATE}/s ({path})"
+    for part in [p for p, _ in PROFILE_PARTS] + ["other"]:
+        yield f"{100 * parts[part] / total:6.1f}%  {part}"
+        for detail, _ in PROFILE_DETAILS:
+            if details[(part, detail)]:
+                yield f"{100 * details[(part, detail)] / total:6.1f}%      of which {detail}"
+    yield "functions with the most samples of their own:"
+    for leaf, samples in leaves.most_common(top):
+        yield f"{100 * samples / total:6.1f}%  {leaf}"
+
+
+def run_all(
+    users: int, rounds: int, repeat: int, workdir: Path, bots: Sequence[str] = ("ours", "plain")
+) -> dict[str, list[Result]]:
+    """Every bot `repeat` times, interleaved."""
+    runs: dict[str, list[Result]] = {bot: [] for bot in bots}
+    for _ in range(repeat):
+        for bot in bots:
+            runs[bot].append(run_bot(bot, users, rounds, workdir))
+    return runs
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def check(result: Result) -> list[str]:
+    """What is wrong with one run's counts (nothing, for a good run)."""
+    errors = []
+    wanted = result.users * (2 * result.rounds + 1)
+    if result.updates != wanted:
+        errors.append(f"{result.updates} updates sent, wanted {wanted}")
+    if result.finished != result.users:
+        errors.append(f"{result.finished} of {result.users} users finished")
+    if len(result.latencies) != result.updates:
+        errors.append(f"{len(result.latencies)} awaited replies seen for {result.updates} updates")
+    if result.lookups != 2 * result.users * result.rounds:
+        errors.append(f"{result.lookups} Open-Meteo requests, wanted 2 per city")
+    if result.wrong:
+        errors.append(f"{len(result.wrong)} wrong transcript(s), e.g. user {result.wrong[0][:300]}")
+    return errors
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:,.1f}"
+
+
+def report(runs: dict[str, list[Result]]) -> Iterator[str]:
+    """The lines the benchmark prints: a table of both bots, the ratios, the targets."""
+    ours, plain = pooled(runs["ours"]), pooled(runs["plain"])
+    repeat = len(runs["ours"])
+    yield (
+        f"telegram bench: {ours.users} users x {ours.rounds} cities "
+        f"({2 * ours.rounds + 1} updates each), pacing off, {repeat} run(s) per bot, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    )
+    rows: list[tuple[str, float, float, str]] = [
+        ("conversations/s", ours.conversations_per_second, plain.conversations_per_second, ".1f"),
+        ("latency p50 ms", 1000 * percentile(ours.latencies, 50),
+         1000 * percentile(plain.latencies, 50), ",.1f"),
+        ("latency p99 ms", 1000 * percentile(ours.latencies, 99),
+         1000 * percentile(plain.latencies, 99), ",.1f"),
+        ("latency max ms", 1000 * max(ours.latencies), 1000 * max(plain.latencies), ",.1f"),
+        ("bot CPU ms/update", ours.cpu_ms_per_update, plain.cpu_ms_per_update, ".2f"),
+        ("bot CPU s, total", ours.cpu, plain.cpu, ".2f"),
+        ("  of which system %", 100 * ours.cpu_system / ours.cpu if ours.cpu else 0.0,
+         100 * plain.cpu_system / plain.cpu if plain.cpu else 0.0, ".0f"),
+        ("peak RSS MB", ours.peak_kb / 1024, plain.peak_kb / 1024, ".1f"),
+        ("Bot API calls/update", ours.calls_per_update, plain.calls_per_update, ".2f"),
+        ("getUpdates calls", ours.calls["getUpdates"], plain.calls["getUpdates"], ",.0f"),
+        ("updates handled", ours.updates, plain.updates, ",.0f"),
+        ("wall s (workload)", ours.seconds, plain.seconds, ".2f"),
+    ]  # fmt: skip
+    yield f"{'':<22}{'ours':>12}{'plain':>12}{'ours/plain':>12}"
+    for name, mine, theirs, form in rows:
+        ratio = f"{mine / theirs:11.2f}x" if theirs else f"{'-':>12}"
+        yield f"{name:<22}{mine:>12{form}}{theirs:>12{form}}{ratio}"
+    if repeat > 1:
+        for bot in ("ours", "plain"):
+            each = ", ".join(f"{r.cpu_ms_per_update:.2f}" for r in runs[bot])
+            yield f"  CPU ms/update of each {bot} run: {each}"
+    for result in (ours, plain):
+        if result.log_problems:
+            yield f"  {result.bot} bot's log has {len(result.log_problems)} error line(s), e.g.:"
+            yield from (f"    {line[:200]}" for line in result.log_problems[:3])
+    yield "targets:"
+    cpu = ours.cpu_ms_per_update
+    verdict = "PASS" if cpu <= CPU_TARGET_MS else "FAIL"
+    yield f"  ours <= {CPU_TARGET_MS:g} ms CPU per update: {cpu:.2f} ms  {verdict}"
+    mine, theirs = percentile(ours.latencies, 99), percentile(plain.latencies, 99)
+    verdict = "PASS" if mine <= theirs else "FAIL"
+    yield f"  ours p99 latency <= plain's p99: {_ms(mine)} ms vs {_ms(theirs)} ms  {verdict}"
+    mine, theirs = max(ours.latencies), max(plain.latencies)
+    verdict = "PASS" if mine <= theirs else "FAIL"
+    yield f"  ours max latency <= plain's max (info): {_ms(mine)} vs {_ms(theirs)} ms  {verdict}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--users", type=int, default=200, help="simulated users (default 200)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="cities each user asks for (default 3)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per bot, interleaved and pooled (default 2)"
+    )
+    parser.add_argument("--quick", action="store_true", help="50 users x 2 cities, once")
+    parser.add_argument("--keep", metavar="DIR", help="keep the bots' logs and state files here")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="afterwards, one more run of ours under py-spy (pip install py-spy), "
+        "its raw samples written to FILE and summarized",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.users, args.rounds, args.repeat = 50, 2, 1
+    if args.users < 1 or args.rounds < 1 or args.repeat < 1:
+        parser.error("--users, --rounds and --repeat must be at least 1")
+    if args.profile and not shutil.which("py-spy"):
+        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
+    with tempfile.TemporaryDirectory(prefix="telegram-bench-") as tmp:
+        workdir = Path(args.keep) if args.keep else Path(tmp)
+        runs = run_all(args.users, args.rounds, args.repeat, workdir)
+        for line in report(runs):
+            print(line, flush=True)
+        if args.profile:
+            profile = Path(args.profile).resolve()
+            run_bot("ours", args.users, args.rounds, workdir, profile=profile)
+            for line in summarize_profile(profile):
+                print(line, flush=True)
+    errors = [f"{bot}: {e}" for bot, results in runs.items() for r in results for e in check(r)]
+    for error in errors:
+        print(f"ERROR {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
