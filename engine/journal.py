@@ -22,14 +22,22 @@ from engine.states import State, snapshot
 log = logging.getLogger(__name__)
 
 
+_INPUT_FINGERPRINTS: dict[str | None, str] = {}
+
+
 def fingerprint(command: Command) -> str:
     """What must stay the same for a recorded value to answer `command` again.
 
     A ``Call`` is named by its function, not its arguments: an argument such
     as a session object has no stable text, and the function says enough.
     """
-    if isinstance(command, Input):  # the commonest: spared the slower dataclass repr
-        return f"Input {command.prompt!r}"
+    if isinstance(command, Input):  # the commonest: one string per prompt, made once
+        known = _INPUT_FINGERPRINTS.get(command.prompt)
+        if known is None:
+            if len(_INPUT_FINGERPRINTS) >= 4096:  # prompts made up on the fly
+                _INPUT_FINGERPRINTS.clear()
+            known = _INPUT_FINGERPRINTS[command.prompt] = f"Input {command.prompt!r}"
+        return known
     if isinstance(command, Call):
         module = getattr(command.fn, "__module__", None) or "?"
         return f"Call {module}.{command.name}"
@@ -206,19 +214,27 @@ class SqliteJournal(Journal):
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """Record the value about to be sent in."""
         self._seq += 1
-        print_ = fingerprint(command)
-        kept: Any = value
-        kept_error: _Pickled | None = None
-        if type(value) not in _PLAIN or error is not None:
-            try:
-                kept = _Pickled(pickle.dumps(value, _PROTOCOL))
-                kept_error = None if error is None else _Pickled(pickle.dumps(error, _PROTOCOL))
-            except Exception as failure:
-                log.warning("conversation %s: cannot save %r (%s)", key, command, failure)
-                print_, kept, kept_error = _UNREADABLE, None, None
-        self._steps.append((key, self._seq, print_, kept, kept_error))
-        self._held.setdefault(key, []).append(self._batch)
+        if error is None and type(value) in _PLAIN:  # most answers: kept as they are
+            self._steps.append((key, self._seq, fingerprint(command), value, None))
+        else:
+            self._steps.append(self._pickled_step(key, command, value, error))
+        held = self._held.get(key)
+        if held is None:
+            self._held[key] = [self._batch]
+        else:
+            held.append(self._batch)
         self._needed[self._batch] = self._needed.get(self._batch, 0) + 1
+
+    def _pickled_step(
+        self, key: str, command: Command, value: Any, error: BaseException | None
+    ) -> tuple[Any, ...]:
+        try:
+            kept = _Pickled(pickle.dumps(value, _PROTOCOL))
+            kept_error = None if error is None else _Pickled(pickle.dumps(error, _PROTOCOL))
+        except Exception as failure:
+            log.warning("conversation %s: cannot save %r (%s)", key, command, failure)
+            return (key, self._seq, _UNREADABLE, None, None)
+        return (key, self._seq, fingerprint(command), kept, kept_error)
 
     def queued(self, key: str, text: str) -> None:
         """Keep a waiting message."""
