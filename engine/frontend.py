@@ -11,6 +11,7 @@ A third frontend is a subclass that fills in :meth:`deliver` and :meth:`ask`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import ClassVar
 
 from engine.commands import Choose, Command, Input, Print
@@ -45,6 +46,30 @@ class Frontend:
     extra_commands: tuple[type[Command], ...] = ()
     #: Override per frontend, e.g. to mention ``/start``; an empty text says nothing.
     notices: ClassVar[dict[Notice, str]] = {}
+
+    #: Whether this frontend confirms each output once it is really out (see
+    #: :meth:`sent`). One that sends in the background (over a network) should:
+    #: with a journal, an output not confirmed when the program dies is sent
+    #: again after the restart instead of being lost. One that shows output at
+    #: once (a terminal) need not.
+    confirms_delivery: ClassVar[bool] = False
+    #: While the scheduler calls :meth:`deliver`, :meth:`ask` or :meth:`notify`
+    #: of a confirming frontend: the number to hand back to :meth:`sent`.
+    receipt: int | None = None
+
+    def bind(self, confirm: Callable[[int], None]) -> None:
+        """Called by the scheduler: where :meth:`sent` reports to."""
+        self._confirm = confirm
+
+    def sent(self, receipt: int) -> None:
+        """Report that the output with `receipt` is out, or was given up for good.
+
+        Safe from any thread. Not for an output dropped because the program
+        is stopping: that one is sent again after the restart.
+        """
+        confirm = getattr(self, "_confirm", None)
+        if confirm is not None:
+            confirm(receipt)
 
     def deliver(self, key: Key, command: Command) -> None:
         """Show a Print (or one of `extra_commands`) to the user."""

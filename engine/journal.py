@@ -87,6 +87,16 @@ class Journal:
     def ended(self, key: str) -> None:
         """`key` is over: forget it."""
 
+    def outgoing(self, receipt: int, key: str, kind: str, item: Any) -> None:
+        """An output (`kind` is the frontend method) is handed over; not yet confirmed."""
+
+    def delivered(self, receipt: int) -> None:
+        """The frontend confirmed that output."""
+
+    def undelivered(self) -> list[tuple[int, str, str, Any]]:
+        """Outputs handed over but never confirmed, in order: to hand over again."""
+        return []
+
     def commit(self, source: int | None) -> None:
         """Make the batch durable; `source` is the highest update id it took."""
 
@@ -118,6 +128,9 @@ CREATE TABLE IF NOT EXISTS conversations (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, steps BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS mailbox (key TEXT PRIMARY KEY, texts BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outgoing (
+    receipt INTEGER PRIMARY KEY, key TEXT NOT NULL, kind TEXT NOT NULL, item BLOB NOT NULL
+);
 """
 
 _SAVE_STATE = "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?)"
@@ -126,6 +139,8 @@ _SAVE_MAILBOX = "INSERT OR REPLACE INTO mailbox VALUES (?, ?)"
 _DROP_MAILBOX = "DELETE FROM mailbox WHERE key = ?"
 _ADD_BATCH = "INSERT INTO batches VALUES (?, ?)"
 _DROP_BATCH = "DELETE FROM batches WHERE id = ?"
+_ADD_OUTGOING = "INSERT INTO outgoing VALUES (?, ?, ?, ?)"
+_DROP_OUTGOING = "DELETE FROM outgoing WHERE receipt = ?"
 _SAVE_SOURCE = "INSERT OR REPLACE INTO meta VALUES ('last_source', ?)"
 _UNREADABLE = "(a value that could not be saved or read back)"
 #: Values SQLite's pickle-free path can keep as they are.
@@ -252,6 +267,32 @@ class SqliteJournal(Journal):
         self._ops.append((_DROP_CONVERSATION, (key,)))
         if self._mailboxes.pop(key, None) is not None:
             self._changed_mailboxes.add(key)
+
+    def outgoing(self, receipt: int, key: str, kind: str, item: Any) -> None:
+        """Keep the output until it is confirmed."""
+        try:
+            blob = pickle.dumps(item, _PROTOCOL)
+        except Exception as failure:
+            log.warning("conversation %s: cannot keep %r until sent (%s)", key, item, failure)
+            return
+        self._ops.append((_ADD_OUTGOING, (receipt, key, kind, blob)))
+
+    def delivered(self, receipt: int) -> None:
+        """Forget the output."""
+        self._ops.append((_DROP_OUTGOING, (receipt,)))
+
+    def undelivered(self) -> list[tuple[int, str, str, Any]]:
+        """Outputs never confirmed, oldest first (one that cannot be read is dropped)."""
+        outputs = []
+        for receipt, key, kind, blob in self._connection.execute(
+            "SELECT * FROM outgoing ORDER BY receipt"
+        ):
+            try:
+                outputs.append((receipt, key, kind, pickle.loads(blob)))
+            except Exception as error:
+                log.warning("conversation %s: an unsent output cannot be read (%r)", key, error)
+                self._ops.append((_DROP_OUTGOING, (receipt,)))
+        return outputs
 
     def commit(self, source: int | None) -> None:
         """Write this batch in one transaction and commit it."""

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 24 * 3600.0
 
 # Inbox event kinds. Events are plain tuples: (kind, target, payload, source).
-_BEGIN, _TEXT, _CANCEL, _DONE, _POST, _STOP = range(6)
+_BEGIN, _TEXT, _CANCEL, _DONE, _POST, _SENT, _STOP = range(7)
 # Timer kinds.
 _WAKE, _EXPIRE = range(2)
 
@@ -141,6 +141,12 @@ class Scheduler:
         # Bound once: an outbox entry then costs one tuple, not three objects.
         self._deliver = frontend.deliver
         self._ask_user = frontend.ask
+        # With a frontend that confirms what it sent, each output is journaled
+        # until confirmed, so one lost in a crash is sent again after it.
+        self._confirmed_outputs = frontend.confirms_delivery and journal is not None
+        self._receipts = itertools.count(1)
+        if self._confirmed_outputs:
+            frontend.bind(self._output_sent)
 
     # -- the thread-safe API --------------------------------------------
 
@@ -266,6 +272,8 @@ class Scheduler:
             self._cancel(target)
         elif kind == _POST and payload is not None:
             self._later(payload)
+        elif kind == _SENT:
+            self.journal.delivered(payload)
 
     def _begin(self, key: str) -> None:
         self._expired.discard(key)
@@ -307,7 +315,7 @@ class Scheduler:
         """Send an answer in, or re-ask when it names no option."""
         value = self._validate(chat, question, text)
         if value is None:
-            self._later(self.frontend.ask, chat.key, question)
+            self._show("ask", chat.key, question)
         else:
             self.journal.step(chat.key, question, value, None)
             self._resume(chat, value)
@@ -400,7 +408,10 @@ class Scheduler:
 
     def _print(self, chat: _Chat, command: Command) -> Any:
         if not chat.replaying:
-            self._outbox.append((self._deliver, chat.key, command))
+            if self._confirmed_outputs:
+                self._show("deliver", chat.key, command)
+            else:
+                self._outbox.append((self._deliver, chat.key, command))
         return None
 
     def _ask(self, chat: _Chat, question: Input | Choose) -> Any:
@@ -414,7 +425,10 @@ class Scheduler:
         if chat.replaying:  # asked before the restart: don't ask twice
             self._later(self.frontend.restored, chat.key, question)
         else:
-            self._outbox.append((self._ask_user, chat.key, question))
+            if self._confirmed_outputs:
+                self._show("ask", chat.key, question)
+            else:
+                self._outbox.append((self._ask_user, chat.key, question))
         return _PARK
 
     def _call(self, chat: _Chat, call: Call) -> Any:
@@ -480,7 +494,27 @@ class Scheduler:
         self._outbox.append((fn, *args))
 
     def _notify(self, key: str, notice: Notice) -> None:
-        self._later(self.frontend.notify, key, notice)
+        self._show("notify", key, notice)
+
+    def _show(self, kind: str, key: str, item: Any) -> None:
+        """Hand `item` to the frontend's `kind` method once this batch is committed."""
+        if not self._confirmed_outputs:
+            self._later(getattr(self.frontend, kind), key, item)
+            return
+        receipt = next(self._receipts)
+        self.journal.outgoing(receipt, key, kind, item)
+        self._later(self._hand_over, receipt, kind, key, item)
+
+    def _hand_over(self, receipt: int, kind: str, key: str, item: Any) -> None:
+        self.frontend.receipt = receipt
+        try:
+            getattr(self.frontend, kind)(key, item)
+        finally:
+            self.frontend.receipt = None
+
+    def _output_sent(self, receipt: int) -> None:
+        """The frontend's confirmation, from its thread: through the inbox, like anything."""
+        self._inbox.put((_SENT, None, receipt, None))
 
     def _commit(self) -> None:
         self.journal.commit(self._batch_source)
@@ -504,6 +538,9 @@ class Scheduler:
         flow now yields something other than what was recorded, its code has
         changed: the user is told, and the conversation starts over.
         """
+        unsent = self.journal.undelivered() if self._confirmed_outputs else []
+        if unsent:
+            self._receipts = itertools.count(unsent[-1][0] + 1)
         count = 0
         for saved in self.journal.unfinished():
             try:
@@ -517,6 +554,9 @@ class Scheduler:
                 self._notify(saved.key, Notice.RESTARTED)
                 self._launch(saved.key)
             count += 1
+        for receipt, key, kind, item in unsent:  # lost in the crash: out they go, in order
+            log.info("sending again what %s was not sent before the restart", key)
+            self._later(self._hand_over, receipt, kind, key, item)
         self._commit()
         return count
 

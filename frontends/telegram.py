@@ -638,6 +638,7 @@ class TelegramFrontend(Frontend):
 
     name = "Telegram"
     notices = NOTICES
+    confirms_delivery = True
 
     def __init__(self, outbox: Outbox, registry: Registry) -> None:
         self.outbox = outbox
@@ -660,7 +661,18 @@ class TelegramFrontend(Frontend):
             keyboard=keyboard,
             force_reply=force_reply and route.user_id is not None,
             on_sent=on_sent,
+            on_done=self._confirmation(),
         )
+
+    def _confirmation(self) -> Callable[[], None] | None:
+        """What tells the engine this output is out (it was handed over with a receipt)."""
+        receipt = self.receipt
+        return None if receipt is None else functools.partial(self.sent, receipt)
+
+    def _nothing_to_send(self) -> None:
+        confirm = self._confirmation()
+        if confirm is not None:
+            confirm()
 
     def _retire(self, question: Question | None) -> None:
         """Take the buttons off a question that is over."""
@@ -676,6 +688,7 @@ class TelegramFrontend(Frontend):
     def notify(self, key: Key, notice: Notice) -> None:
         text = self.notices.get(notice, notice.value)
         if not text:
+            self._nothing_to_send()
             return
         if notice in (Notice.ALREADY_RUNNING, Notice.NOT_STARTED):
             self._send(key, text)  # the conversation goes on: keep its buttons
@@ -688,6 +701,8 @@ class TelegramFrontend(Frontend):
         if isinstance(question, Input):
             if question.prompt and question.prompt.strip():
                 self._send(key, question.prompt, force_reply=True)
+            else:
+                self._nothing_to_send()
             return
         route = self.registry.route(key)
         tag = question_tag(question)
@@ -1191,10 +1206,12 @@ class Bot:
         # A long poll in flight is abandoned (its updates are not confirmed, so
         # Telegram sends them again); a batch being handed over is let finish.
         self.poller.join(1.0 if self.poller.dispatching else 0.05)
+        # Sends finish first, while the scheduler still runs to journal their
+        # confirmations: whatever is not out by then is sent after a restart.
+        finished = self.outbox.close(timeout=self.drain_timeout)
         self.scheduler.stop(timeout=1.0)
         self.journal.close()
         self.poller.confirm()
-        finished = self.outbox.close(timeout=self.drain_timeout)
         log.info(
             "stopped in %.1fs%s",
             time.monotonic() - started,

@@ -275,6 +275,9 @@ class SendText(Job):
     force_reply: bool = False
     #: Called on the sender thread with the new message's id and text.
     on_sent: Callable[[int, str], None] | None = None
+    #: Called on the sender thread once the message is out, or given up for
+    #: good (not when it is dropped because the bot is stopping).
+    on_done: Callable[[], None] | None = None
     paced = True
 
     def run(self, api: BotApi) -> None:
@@ -528,20 +531,23 @@ class _Sender(threading.Thread):
         finally:
             self.current = None
 
-    def _done(self, lane: _Lane) -> None:
-        lane.jobs.popleft()
+    def _done(self, lane: _Lane, *, finished: bool = True) -> None:
+        job = lane.jobs.popleft()
         lane.failures = lane.throttled = 0
+        on_done = getattr(job, "on_done", None)
+        if finished and on_done is not None:
+            on_done()
 
-    def _give_up(self, lane: _Lane, reason: str) -> None:
+    def _give_up(self, lane: _Lane, reason: str, *, stopping: bool = False) -> None:
         job = lane.jobs[0]
         level = logging.ERROR if isinstance(job, SendText) else logging.WARNING
         log.log(level, "chat %s: NOT SENT: the %s: %s", lane.chat_id, job.describe(), reason)
-        self._done(lane)
+        self._done(lane, finished=not stopping)  # dropped at a stop: sent after the restart
 
     def _abandon_all(self, reason: str) -> None:
         for lane in self.lanes.values():
             while lane.jobs:
-                self._give_up(lane, reason)
+                self._give_up(lane, reason, stopping=True)
 
 
 class Outbox:
@@ -599,15 +605,18 @@ class Outbox:
         keyboard: Keyboard | None = None,
         force_reply: bool = False,
         on_sent: Callable[[int, str], None] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         """Queue `text`, split into as many messages as it needs.
 
-        The reply goes with the first piece; the keyboard, the force-reply
-        and `on_sent` with the last (where the question is).
+        The reply goes with the first piece; the keyboard, the force-reply,
+        `on_sent` and `on_done` with the last (where the question is).
         """
         pieces = split_text(text)
         if not pieces:
             log.debug("chat %s: not sending a blank message", chat_id)
+            if on_done is not None:
+                on_done()
             return
         last = len(pieces) - 1
         for index, piece in enumerate(pieces):
@@ -619,6 +628,7 @@ class Outbox:
                     keyboard=keyboard if index == last else None,
                     force_reply=force_reply and index == last,
                     on_sent=on_sent if index == last else None,
+                    on_done=on_done if index == last else None,
                 )
             )
 

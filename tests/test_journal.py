@@ -11,6 +11,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -405,3 +406,92 @@ def test_steps_kept_for_a_waiting_user_survive_while_others_move_on(state_file: 
         second.crash()
     assert lines == ["(restored)", "bot: bye", "ended"]
     assert CALLS.count(500) == 1
+
+
+# -- outputs confirmed by the frontend ------------------------------------------
+
+
+class Confirming(RecordingFrontend):
+    """Sends in the background, as the Telegram bot does: confirms when told to."""
+
+    confirms_delivery = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receipts: list[int] = []
+
+    def deliver(self, key: str, command: Any) -> None:
+        assert self.receipt is not None
+        self.receipts.append(self.receipt)
+        super().deliver(key, command)
+
+    def ask(self, key: str, question: Any) -> None:
+        assert self.receipt is not None
+        self.receipts.append(self.receipt)
+        super().ask(key, question)
+
+    def confirm_all(self) -> None:
+        for receipt in self.receipts:
+            self.sent(receipt)
+        self.receipts.clear()
+
+
+def _run_confirming(path: Path) -> tuple[Confirming, SqliteJournal, Scheduler]:
+    frontend = Confirming()
+    journal = SqliteJournal(path)
+    scheduler = Scheduler(frontend, Round, journal=journal)
+    scheduler.start()
+    return frontend, journal, scheduler
+
+
+def test_outputs_not_confirmed_before_a_crash_go_out_again(state_file: Path) -> None:
+    frontend, journal, scheduler = _run_confirming(state_file)
+    scheduler.begin("ann")
+    scheduler.send("ann", "4")
+    frontend.wait_for("ann", "bot: 1) quit")
+    frontend.confirm_all()  # everything so far is out...
+    scheduler.send("ann", "continue")
+    frontend.wait_for("ann", "bot: Number?")  # ...but not "round 1" and "Number?"
+    scheduler.stop()
+    journal.close()
+
+    frontend, journal, scheduler = _run_confirming(state_file)
+    try:
+        lines = frontend.wait_for("ann", "bot: Number?")
+        frontend.confirm_all()
+        scheduler.send("ann", "5")
+        lines = frontend.wait_for("ann", "bot: doubled: 10")
+    finally:
+        scheduler.stop()
+        journal.close()
+    assert lines[:4] == ["(restored)", "bot: round 1", "bot: Number?", "bot: doubled: 10"]
+
+
+def test_confirmed_outputs_do_not_go_out_again(state_file: Path) -> None:
+    frontend, journal, scheduler = _run_confirming(state_file)
+    scheduler.begin("ann")
+    frontend.wait_for("ann", "bot: Number?")
+    frontend.confirm_all()
+    scheduler.send("ann", "4")  # a batch that also takes the confirmations
+    frontend.wait_for("ann", "bot: 1) quit")
+    frontend.confirm_all()
+    deadline = time.monotonic() + 5
+    while _count_outgoing(journal) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the confirmations are journaled in the next batch
+    assert _count_outgoing(journal) == 0
+    scheduler.stop()
+    journal.close()
+
+    frontend, journal, scheduler = _run_confirming(state_file)
+    try:
+        scheduler.send("ann", "quit")
+        lines = frontend.wait_for("ann", "ended")
+    finally:
+        scheduler.stop()
+        journal.close()
+    assert lines == ["(restored)", "bot: bye", "ended"]
+
+
+def _count_outgoing(journal: SqliteJournal) -> int:
+    count: int = journal._connection.execute("SELECT COUNT(*) FROM outgoing").fetchone()[0]
+    return count

@@ -548,6 +548,25 @@ def test_close_logs_what_it_could_not_send(api: FakeApi, caplog: pytest.LogCaptu
     assert not [t.name for t in threading.enumerate() if t.name.startswith("telegram-sender")]
 
 
+def test_a_message_is_confirmed_once_out_or_given_up_but_not_when_dropped_at_a_stop(
+    api: FakeApi,
+) -> None:
+    pacing = Pacing(chat_rate=2.0, chat_burst=1, group_per_minute=0, global_rate=0)
+    outbox = Outbox(api, pacing=pacing, retrying=FAST)
+    outbox.start()
+    done: list[str] = []
+    api.failures[6] = [PermanentError("HTTP 403: Forbidden: bot was blocked by the user")]
+    outbox.send_text(6, "blocked", on_done=lambda: done.append("blocked"))
+    outbox.send_text(7, "sent", on_done=lambda: done.append("sent"))
+    outbox.send_text(7, "still queued at the stop", on_done=lambda: done.append("dropped"))
+    outbox.send_text(8, "   ", on_done=lambda: done.append("blank"))  # nothing to send
+    api.wait(1)
+
+    outbox.close(timeout=0.2)
+
+    assert sorted(done) == ["blank", "blocked", "sent"]  # the dropped one goes again later
+
+
 # -- the poller, in this process ----------------------------------------------------------------
 
 

@@ -145,10 +145,18 @@ class Bots:
         )
         assert process.poll() is None, self.output()
 
-    def crash(self) -> None:
-        """``kill -9`` the running bot."""
+    def crash(self, *, settled: bool = True) -> None:
+        """``kill -9`` the running bot, by default once it has been quiet a moment.
+
+        The bot journals that a message is out once Telegram has accepted it,
+        a millisecond or so after the fake Telegram saw it: a kill within that
+        millisecond makes the message go out again after the restart (sent
+        twice rather than lost). Tests about a quiet moment wait it out.
+        """
         process = self.process
         assert process.poll() is None, f"the bot died by itself:\n{self.output()}"
+        if settled:
+            quiet_since(self.telegram, 0.3)
         process.kill()
         assert process.wait(10) == -signal.SIGKILL
 
@@ -204,6 +212,16 @@ def forecasts(openmeteo: FakeOpenMeteo, latitude: float) -> int:
 def now(telegram: FakeTelegram, sent: Sent) -> Sent:
     """A message the bot sent, as it is now (edits applied)."""
     return next(m for m in telegram.messages(sent.chat_id) if m.message_id == sent.message_id)
+
+
+def quiet_since(telegram: FakeTelegram, seconds: float) -> None:
+    """Wait until the bot has called nothing but getUpdates for `seconds`."""
+
+    def quiet() -> bool:
+        calls = [r.at for r in telegram.requests if r.method != "getUpdates"]
+        return not calls or time.monotonic() - max(calls) >= seconds
+
+    telegram.wait_until(quiet, what=f"the bot quiet for {seconds} s")
 
 
 def confirmed_all(telegram: FakeTelegram) -> None:
@@ -719,7 +737,7 @@ def test_updates_are_confirmed_to_telegram_only_once_journaled(
     with contextlib.suppress(AssertionError):
         telegram.wait_until(lambda: len(telegram.requests_to("getUpdates")) > polls, 1.0)
 
-    bots.crash()  # within the 2 s: neither update is journaled yet
+    bots.crash(settled=False)  # within the 2 s: neither update is journaled yet
     assert telegram.texts(901) == ["Say something"]
     assert telegram.texts(902) == ["Say something"]
     assert telegram.unconfirmed() == 2, "updates were confirmed before they were journaled"
@@ -732,4 +750,41 @@ def test_updates_are_confirmed_to_telegram_only_once_journaled(
             902: ["Say something", "echo: hi", EXITING],
         },
         timeout=6,
+    )
+
+
+def test_a_message_not_yet_sent_at_the_crash_is_sent_after_the_restart(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_next(telegram, {801: "Springfield"})
+    # Telegram asks the bot to wait 30 s before its next message: the prompt
+    # waits in the bot's outbox (already journaled as shown) when it is killed.
+    telegram.fail("sendMessage", 429, retry_after=30)
+    telegram.send_text(801, "continue")
+    telegram.wait_until(
+        lambda: any(r.fault == "429" for r in telegram.requests_to("sendMessage")),
+        what="the prompt to be refused",
+    )
+
+    confirmed_all(telegram)
+    bots.crash()
+    assert telegram.texts(801) == [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT]
+    bots.restart()
+
+    telegram.wait_text(801, CITY_PROMPT, after=5, timeout=5)
+    telegram.send_text(801, "Shelbyville")
+    check_chats(
+        telegram,
+        {
+            801: [
+                CITY_PROMPT,
+                *SPRINGFIELD,
+                NEXT_PROMPT,
+                CITY_PROMPT,
+                *SHELBYVILLE,
+                NEXT_PROMPT,
+                EXITING,
+            ]
+        },
     )
