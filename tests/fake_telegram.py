@@ -34,9 +34,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
+
+from tests.local_server import LocalServer
 
 __all__ = ["BOT_ID", "TOKEN", "FakeTelegram", "Request", "Sent"]
 
@@ -102,10 +103,13 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-class FakeTelegram:
+class FakeTelegram(LocalServer):
     """The fake Bot API. Test-side methods may be called while it runs."""
 
+    name = "fake-telegram"
+
     def __init__(self, token: str = TOKEN, username: str = BOT_USERNAME) -> None:
+        super().__init__()
         self.token = token
         self.username = username
         self.bot_id = int(token.split(":")[0])
@@ -123,56 +127,28 @@ class FakeTelegram:
         self._faults: dict[str, deque[_Fault]] = {}
         self._confirmed = 0  # highest update_id confirmed by an offset
         self.commands: list[dict[str, Any]] | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
-    def start(self) -> FakeTelegram:
-        if self._server is not None:
-            raise RuntimeError("the fake Telegram is already running")
-        self._closed = False
-        self._server = _Server(("127.0.0.1", 0), _Handler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-telegram"
-        )
-        self._thread.start()
-        return self
+    def _make_server(self) -> _Server:
+        return _Server(("127.0.0.1", 0), _Handler, self)
 
-    def stop(self) -> None:
-        """Stop serving: wake long polls, cut open connections, join every thread."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        with self._cond:
+    def _opening(self) -> None:
+        self._closed = False
+
+    def _closing(self) -> None:
+        with self._cond:  # wake long polls
             self._closed = True
             self._cond.notify_all()
-        server.shutdown()
+
+    def _shut(self, server: ThreadingHTTPServer) -> None:
+        assert isinstance(server, _Server)
         server.cut_connections()
-        server.server_close()  # joins the request threads
-        thread.join(timeout=5)
-        self._server = self._thread = None
-        if thread.is_alive():
-            raise RuntimeError("the fake Telegram's thread did not stop")
-
-    def __enter__(self) -> FakeTelegram:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
         """The value for ``TELEGRAM_API_URL``."""
-        if self._server is None:
-            raise RuntimeError("the fake Telegram is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self.base_url
 
     # -- users do things ---------------------------------------------------------
 

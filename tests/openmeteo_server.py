@@ -26,9 +26,10 @@ from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
+
+from tests.local_server import LocalServer
 
 __all__ = [
     "DEFAULT_WEATHER",
@@ -106,10 +107,13 @@ def _key(latitude: float, longitude: float) -> tuple[float, float]:
     return (round(latitude, 5), round(longitude, 5))
 
 
-class FakeOpenMeteo:
+class FakeOpenMeteo(LocalServer):
     """The fake service. Scripting methods may be called while it runs."""
 
+    name = "fake-openmeteo"
+
     def __init__(self, *, hang_seconds: float = 30.0) -> None:
+        super().__init__()
         self.hang_seconds = hang_seconds
         self._lock = threading.Lock()
         self._places: dict[str, list[dict[str, Any]]] = {}
@@ -117,8 +121,6 @@ class FakeOpenMeteo:
         self._failures: deque[_Failure] = deque()
         self._requests: list[RecordedRequest] = []
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
         self.add_places("London", load_fixture("geocoding_london")["results"])
         missing_fields = load_fixture("geocoding_missing_fields")["results"]
@@ -138,50 +140,14 @@ class FakeOpenMeteo:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> FakeOpenMeteo:
-        """Listen on a free port of 127.0.0.1 and serve on a named thread."""
-        if self._server is not None:
-            raise RuntimeError("the fake Open-Meteo is already running")
+    def _make_server(self) -> _Server:
+        return _Server(("127.0.0.1", 0), _Handler, self)
+
+    def _opening(self) -> None:
         self._stopping.clear()
-        self._server = _Server(("127.0.0.1", 0), _Handler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-openmeteo",
-        )
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        """Stop serving, release hanging requests and join every thread."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        server.server_close()  # joins the request threads
-        thread.join(timeout=5)
-        self._server = self._thread = None
-        if thread.is_alive():
-            raise RuntimeError("the fake Open-Meteo's thread did not stop")
-
-    def __enter__(self) -> FakeOpenMeteo:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake Open-Meteo is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _closing(self) -> None:
+        self._stopping.set()  # releases hanging requests
 
     @property
     def geocoding_url(self) -> str:
