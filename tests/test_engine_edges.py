@@ -1,7 +1,7 @@
-"""Engine bugs found while writing the engine's tests: each test fails until fixed.
+"""The engine's edge cases: answers int() refuses, a SystemExit escaping a flow, a
+call still queued at stop, and replay compared up to the very last command.
 
-Once fixed, move each test next to its kind (test_commands, test_scheduler,
-test_testing_kit) or keep this file; none of them is skipped.
+Each was a bug once, found while writing the engine's tests.
 """
 
 from __future__ import annotations
