@@ -72,8 +72,8 @@ class FlowTest:
     """
 
     def __init__(self, flow: Flow) -> None:
-        self._start = copy.deepcopy(first_state(flow))
-        self._steps: Conversation = conversation(copy.deepcopy(self._start))
+        self._start = _plain_copy(first_state(flow))
+        self._steps: Conversation = conversation(_plain_copy(self._start))
         #: Every command answered so far, with what was sent in: (command, value, error).
         self.history: list[tuple[Command, Any, BaseException | None]] = []
         self.command: Command | None = None
@@ -146,7 +146,7 @@ class FlowTest:
         here would not survive one: something non-deterministic (the time,
         randomness, I/O) happens outside a ``Call``.
         """
-        replay = conversation(copy.deepcopy(self._start))
+        replay = conversation(_plain_copy(self._start))
         sent: Any = None
         error: BaseException | None = None
         for number, (recorded, value, raised) in enumerate(self.history, 1):
@@ -272,6 +272,17 @@ def check_transcript(
                 test.returns(result)
         else:
             test.resume()
+
+
+def _plain_copy(state: State) -> State:
+    """A fresh copy of a start state, to replay from; its fields must be plain data."""
+    try:
+        return copy.deepcopy(state)
+    except Exception as error:
+        raise TypeError(
+            f"{type(state).__name__} holds something that is not plain data ({error}); "
+            "a state's fields must be values that can be saved and copied"
+        ) from None
 
 
 def _next_command(steps: Conversation, value: Any, error: BaseException | None) -> Command | None:

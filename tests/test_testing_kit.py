@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -567,3 +568,16 @@ def test_recording_frontend_times_out_with_the_log() -> None:
         frontend.wait_for("ann", "bot: never", timeout=0.05)
     with pytest.raises(AssertionError, match=re.escape("log: ['ann']")):
         frontend.wait_until(lambda: False, timeout=0.05)
+
+
+def test_a_start_state_that_is_not_plain_data_is_named_in_the_error() -> None:
+    @dataclass
+    class Locked(State):
+        lock: Any
+
+        def run(self) -> Steps:
+            yield Print("never")
+            return None
+
+    with pytest.raises(TypeError, match="^Locked holds something that is not plain data"):
+        FlowTest(Locked(threading.Lock()))
