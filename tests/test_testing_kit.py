@@ -579,5 +579,5 @@ def test_a_start_state_that_is_not_plain_data_is_named_in_the_error() -> None:
             yield Print("never")
             return None
 
-    with pytest.raises(TypeError, match="^Locked holds something that is not plain data"):
+    with pytest.raises(TypeError, match=r"^Locked holds something that is not plain data"):
         FlowTest(Locked(threading.Lock()))
