@@ -61,8 +61,10 @@ class Choose(Command):
         for option in self.options:
             if option.strip().casefold() == wanted:
                 return option
-        if wanted.isascii() and wanted.isdigit() and int(wanted[-9:]) < len(self.options):
-            return self.options[int(wanted)]
+        if wanted.isascii() and wanted.isdigit() and len(wanted) <= 9:
+            number = int(wanted)
+            if number < len(self.options):
+                return self.options[number]
         return None
 
     def numbered(self) -> list[str]:

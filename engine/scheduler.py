@@ -365,14 +365,22 @@ class Scheduler:
             error = None
             if isinstance(command, Entered):
                 chat.state = command.state
-                self.journal.entered(chat.key, command.state)
+                try:
+                    self.journal.entered(chat.key, command.state)
+                except Exception:  # e.g. a field that cannot be saved: a bug in the flow
+                    self._crashed(chat)
+                    return
                 value = None
                 continue
             handler = self._handlers.get(type(command))
             if handler is None:
                 value, error = None, UnsupportedCommand(command, self.frontend.name)
                 continue
-            outcome = handler(chat, command)
+            try:
+                outcome = handler(chat, command)
+            except Exception as failure:  # a malformed command, e.g. Sleep("1"): at its yield
+                value, error = None, failure
+                continue
             if outcome is _PARK:
                 chat.waiting = command
                 chat.replaying = False
@@ -494,7 +502,8 @@ class Scheduler:
         self._outbox.append((fn, *args))
 
     def _notify(self, key: str, notice: Notice) -> None:
-        self._show("notify", key, notice)
+        if self.frontend.notices.get(notice, notice.value):  # an empty text says nothing
+            self._show("notify", key, notice)
 
     def _show(self, kind: str, key: str, item: Any) -> None:
         """Hand `item` to the frontend's `kind` method once this batch is committed."""
@@ -541,6 +550,10 @@ class Scheduler:
         unsent = self.journal.undelivered() if self._confirmed_outputs else []
         if unsent:
             self._receipts = itertools.count(unsent[-1][0] + 1)
+        for receipt, key, kind, item in unsent:  # lost in the crash: out first, in order
+            self._later(self._hand_over, receipt, kind, key, item)
+        if unsent:
+            log.info("sending again %d message(s) not sent before the restart", len(unsent))
         count = 0
         for saved in self.journal.unfinished():
             try:
@@ -554,9 +567,6 @@ class Scheduler:
                 self._notify(saved.key, Notice.RESTARTED)
                 self._launch(saved.key)
             count += 1
-        for receipt, key, kind, item in unsent:  # lost in the crash: out they go, in order
-            log.info("sending again what %s was not sent before the restart", key)
-            self._later(self._hand_over, receipt, kind, key, item)
         self._commit()
         return count
 

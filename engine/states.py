@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -77,21 +79,35 @@ def conversation(start: Flow) -> Conversation:
 def load_flow(spec: str) -> Flow:
     """Import a flow named ``package.module:attribute`` (for ``--flow``).
 
-    Raises ``ValueError`` with a one-line reason when it cannot.
+    The current directory is searched too, as ``python -m`` does, so that
+    ``--flow myflow:Start`` finds ``./myflow.py`` from an installed script.
+    The flow's first state is made once, so a broken flow fails now rather
+    than in front of its first user. Raises ``ValueError`` with a one-line
+    reason when anything goes wrong.
     """
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"--flow must look like MODULE:ATTR, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"cannot import flow module {module_name!r}: {error}") from None
+    except Exception as error:  # the module itself is broken
+        raise ValueError(
+            f"cannot load flow module {module_name!r}: {type(error).__name__}: {error}"
+        ) from None
     try:
         flow = getattr(module, attribute)
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not (isinstance(flow, State) or callable(flow)):
         raise ValueError(f"{spec} is neither a State nor a callable that makes one")
+    try:
+        first_state(flow)
+    except Exception as error:
+        raise ValueError(f"cannot start flow {spec}: {type(error).__name__}: {error}") from None
     return flow  # type: ignore[no-any-return]
 
 

@@ -30,6 +30,7 @@ dialogue so far and what was expected next.
 from __future__ import annotations
 
 import copy
+import pickle
 import textwrap
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -37,7 +38,7 @@ from typing import Any
 
 from engine.commands import Call, Choose, Command, Input, Print, Sleep
 from engine.frontend import Frontend, Notice
-from engine.states import Conversation, Entered, Flow, State, conversation, first_state
+from engine.states import Conversation, Entered, Flow, State, conversation, first_state, snapshot
 
 __all__ = ["FlowMismatch", "FlowTest", "RecordingFrontend", "check_transcript", "render"]
 
@@ -174,7 +175,7 @@ class FlowTest:
         try:
             step = self._steps.throw(error) if error else self._steps.send(value)
             while isinstance(step, Entered):
-                self.state = step.state
+                self.state = _saveable(step.state)
                 step = next(self._steps)
         except StopIteration:
             self.command, self.state = None, None
@@ -272,6 +273,18 @@ def check_transcript(
                 test.returns(result)
         else:
             test.resume()
+
+
+def _saveable(state: State) -> State:
+    """`state`, once checked that the journal can save it (its fields are plain data)."""
+    try:
+        pickle.dumps(snapshot(state))
+    except Exception as error:
+        raise TypeError(
+            f"{type(state).__name__} holds something that is not plain data ({error}); "
+            "a state's fields must be values that can be saved and copied"
+        ) from None
+    return state
 
 
 def _plain_copy(state: State) -> State:

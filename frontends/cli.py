@@ -38,7 +38,7 @@ from engine.commands import Choose, Command, Input, Print
 from engine.frontend import Frontend, Key, Notice
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.scheduler import Scheduler
-from engine.states import Flow, first_state, load_flow
+from engine.states import Flow, load_flow
 
 __all__ = ["DEFAULT_FLOW", "KEY", "TerminalFrontend", "main", "run"]
 
@@ -341,25 +341,6 @@ def _configure_logging(prog: str, verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
-def _load(spec: str) -> Flow:
-    """The flow named `spec`, or ValueError with a one-line reason.
-
-    The current directory is searched first, as ``python -m`` does, so that
-    ``weather-cli --flow myflow:Start`` finds ``./myflow.py``.
-    """
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        flow = load_flow(spec)
-        first_state(flow)  # fail now, not in the middle of the dialogue
-    except ValueError:
-        raise
-    except Exception as error:  # the module or the factory itself is broken
-        log.debug("loading %s failed", spec, exc_info=True)
-        raise ValueError(f"cannot load flow {spec}: {type(error).__name__}: {error}") from None
-    return flow
-
-
 def _open_journal(path: str) -> Journal:
     """The journal kept in `path`, or ValueError with a one-line reason."""
     try:
@@ -390,7 +371,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _configure_logging(parser.prog, args.verbose)
     journal: Journal | None = None
     try:
-        flow = _load(args.flow)
+        flow = load_flow(args.flow)
         if args.state is not None:
             journal = _open_journal(args.state)
     except ValueError as error:

@@ -515,7 +515,7 @@ def test_help_says_what_it_does() -> None:
         ("flows.weather", "--flow must look like MODULE:ATTR, got 'flows.weather'"),
         ("no_such_module:Flow", "cannot import flow module 'no_such_module'"),
         ("flows.weather:NoSuchFlow", "module 'flows.weather' has no attribute 'NoSuchFlow'"),
-        ("os:getcwd", "cannot load flow os:getcwd: TypeError: a flow must be a State"),
+        ("os:getcwd", "cannot start flow os:getcwd: TypeError: a flow must be a State"),
     ],
 )
 def test_a_bad_flow_is_one_line_and_status_2(spec: str, reason: str) -> None:

@@ -13,11 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engine import Call, Choose, Input, Print, State
+from engine import Call, Choose, Input, Print, Sleep, State
 from engine.frontend import Notice
+from engine.journal import SqliteJournal
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, check_transcript
 from tests.conftest import Engine, engine_threads
@@ -30,7 +33,7 @@ StartEngine = Callable[..., Engine]
 # -- 1. Choose.match raises on digits int() refuses -------------------------------------
 
 
-@pytest.mark.parametrize("answer", ["²", "1²", "9" * 5000])
+@pytest.mark.parametrize("answer", ["²", "1²", "9" * 5000, "10000000001", "00000000001"])
 def test_choose_match_of_odd_digits_is_no_match(answer: str) -> None:
     # "²".isdigit() is true but int("²") raises; so does a number over 4300 digits.
     assert Choose("Continue?", ["Yes", "No"]).match(answer) is None
@@ -153,3 +156,52 @@ def test_check_replay_compares_the_pending_command_too() -> None:
     assert flow.finished
     with pytest.raises(FlowMismatch, match="not deterministic"):
         flow.check_replay()
+
+
+# -- a malformed command, or a state that cannot be saved -------------------------------
+
+
+@dataclass
+class NapsBadly(State):
+    def run(self) -> Steps:
+        try:
+            yield Sleep("1")  # type: ignore[arg-type]
+        except TypeError:
+            yield Print("caught at the yield")
+        yield Sleep("2")  # type: ignore[arg-type]
+        return None
+
+
+def test_a_malformed_command_fails_at_its_yield(
+    start_engine: StartEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="engine")
+    scheduler, frontend = start_engine(NapsBadly)
+    scheduler.begin("ann")
+    lines = frontend.wait_for("ann", "ended", timeout=2)
+    assert lines == ["bot: caught at the yield", f"bot: {Notice.FAILED.value}", "ended"]
+
+
+@dataclass
+class HoldsALock(State):
+    lock: Any = None
+
+    def run(self) -> Steps:
+        yield Input("Name? ")
+        return HoldsALock(threading.Lock())  # not plain data: cannot be saved
+
+
+def test_a_state_that_cannot_be_saved_ends_its_conversation_with_an_apology(
+    start_engine: StartEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="engine")
+    journal = SqliteJournal(tmp_path / "state.sqlite3")
+    try:
+        scheduler, frontend = start_engine(HoldsALock, journal=journal)
+        scheduler.begin("ann")
+        scheduler.send("ann", "Ann")
+        lines = frontend.wait_for("ann", "ended", timeout=2)
+        scheduler.stop()
+    finally:
+        journal.close()
+    assert lines == ["bot: Name?", f"bot: {Notice.FAILED.value}", "ended"]

@@ -464,7 +464,8 @@ def test_outputs_not_confirmed_before_a_crash_go_out_again(state_file: Path) -> 
     finally:
         scheduler.stop()
         journal.close()
-    assert lines[:4] == ["(restored)", "bot: round 1", "bot: Number?", "bot: doubled: 10"]
+    # What was not out goes out first, then the conversation goes on.
+    assert lines[:4] == ["bot: round 1", "bot: Number?", "(restored)", "bot: doubled: 10"]
 
 
 def test_confirmed_outputs_do_not_go_out_again(state_file: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -260,3 +262,29 @@ def test_snapshot_restore_round_trip_keeps_the_values() -> None:
     next(steps)
     assert next(steps) == Call(len, ["a", "b"])
     assert steps.send(2) == Print("2 calls")
+
+
+def test_load_flow_finds_a_module_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flow_in_cwd.py").write_text(
+        "from engine import Print, State\n\n"
+        "class Hello(State):\n"
+        "    def run(self):\n"
+        "        yield Print('hello')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "flow_in_cwd", raising=False)
+    flow = load_flow("flow_in_cwd:Hello")
+    assert first_state(flow).__class__.__name__ == "Hello"
+
+
+def test_a_broken_flow_module_is_one_line_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_flow.py").write_text("def oops(:\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "broken_flow", raising=False)
+    with pytest.raises(ValueError, match=r"^cannot load flow module 'broken_flow': SyntaxError"):
+        load_flow("broken_flow:Start")

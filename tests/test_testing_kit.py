@@ -581,3 +581,17 @@ def test_a_start_state_that_is_not_plain_data_is_named_in_the_error() -> None:
 
     with pytest.raises(TypeError, match=r"^Locked holds something that is not plain data"):
         FlowTest(Locked(threading.Lock()))
+
+
+def test_a_later_state_that_cannot_be_saved_fails_the_test_too() -> None:
+    @dataclass
+    class Later(State):
+        lock: Any = None
+
+        def run(self) -> Steps:
+            yield Input("Name? ")
+            return Later(threading.Lock())
+
+    flow = FlowTest(Later())
+    with pytest.raises(TypeError, match=r"^Later holds something that is not plain data"):
+        flow.answer("Ann")
