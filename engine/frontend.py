@@ -95,6 +95,13 @@ class Frontend:
     def working(self, key: Key, command: Command) -> None:
         """A slow command (Call, Sleep) began; e.g. show "typing…". Optional."""
 
+    def halted(self, reason: str) -> None:
+        """The engine stopped by itself (its journal cannot be written): stop the program.
+
+        Called on the scheduler's thread, which then ends. The default does
+        nothing; a frontend should end its program with a one-line error.
+        """
+
     def ended(self, key: Key) -> None:
         """The conversation is over (finished, cancelled, failed or expired). Optional."""
 

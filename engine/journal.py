@@ -7,11 +7,13 @@ the values sent in since; replaying them into a fresh generator rebuilds it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import pickle
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,6 +173,7 @@ class SqliteJournal(Journal):
         self._held: dict[str, list[int]] = {}  # key -> batch ids holding its steps
         self._mailboxes: dict[str, list[str]] = {}
         self._changed_mailboxes: set[str] = set()
+        self._closing = threading.Lock()
         self._connection = self._open()
 
     # -- opening, with a one-line reason for every way a file can be bad ----
@@ -325,16 +328,19 @@ class SqliteJournal(Journal):
                 self._ops.append((_DROP_BATCH, (batch,)))
 
     def _write(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
-        run = self._connection.executemany
-        self._connection.execute("BEGIN")
-        try:
-            # Consecutive writes of one kind go in one executemany call.
-            for statement, group in itertools.groupby(ops, key=lambda op: op[0]):
-                run(statement, [params for _, params in group])
-            self._connection.execute("COMMIT")
-        except sqlite3.Error as error:
-            self._connection.execute("ROLLBACK")
-            raise JournalError(f"{self.path}: cannot write the state file ({error})") from None
+        # The lock only matters at the end: a program closing the journal while
+        # a stuck scheduler thread still commits.
+        with self._closing:
+            try:
+                self._connection.execute("BEGIN")
+                # Consecutive writes of one kind go in one executemany call.
+                for statement, group in itertools.groupby(ops, key=lambda op: op[0]):
+                    self._connection.executemany(statement, [params for _, params in group])
+                self._connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._connection.execute("ROLLBACK")
+                raise JournalError(f"{self.path}: cannot write the state file ({error})") from None
 
     # -- reading back -----------------------------------------------------------
 
@@ -377,11 +383,14 @@ class SqliteJournal(Journal):
         return iter(saved.values())
 
     def close(self) -> None:
-        """Write what is buffered and close the file."""
+        """Write what is buffered and close the file (a failure is logged, not raised)."""
         try:
             self.commit(None)
+        except JournalError as error:
+            log.error("%s", error)
         finally:
-            self._connection.close()
+            with self._closing:
+                self._connection.close()
 
 
 class _Pickled(bytes):

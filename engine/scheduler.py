@@ -41,7 +41,7 @@ from engine.commands import (
     UnsupportedCommand,
 )
 from engine.frontend import Frontend, Notice
-from engine.journal import Journal, Saved, fingerprint
+from engine.journal import Journal, JournalError, Saved, fingerprint
 from engine.states import Conversation, Entered, Flow, State, conversation, restore
 from engine.workers import WorkerPool
 
@@ -128,6 +128,8 @@ class Scheduler:
         self._last_source = self.journal.last_source()
         self._committed_source = self._last_source
         self._batch_source: int | None = None
+        #: Why the scheduler stopped by itself (its journal failed), or None.
+        self.halted: str | None = None
         # The table: what to do with each kind of command a flow yields.
         self._handlers: dict[type, Callable[[_Chat, Any], Any]] = {
             Print: self._print,
@@ -201,7 +203,11 @@ class Scheduler:
         if self._thread is not None:
             raise RuntimeError("the scheduler is already started")
         self._workers.start()
-        self.recover()
+        try:
+            self.recover()
+        except JournalError as error:
+            self._halt(str(error))
+            return
         self._thread = threading.Thread(target=self.run, name="engine-scheduler")
         self._thread.start()
 
@@ -234,9 +240,22 @@ class Scheduler:
                 except Exception:  # a bug here must not stop every other conversation
                     log.exception("error handling event %r", event[:2])
             self._fire_timers()
-            self._commit()
+            try:
+                self._commit()
+            except JournalError as error:
+                self._halt(str(error))
+                return
             if stopping:
                 return
+
+    def _halt(self, reason: str) -> None:
+        """The journal cannot be written: going on would lose what users say. Stop."""
+        self.halted = reason
+        log.error("%s; the engine stops, since nothing more could be kept", reason)
+        try:
+            self.frontend.halted(reason)
+        except Exception:
+            log.exception("the %s frontend failed", self.frontend.name)
 
     # -- events -------------------------------------------------------------
 

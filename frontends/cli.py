@@ -123,6 +123,12 @@ class TerminalFrontend(Frontend):
             self.failed = True
         super().notify(key, notice)
 
+    def halted(self, reason: str) -> None:
+        """The engine stopped (its state file failed; it logged why): end, with status 1."""
+        self.failed = True
+        self.finished.set()
+        self.events.put(ENDED)
+
     def ended(self, key: Key) -> None:
         """The conversation is over: the main thread can finish."""
         self.finished.set()

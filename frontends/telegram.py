@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
             "@BotFather, required; TELEGRAM_API_URL is the Bot API server (default "
             f"{DEFAULT_API_URL}); TELEGRAM_CHAT_RATE, TELEGRAM_CHAT_BURST, TELEGRAM_GROUP_RATE "
             "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options; the weather flow "
-            "reads OPEN_METEO_GEOCODING_URL and OPEN_METEO_FORECAST_URL. Exit status: 0 after a "
+            "reads OPEN_METEO_GEOCODING_URL, OPEN_METEO_FORECAST_URL and OPEN_METEO_TIMEOUT. Exit "
+            "status: 0 after a "
             "stop; 2 for a missing, malformed or rejected token, a flow that cannot be loaded, "
             "a state file that cannot be used, or bad options; 1 if the bot failed."
         ),
@@ -640,9 +641,12 @@ class TelegramFrontend(Frontend):
     notices = NOTICES
     confirms_delivery = True
 
-    def __init__(self, outbox: Outbox, registry: Registry) -> None:
+    def __init__(
+        self, outbox: Outbox, registry: Registry, on_halt: Callable[[str], None] | None = None
+    ) -> None:
         self.outbox = outbox
         self.registry = registry
+        self.on_halt = on_halt
 
     def _send(
         self,
@@ -701,7 +705,8 @@ class TelegramFrontend(Frontend):
         if isinstance(question, Input):
             if question.prompt and question.prompt.strip():
                 self._send(key, question.prompt, force_reply=True)
-            else:
+            else:  # nothing to send, so nothing that would end "typing…" either
+                self.outbox.typing(self.registry.route(key).chat_id, on=False)
                 self._nothing_to_send()
             return
         route = self.registry.route(key)
@@ -733,7 +738,12 @@ class TelegramFrontend(Frontend):
             self.outbox.typing(self.registry.route(key).chat_id)
 
     def ended(self, key: Key) -> None:
+        self.outbox.typing(self.registry.route(key).chat_id, on=False)
         self._retire(self.registry.end(key))
+
+    def halted(self, reason: str) -> None:
+        if self.on_halt is not None:
+            self.on_halt(reason)
 
 
 # -- the Telegram side: updates in -------------------------------------------------------
@@ -1168,7 +1178,8 @@ class Bot:
         self.bot = telebot.TeleBot(settings.token, threaded=False)
         self.registry = Registry()
         self.outbox = Outbox(TeleBotApi(self.bot), senders=args.senders, pacing=pacing_from(args))
-        self.frontend = TelegramFrontend(self.outbox, self.registry)
+        self.halted: str | None = None  # why the engine stopped by itself
+        self.frontend = TelegramFrontend(self.outbox, self.registry, on_halt=self._engine_halted)
         self.journal = journal
         self.scheduler = Scheduler(
             self.frontend,
@@ -1193,6 +1204,10 @@ class Bot:
         while not self.stopping.wait(1.0):
             pass
         return self.stop()
+
+    def _engine_halted(self, reason: str) -> None:
+        self.halted = reason  # the engine logged it
+        self.stopping.set()
 
     def request_stop(self, signum: int, frame: pytypes.FrameType | None) -> None:
         if self.stopping.is_set():
@@ -1219,7 +1234,7 @@ class Bot:
         )
         if self.poller.fatal:
             return 1 if self.poller.ready.is_set() else 2
-        return 0
+        return 1 if self.halted else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import pytest
 
 from engine.commands import Choose, Input, Print
 from engine.frontend import Notice
+from engine.journal import JournalError, SqliteJournal
 from engine.states import State, Steps
 from flows.weather import WeatherFlow
 from frontends.cli import ASK, ENDED, TerminalFrontend, run
@@ -604,3 +605,41 @@ def test_run_in_process_leaves_no_thread(openmeteo: FakeOpenMeteo) -> None:
     )
     left = [t.name for t in threading.enumerate() if t.name.startswith("engine-")]
     assert not left
+
+
+@dataclass(frozen=True)
+class Greeter(State):
+    """Greets name after name."""
+
+    def run(self) -> Steps:
+        name = yield Input("Name: ")
+        yield Print(f"Hello, {name}!")
+        return Greeter()
+
+
+class FailingDisk(SqliteJournal):
+    """A state file whose disk fills up once the conversation has begun."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.commits = 0
+
+    def commit(self, source: int | None) -> None:
+        self.commits += 1
+        if self.commits > 2:
+            raise JournalError(f"{self.path}: cannot write the state file (disk is full)")
+        super().commit(source)
+
+
+def test_a_state_file_that_fails_while_running_ends_the_program_with_status_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = FailingDisk(tmp_path / "state.sqlite3")
+    out = io.StringIO()
+    try:
+        status = run(Greeter, io.StringIO("Ann\nBob\n"), out, journal=journal)
+    finally:
+        journal.close()
+    assert status == 1
+    assert any("disk is full" in r.getMessage() for r in caplog.records)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("engine-")]

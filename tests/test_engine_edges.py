@@ -20,9 +20,10 @@ import pytest
 
 from engine import Call, Choose, Input, Print, Sleep, State
 from engine.frontend import Notice
-from engine.journal import SqliteJournal
+from engine.journal import JournalError, SqliteJournal
+from engine.scheduler import Scheduler
 from engine.states import Steps
-from engine.testing import FlowMismatch, FlowTest, check_transcript
+from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
 from tests.conftest import Engine, engine_threads
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
@@ -205,3 +206,37 @@ def test_a_state_that_cannot_be_saved_ends_its_conversation_with_an_apology(
     finally:
         journal.close()
     assert lines == ["bot: Name?", f"bot: {Notice.FAILED.value}", "ended"]
+
+
+class Halting(RecordingFrontend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: list[str] = []
+
+    def halted(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self._write("engine", ["halted"])
+
+
+def test_a_journal_that_cannot_be_written_stops_the_engine_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FullDisk(SqliteJournal):
+        def commit(self, source: int | None) -> None:
+            if self._ops:
+                raise JournalError(f"{self.path}: cannot write the state file (disk is full)")
+
+    caplog.set_level(logging.CRITICAL, logger="engine")
+    journal = FullDisk(tmp_path / "state.sqlite3")
+    frontend = Halting()
+    scheduler = Scheduler(frontend, Quitter, journal=journal)
+    try:
+        scheduler.start()
+        scheduler.begin("ann")
+        frontend.wait_for("engine", "halted", timeout=2)
+        assert frontend.lines("ann") == []  # nothing left the engine unjournaled
+        assert scheduler.halted is not None and "disk is full" in scheduler.halted
+    finally:
+        scheduler.stop()
+        journal.close()
+    assert not [name for name in engine_threads() if name == "engine-scheduler"]
