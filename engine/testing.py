@@ -280,10 +280,7 @@ def _saveable(state: State) -> State:
     try:
         pickle.dumps(snapshot(state))
     except Exception as error:
-        raise TypeError(
-            f"{type(state).__name__} holds something that is not plain data ({error}); "
-            "a state's fields must be values that can be saved and copied"
-        ) from None
+        raise _not_plain_data(state, error) from None
     return state
 
 
@@ -292,10 +289,14 @@ def _plain_copy(state: State) -> State:
     try:
         return copy.deepcopy(state)
     except Exception as error:
-        raise TypeError(
-            f"{type(state).__name__} holds something that is not plain data ({error}); "
-            "a state's fields must be values that can be saved and copied"
-        ) from None
+        raise _not_plain_data(state, error) from None
+
+
+def _not_plain_data(state: State, error: Exception) -> TypeError:
+    return TypeError(
+        f"{type(state).__name__} holds something that is not plain data ({error}); "
+        "a state's fields must be values that can be saved and copied"
+    )
 
 
 def _next_command(steps: Conversation, value: Any, error: BaseException | None) -> Command | None:
