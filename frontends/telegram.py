@@ -51,6 +51,7 @@ from engine.frontend import Frontend, Key, Notice
 from engine.journal import JournalError, SqliteJournal
 from engine.scheduler import DEFAULT_IDLE_TIMEOUT, Scheduler
 from engine.states import Flow, load_flow
+from frontends import telegram_http
 from frontends.telegram_sending import (
     MESSAGE_LIMIT,
     AnswerCallback,
@@ -1174,6 +1175,9 @@ class Bot:
         helper.API_URL = settings.api_url + "/bot{0}/{1}"
         helper.CONNECT_TIMEOUT = 10
         helper.READ_TIMEOUT = SEND_TIMEOUT
+        self.transport = telegram_http.install(
+            settings.api_url, args.senders + 1 + telegram_http.SPARE_CONNECTIONS
+        )
         self.stopping = threading.Event()
         self.bot = telebot.TeleBot(settings.token, threaded=False)
         self.registry = Registry()
@@ -1227,6 +1231,8 @@ class Bot:
         self.scheduler.stop(timeout=1.0)
         self.journal.close()
         self.poller.confirm()
+        if self.transport is not None:
+            self.transport.close()
         log.info(
             "stopped in %.1fs%s",
             time.monotonic() - started,

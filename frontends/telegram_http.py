@@ -1,0 +1,215 @@
+"""How the bot's Bot API requests travel: on urllib3 directly, not through ``requests.Session``.
+
+pyTelegramBotAPI makes every Bot API call with ``requests.Session.request``.
+Here that costs about 1 ms of CPU per call, most of it in work a Bot API call
+never needs: merging session settings, looking up proxies and ``~/.netrc`` in
+the environment, cookies, hooks, redirects. The bot makes about three calls
+per update, so that was most of its CPU (see ``bench/telegram_bench.py``).
+
+pyTelegramBotAPI lets a program send its requests itself
+(``apihelper.CUSTOM_REQUEST_SENDER``, a documented setting like ``API_URL``).
+:class:`BotApiTransport` is such a sender, on urllib3, the library ``requests``
+itself sends with: about a quarter of the CPU per call. It keeps what the
+rest of the bot relies on:
+
+* the same calls: the method pyTelegramBotAPI chose, its parameters encoded
+  as ``requests`` encodes them (a POST's in a form body, which the Bot API
+  takes as it takes a query string: no URL grows with a 4,096-character
+  text), its connect and read timeouts, kept-alive connections, no retries
+  of its own (the outbox and the poller retry);
+* the same failures: urllib3's errors are raised as ``requests``' exceptions
+  (``ConnectionError``, ``ConnectTimeout``, ``ReadTimeout``, ...), so
+  pyTelegramBotAPI and :func:`frontends.telegram.classify` see what they
+  always saw;
+* certificates checked against the same bundle as ``requests``
+  (``REQUESTS_CA_BUNDLE`` if set, else certifi's).
+
+Where the fast path would differ from ``requests``, it steps aside and the
+call goes through ``requests`` as before: a call with files, a call given
+proxies, and every call when the environment names a proxy for the Bot API
+(:func:`install` then does not install it at all).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+import requests.utils
+import urllib3
+from telebot import apihelper
+
+log = logging.getLogger("frontends.telegram.http")
+
+#: Connections kept per host beyond the senders and the poller (more may open; only these stay).
+SPARE_CONNECTIONS = 2
+FORM = "application/x-www-form-urlencoded"
+
+
+class Reply:
+    """A Bot API response, with the part of ``requests.Response`` pyTelegramBotAPI reads."""
+
+    __slots__ = ("content", "headers", "reason", "status_code", "url")
+
+    def __init__(
+        self, status_code: int, reason: str, headers: Mapping[str, str], content: bytes, url: str
+    ) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+        self.url = url
+
+    @property
+    def text(self) -> str:
+        """The body as text (the Bot API always answers in UTF-8)."""
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON; raises ``ValueError`` if it is not JSON."""
+        return json.loads(self.content)
+
+
+def query_string(params: Mapping[str, Any] | None) -> str:
+    """`params` encoded the way ``requests`` encodes them: ``None`` left out, lists repeated."""
+    if not params:
+        return ""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in params.items():
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        pairs.extend((key, item) for item in values if item is not None)
+    return urlencode(pairs)
+
+
+def as_requests_error(error: Exception) -> requests.RequestException:
+    """urllib3's failure as the exception ``requests`` raises for it.
+
+    Only urllib3's text is kept, which names the host and port but never the
+    path (where the token is).
+    """
+    errors = urllib3.exceptions
+    text = str(error)
+    if isinstance(error, errors.ReadTimeoutError):
+        return requests.ReadTimeout(text)
+    if isinstance(error, errors.NewConnectionError):  # before its base, ConnectTimeoutError
+        return requests.ConnectionError(text)
+    if isinstance(error, errors.ConnectTimeoutError):
+        return requests.ConnectTimeout(text)
+    if isinstance(error, errors.ProxyError):
+        return requests.exceptions.ProxyError(text)
+    if isinstance(error, errors.SSLError):
+        return requests.exceptions.SSLError(text)
+    if isinstance(error, errors.LocationValueError):
+        return requests.exceptions.InvalidURL(text)
+    return requests.ConnectionError(text)
+
+
+class BotApiTransport:
+    """An ``apihelper.CUSTOM_REQUEST_SENDER``: Bot API calls over a urllib3 connection pool.
+
+    Thread-safe: the poller and every sender thread call it at once, each on
+    a connection of its own from the pool.
+    """
+
+    def __init__(self, connections: int) -> None:
+        self.pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=connections,
+            block=False,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=ca_bundle(),
+        )
+        #: One pool per Bot API server (there is one), found without parsing each URL.
+        self._pools: dict[str, urllib3.connectionpool.HTTPConnectionPool] = {}
+        agent = f"weather-bot (urllib3/{urllib3.__version__})"  # type: ignore[attr-defined]
+        self.plain_headers = {"User-Agent": agent}
+        self.form_headers = {**self.plain_headers, "Content-Type": FORM}
+        self._session: requests.Session | None = None
+
+    def __call__(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        files: Any = None,
+        timeout: tuple[float, float] = (10.0, 30.0),
+        proxies: Any = None,
+        **more: Any,
+    ) -> Reply | requests.Response:
+        """Make one call; answers like ``requests.Session.request`` for what is read of it."""
+        if files or proxies or more:
+            return self._by_requests(
+                method, url, params=params, files=files, timeout=timeout, proxies=proxies, **more
+            )
+        scheme, _, rest = url.partition("://")
+        host, _, path = rest.partition("/")
+        form = query_string(params)
+        if method.upper() == "POST":
+            body, target, headers = form.encode("ascii"), f"/{path}", self.form_headers
+        else:
+            target = f"/{path}?{form}" if form else f"/{path}"
+            body, headers = None, self.plain_headers
+        try:
+            response = self._pool(f"{scheme}://{host}").urlopen(
+                method.upper(),
+                target,
+                body=body,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                retries=False,
+                redirect=False,
+            )
+        except urllib3.exceptions.HTTPError as error:
+            raise as_requests_error(error) from None
+        return Reply(response.status, response.reason or "", response.headers, response.data, url)
+
+    def _pool(self, origin: str) -> urllib3.connectionpool.HTTPConnectionPool:
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = self.pool.connection_from_url(origin)
+        return pool
+
+    def _by_requests(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        if self._session is None:
+            self._session = requests.Session()
+        return self._session.request(method, url, **kwargs)
+
+    def close(self) -> None:
+        """Close the pooled connections (calls still in flight finish on theirs)."""
+        self.pool.clear()
+        if self._session is not None:
+            self._session.close()
+
+
+def ca_bundle() -> str:
+    """The certificates ``requests`` would check the Bot API's against."""
+    return (
+        os.environ.get("REQUESTS_CA_BUNDLE")
+        or os.environ.get("CURL_CA_BUNDLE")
+        or requests.utils.DEFAULT_CA_BUNDLE_PATH
+    )
+
+
+def install(api_url: str, connections: int) -> BotApiTransport | None:
+    """Make pyTelegramBotAPI send through a :class:`BotApiTransport`, unless a proxy is set.
+
+    Returns the transport (to :meth:`~BotApiTransport.close` at the end), or
+    ``None`` when the environment names a proxy for `api_url`: then
+    ``requests`` keeps sending, as it knows every kind of proxy.
+    """
+    helper: Any = apihelper  # its settings are module globals, typed by their defaults
+    proxies = requests.utils.get_environ_proxies(api_url)
+    if proxies or helper.proxy:
+        log.info("a proxy is set for the Bot API: sending through requests")
+        helper.CUSTOM_REQUEST_SENDER = None
+        return None
+    transport = BotApiTransport(connections)
+    helper.CUSTOM_REQUEST_SENDER = transport
+    return transport
