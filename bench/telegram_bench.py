@@ -94,8 +94,6 @@ BOTS: dict[str, list[str]] = {
     "plain": [sys.executable, str(ROOT / "bench" / "plain_telebot_bot.py")],
 }
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: Connections the fake Open-Meteo lets wait to be accepted.
-LISTEN_BACKLOG = 128
 #: py-spy samples a second, in --profile runs.
 PROFILE_RATE = 250
 
@@ -146,21 +144,6 @@ class BenchTelegram(FakeTelegram):
         if listener is not None:
             listener(int(result["chat"]["id"]), str(result["text"]), at)
         return result
-
-
-class BenchOpenMeteo(FakeOpenMeteo):
-    """The fake Open-Meteo with a listen backlog for a crowd.
-
-    The stock server listens with Python's default backlog of 5: a bot with
-    8 lookups in flight overflows it, and every dropped SYN costs the lookup
-    a 1 s retransmission: latency of the fake, not of the bot.
-    """
-
-    def start(self) -> BenchOpenMeteo:
-        super().start()
-        if self._server is not None:
-            self._server.socket.listen(LISTEN_BACKLOG)  # Linux takes the new backlog
-        return self
 
 
 # -- the users -------------------------------------------------------------------------------
@@ -430,7 +413,7 @@ def run_bot(
         command = [*spy, "--output", str(profile), "--", *command]
     log = workdir / f"bot-{bot}.log"
     telegram = BenchTelegram()
-    with telegram, BenchOpenMeteo() as openmeteo:
+    with telegram, FakeOpenMeteo() as openmeteo:
         crowd = Crowd(telegram, make_users(openmeteo, users, rounds))
         env = bot_environment(telegram, openmeteo)
         with running_bot(command, env, workdir, log) as process:

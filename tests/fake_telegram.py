@@ -33,11 +33,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_server import LocalServer
+from tests.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
 
 __all__ = ["BOT_ID", "TOKEN", "FakeTelegram", "Request", "Sent"]
 
@@ -140,10 +140,6 @@ class FakeTelegram(LocalServer):
         with self._cond:  # wake long polls
             self._closed = True
             self._cond.notify_all()
-
-    def _shut(self, server: ThreadingHTTPServer) -> None:
-        assert isinstance(server, _Server)
-        server.cut_connections()
 
     @property
     def url(self) -> str:
@@ -629,47 +625,16 @@ def _int(value: Any, default: Any) -> Any:
         return default
 
 
-class _Server(ThreadingHTTPServer):
-    # Request threads are joined by server_close(), so none outlives a test.
-    daemon_threads = False
-    block_on_close = True
-    request_queue_size = 128
-
+class _Server(KeepAliveServer):
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: FakeTelegram
     ) -> None:
         self.fake = fake
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
         super().__init__(address, handler)
 
-    def cut_connections(self) -> None:
-        """Shut every open connection, so idle keep-alive threads end now."""
-        with self.connections_lock:
-            for connection in self.connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else each answer waits ~40 ms for a delayed ACK
-    wbufsize = -1  # headers and body leave in one write (flushed after each request)
+class _Handler(KeepAliveHandler):
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         self._serve()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import TypeVar
 
@@ -35,6 +37,8 @@ class LocalServer:
 
     def _shut(self, server: ThreadingHTTPServer) -> None:
         """After the serving loop stopped, before the request threads are joined."""
+        if isinstance(server, KeepAliveServer):
+            server.cut_connections()
 
     def start(self: Served) -> Served:
         """Listen and serve on a thread named after the server."""
@@ -80,3 +84,51 @@ class LocalServer:
             raise RuntimeError(f"the {self.name} is not running")
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+
+class KeepAliveServer(ThreadingHTTPServer):
+    """A threading HTTP server whose kept-alive connections can all be cut at a stop.
+
+    Request threads are joined by ``server_close()``, so none outlives a test;
+    a thread waiting for a client's next request on an idle connection ends
+    when :meth:`cut_connections` shuts its socket.
+    """
+
+    daemon_threads = False
+    block_on_close = True
+    request_queue_size = 128  # a crowd of clients connecting at once is not refused
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def cut_connections(self) -> None:
+        """Shut every open connection, so idle keep-alive threads end now."""
+        with self.connections_lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
+class KeepAliveHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with kept-alive connections, as the real services speak it."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each answer waits ~40 ms for a delayed ACK
+    wbufsize = -1  # headers and body leave in one write (flushed after each request)
+    server: KeepAliveServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep test output quiet: the fakes record what they were asked

@@ -24,12 +24,12 @@ import json
 import threading
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_server import LocalServer
+from tests.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
 
 __all__ = [
     "DEFAULT_WEATHER",
@@ -351,11 +351,7 @@ class FakeOpenMeteo(LocalServer):
         return 200, body
 
 
-class _Server(ThreadingHTTPServer):
-    # Request threads are joined by server_close(), so none outlives a test.
-    daemon_threads = False
-    block_on_close = True
-
+class _Server(KeepAliveServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -366,10 +362,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(KeepAliveHandler):
     server: _Server
-    # HTTP/1.0: one request per connection, so no thread waits on an idle keep-alive.
-    protocol_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
         fake = self.server.fake
@@ -430,6 +424,3 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (e.g. its timeout); nothing to tell it
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output quiet; see FakeOpenMeteo.requests instead
