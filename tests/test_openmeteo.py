@@ -300,6 +300,21 @@ def test_connection_refused_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> N
         search_places("London")
 
 
+def test_a_proxy_named_in_the_environment_is_used(
+    openmeteo: FakeOpenMeteo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake answers a proxy's request too (its path is then the whole URL),
+    # so a host that does not exist is reached through it, and only through it.
+    monkeypatch.setenv("OPEN_METEO_GEOCODING_URL", "http://open-meteo.invalid/v1/search")
+    monkeypatch.setenv("HTTP_PROXY", openmeteo.base_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    assert search_places("London")[0] == LONDON
+    (request,) = openmeteo.requests
+    assert request.headers["Host"] == "open-meteo.invalid"
+
+
 def test_failures_are_logged_with_their_detail(
     openmeteo: FakeOpenMeteo, caplog: pytest.LogCaptureFixture
 ) -> None:
