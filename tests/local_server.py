@@ -124,6 +124,12 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
+    def handle(self) -> None:
+        # Answers leave at the flush after each request: a client that went
+        # away (stopped, or gave up waiting) is no error of the server's.
+        with contextlib.suppress(ConnectionError):
+            super().handle()
+
     def finish(self) -> None:
         with self.server.connections_lock:
             self.server.connections.discard(self.connection)
