@@ -84,6 +84,11 @@ from tests.openmeteo_server import DEFAULT_WEATHER, FakeOpenMeteo, GeneratedCity
 
 #: CPU per update the bot may use, at most (ms).
 CPU_TARGET_MS = 2.0
+#: What the issue measured the plain bot at, on its machine. This machine's
+#: absolute figures differ (see the plain bot's here), so the target is also
+#: read as the share of the plain bot's CPU, which holds across machines.
+PLAIN_CPU_MS = 3.0
+CPU_TARGET_SHARE = CPU_TARGET_MS / PLAIN_CPU_MS
 #: How long one run may take before the benchmark gives up (s), at least.
 RUN_TIMEOUT = 120.0
 #: The bot counts as done when no Bot API call (but getUpdates) came for this long (s).
@@ -586,7 +591,13 @@ def report(runs: dict[str, list[Result]]) -> Iterator[str]:
     yield "targets:"
     cpu = ours.cpu_ms_per_update
     verdict = "PASS" if cpu <= CPU_TARGET_MS else "FAIL"
-    yield f"  ours <= {CPU_TARGET_MS:g} ms CPU per update: {cpu:.2f} ms  {verdict}"
+    yield f"  ours <= {CPU_TARGET_MS:g} ms CPU per update (absolute): {cpu:.2f} ms  {verdict}"
+    share = cpu / plain.cpu_ms_per_update if plain.cpu_ms_per_update else math.inf
+    verdict = "PASS" if share <= CPU_TARGET_SHARE else "FAIL"
+    yield (
+        f"  ours <= {CPU_TARGET_SHARE:.2f}x plain's CPU per update (the issue's "
+        f"{CPU_TARGET_MS:g} ms vs plain's {PLAIN_CPU_MS:g} ms): {share:.2f}x  {verdict}"
+    )
     mine, theirs = percentile(ours.latencies, 99), percentile(plain.latencies, 99)
     verdict = "PASS" if mine <= theirs else "FAIL"
     yield f"  ours p99 latency <= plain's p99: {_ms(mine)} ms vs {_ms(theirs)} ms  {verdict}"
