@@ -56,7 +56,7 @@ def test_three_users_through_both_bots(tmp_path: Path) -> None:
         assert result.peak_kb > 0
         assert result.log_problems == [], bot
     lines = list(bench.report(runs))
-    assert sum(line.count("PASS") + line.count("FAIL") for line in lines) == 3
+    assert sum(line.count("PASS") + line.count("FAIL") for line in lines) == 4
     assert any(line.startswith("updates handled") for line in lines)
 
     assert child_processes() == []
