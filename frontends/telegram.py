@@ -16,6 +16,9 @@ Threads, and what each may do:
     The outbox (``frontends.telegram_sending``): every Bot API call that
     sends, in order per chat, paced and retried.
 
+Every Bot API call pyTelegramBotAPI makes travels on ``frontends.telegram_http``
+(urllib3 directly: a quarter of ``requests``' CPU per call).
+
 Configuration comes from the environment (``TELEGRAM_BOT_TOKEN``,
 ``TELEGRAM_API_URL``, ...) and the options; see ``--help``. The token is
 never written anywhere: a filter on the log handlers masks it, including in

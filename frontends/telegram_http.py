@@ -182,7 +182,15 @@ class BotApiTransport:
         return self._session.request(method, url, **kwargs)
 
     def close(self) -> None:
-        """Close the pooled connections (calls still in flight finish on theirs)."""
+        """Stop being pyTelegramBotAPI's sender and close the kept connections.
+
+        Calls in flight finish on their connections; later ones would open
+        new connections.
+        """
+        helper: Any = apihelper
+        if helper.CUSTOM_REQUEST_SENDER is self:
+            helper.CUSTOM_REQUEST_SENDER = None
+        self._pools = {}
         self.pool.clear()
         if self._session is not None:
             self._session.close()

@@ -161,5 +161,6 @@ def test_a_proxy_in_the_environment_leaves_sending_to_requests(
         transport = install("https://api.telegram.org", 4)
         assert transport is not None and apihelper.CUSTOM_REQUEST_SENDER is transport
         transport.close()
+        assert apihelper.CUSTOM_REQUEST_SENDER is None  # closed, it no longer sends for all
     finally:
         apihelper.CUSTOM_REQUEST_SENDER = saved
