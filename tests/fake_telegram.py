@@ -108,8 +108,10 @@ class FakeTelegram(LocalServer):
 
     name = "fake-telegram"
 
-    def __init__(self, token: str = TOKEN, username: str = BOT_USERNAME) -> None:
-        super().__init__()
+    def __init__(
+        self, token: str = TOKEN, username: str = BOT_USERNAME, *, tls: bool = False
+    ) -> None:
+        super().__init__(tls=tls)
         self.token = token
         self.username = username
         self.bot_id = int(token.split(":")[0])

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
+
+#: The test certificate (self-signed, for 127.0.0.1) that HTTPS fakes serve with.
+TEST_CERTIFICATE = Path(__file__).parent / "fixtures" / "tls" / "cert.pem"
 
 Served = TypeVar("Served", bound="LocalServer")
 
@@ -22,7 +27,9 @@ class LocalServer:
     #: Names the serving thread and the errors.
     name = "local-server"
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
+        #: Serve HTTPS with :data:`TEST_CERTIFICATE` instead of plain HTTP.
+        self.tls = tls
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -46,6 +53,10 @@ class LocalServer:
             raise RuntimeError(f"the {self.name} is already running")
         self._opening()
         self._server = self._make_server()
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(TEST_CERTIFICATE, TEST_CERTIFICATE.with_name("key.pem"))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name
         )
@@ -79,11 +90,11 @@ class LocalServer:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
+        """``http://127.0.0.1:PORT`` (``https://`` with `tls`)."""
         if self._server is None:
             raise RuntimeError(f"the {self.name} is not running")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
 
 
 class KeepAliveServer(ThreadingHTTPServer):

@@ -112,8 +112,8 @@ class FakeOpenMeteo(LocalServer):
 
     name = "fake-openmeteo"
 
-    def __init__(self, *, hang_seconds: float = 30.0) -> None:
-        super().__init__()
+    def __init__(self, *, hang_seconds: float = 30.0, tls: bool = False) -> None:
+        super().__init__(tls=tls)
         self.hang_seconds = hang_seconds
         self._lock = threading.Lock()
         self._places: dict[str, list[dict[str, Any]]] = {}

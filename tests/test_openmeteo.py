@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import flows.openmeteo as openmeteo_client
 from flows.openmeteo import (
     USER_AGENT,
     Place,
@@ -20,6 +21,7 @@ from flows.openmeteo import (
     describe_weather_code,
     search_places,
 )
+from tests.local_server import TEST_CERTIFICATE
 from tests.openmeteo_server import FailureKind, FakeOpenMeteo, load_fixture
 
 LONDON = Place(
@@ -313,6 +315,20 @@ def test_a_proxy_named_in_the_environment_is_used(
     assert search_places("London")[0] == LONDON
     (request,) = openmeteo.requests
     assert request.headers["Host"] == "open-meteo.invalid"
+
+
+def test_https_is_verified_against_requests_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openmeteo_client, "_session", None)  # a session made for this test
+    with FakeOpenMeteo(tls=True) as server:
+        monkeypatch.setenv("OPEN_METEO_GEOCODING_URL", server.geocoding_url)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(TEST_CERTIFICATE))
+        assert search_places("London")[0].name == "London"
+
+        monkeypatch.setattr(openmeteo_client, "_session", None)
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # certifi's bundle: the fake is unknown there
+        with pytest.raises(ServiceUnavailable, match="cannot connect"):
+            search_places("London")
 
 
 def test_failures_are_logged_with_their_detail(

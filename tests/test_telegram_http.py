@@ -21,6 +21,7 @@ from frontends.telegram import classify
 from frontends.telegram_http import BotApiTransport, install, query_string
 from frontends.telegram_sending import PermanentError, RetryAfter, TransientError
 from tests.fake_telegram import TOKEN, FakeTelegram
+from tests.local_server import TEST_CERTIFICATE
 
 apihelper: Any = _apihelper  # its settings and exceptions are not annotated
 
@@ -164,3 +165,44 @@ def test_a_proxy_in_the_environment_leaves_sending_to_requests(
         assert apihelper.CUSTOM_REQUEST_SENDER is None  # closed, it no longer sends for all
     finally:
         apihelper.CUSTOM_REQUEST_SENDER = saved
+
+
+@pytest.fixture
+def https_telegram(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTelegram]:
+    """The fake Bot API on HTTPS, pyTelegramBotAPI pointed at it; no CA bundle set yet."""
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    saved = apihelper.API_URL
+    with FakeTelegram(tls=True) as server:
+        apihelper.API_URL = server.url + "/bot{0}/{1}"
+        try:
+            yield server
+        finally:
+            apihelper.API_URL = saved
+
+
+def test_https_is_verified_against_the_bundle_requests_would_use(
+    https_telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert https_telegram.url.startswith("https://")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(TEST_CERTIFICATE))
+    transport = install(https_telegram.url, 2)
+    assert transport is not None
+    try:
+        assert telebot.TeleBot(TOKEN, threaded=False).send_message(3, "secure").text == "secure"
+    finally:
+        transport.close()
+    assert https_telegram.texts(3) == ["secure"]
+
+
+def test_an_untrusted_certificate_is_refused(https_telegram: FakeTelegram) -> None:
+    transport = install(https_telegram.url, 2)  # certifi's bundle, which does not know the fake
+    assert transport is not None
+    try:
+        error = failure_of(lambda: telebot.TeleBot(TOKEN, threaded=False).send_message(3, "no"))
+    finally:
+        transport.close()
+    assert isinstance(error, requests.exceptions.SSLError)
+    assert isinstance(classify(error), TransientError)
+    assert TOKEN.split(":")[1] not in str(error)
+    assert https_telegram.texts(3) == []
