@@ -22,12 +22,14 @@ rest of the bot relies on:
   pyTelegramBotAPI and :func:`frontends.telegram.classify` see what they
   always saw;
 * certificates checked against the same bundle as ``requests``
-  (``REQUESTS_CA_BUNDLE`` if set, else certifi's).
+  (``REQUESTS_CA_BUNDLE`` if set, a file or a directory, else certifi's).
 
 Where the fast path would differ from ``requests``, it steps aside and the
 call goes through ``requests`` as before: a call with files, a call given
-proxies, and every call when the environment names a proxy for the Bot API
-(:func:`install` then does not install it at all).
+proxies, a call answered with a redirect (the Bot API does not redirect; a
+server in front of a self-hosted one might), and every call when the
+environment names a proxy for the Bot API or ``TELEGRAM_API_URL`` holds a
+login (:func:`install` then does not install it at all).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import requests.utils
@@ -117,16 +120,12 @@ class BotApiTransport:
     """
 
     def __init__(self, connections: int) -> None:
-        self.pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=connections,
-            block=False,
-            retries=False,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=ca_bundle(),
-        )
+        self.connections = connections
+        #: The certificates to check against, as ``requests`` would take them.
+        self.certificates = certificate_settings()
         #: One pool per Bot API server (there is one), found without parsing each URL.
         self._pools: dict[str, urllib3.connectionpool.HTTPConnectionPool] = {}
+        self._lock = threading.Lock()
         agent = f"weather-bot (urllib3/{urllib3.__version__})"  # type: ignore[attr-defined]
         self.plain_headers = {"User-Agent": agent}
         self.form_headers = {**self.plain_headers, "Content-Type": FORM}
@@ -168,18 +167,31 @@ class BotApiTransport:
             )
         except urllib3.exceptions.HTTPError as error:
             raise as_requests_error(error) from None
+        if response.get_redirect_location():
+            # The Bot API does not redirect, but a server in front of a
+            # self-hosted one may (http -> https): follow it as requests does.
+            log.info("HTTP %s from the Bot API server: following it with requests", response.status)
+            return self._by_requests(method, url, params=params, timeout=timeout)
         return Reply(response.status, response.reason or "", response.headers, response.data, url)
 
     def _pool(self, origin: str) -> urllib3.connectionpool.HTTPConnectionPool:
         pool = self._pools.get(origin)
         if pool is None:
-            pool = self._pools[origin] = self.pool.connection_from_url(origin)
+            with self._lock:
+                pool = self._pools.get(origin)
+                if pool is None:
+                    tls = self.certificates if origin.startswith("https:") else {}
+                    pool = self._pools[origin] = urllib3.connectionpool.connection_from_url(
+                        origin, maxsize=self.connections, block=False, retries=False, **tls
+                    )
         return pool
 
     def _by_requests(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        if self._session is None:
-            self._session = requests.Session()
-        return self._session.request(method, url, **kwargs)
+        with self._lock:
+            if self._session is None:
+                self._session = requests.Session()
+            session = self._session
+        return session.request(method, url, **kwargs)
 
     def close(self) -> None:
         """Stop being pyTelegramBotAPI's sender and close the kept connections.
@@ -190,19 +202,28 @@ class BotApiTransport:
         helper: Any = apihelper
         if helper.CUSTOM_REQUEST_SENDER is self:
             helper.CUSTOM_REQUEST_SENDER = None
-        self._pools = {}
-        self.pool.clear()
-        if self._session is not None:
-            self._session.close()
+        with self._lock:
+            pools, self._pools = self._pools, {}
+            session, self._session = self._session, None
+        for pool in pools.values():
+            pool.close()
+        if session is not None:
+            session.close()
 
 
-def ca_bundle() -> str:
-    """The certificates ``requests`` would check the Bot API's against."""
-    return (
+def certificate_settings() -> dict[str, str]:
+    """urllib3's settings for the certificates ``requests`` would check the Bot API's against.
+
+    ``REQUESTS_CA_BUNDLE`` (or ``CURL_CA_BUNDLE``) if set, else certifi's
+    bundle; a directory of certificates is taken as one, as ``requests`` does.
+    """
+    bundle = (
         os.environ.get("REQUESTS_CA_BUNDLE")
         or os.environ.get("CURL_CA_BUNDLE")
         or requests.utils.DEFAULT_CA_BUNDLE_PATH
     )
+    where = "ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"
+    return {"cert_reqs": "CERT_REQUIRED", where: bundle}
 
 
 def install(api_url: str, connections: int) -> BotApiTransport | None:
@@ -216,6 +237,10 @@ def install(api_url: str, connections: int) -> BotApiTransport | None:
     proxies = requests.utils.get_environ_proxies(api_url)
     if proxies or helper.proxy:
         log.info("a proxy is set for the Bot API: sending through requests")
+        helper.CUSTOM_REQUEST_SENDER = None
+        return None
+    if "@" in urlsplit(api_url).netloc:
+        log.info("TELEGRAM_API_URL holds a login: sending through requests")
         helper.CUSTOM_REQUEST_SENDER = None
         return None
     transport = BotApiTransport(connections)

@@ -21,7 +21,7 @@ from frontends.telegram import classify
 from frontends.telegram_http import BotApiTransport, install, query_string
 from frontends.telegram_sending import PermanentError, RetryAfter, TransientError
 from tests.fake_telegram import TOKEN, FakeTelegram
-from tests.local_server import TEST_CERTIFICATE
+from tests.local_server import TEST_CERTIFICATE, KeepAliveHandler, KeepAliveServer, LocalServer
 
 apihelper: Any = _apihelper  # its settings and exceptions are not annotated
 
@@ -147,6 +147,40 @@ def test_a_slow_answer_is_a_read_timeout(
     assert isinstance(classify(error), TransientError)
 
 
+class Redirector(LocalServer):
+    """Answers every request with a 301 to the same path on `target`."""
+
+    name = "redirector"
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    def _make_server(self) -> KeepAliveServer:
+        target = self.target
+
+        class Handler(KeepAliveHandler):
+            def do_GET(self) -> None:
+                self.send_response(301)
+                self.send_header("Location", target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET
+
+        return KeepAliveServer(("127.0.0.1", 0), Handler)
+
+
+def test_a_redirect_is_followed_as_requests_follows_it(
+    transport: BotApiTransport, telegram: FakeTelegram
+) -> None:
+    with Redirector(telegram.url) as redirector:
+        apihelper.API_URL = redirector.base_url + "/bot{0}/{1}"
+        sent = telebot.TeleBot(TOKEN, threaded=False).send_message(9, "moved on")
+    assert sent.text == "moved on"
+    assert telegram.texts(9) == ["moved on"]
+
+
 def test_a_proxy_in_the_environment_leaves_sending_to_requests(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -193,6 +227,18 @@ def test_https_is_verified_against_the_bundle_requests_would_use(
     finally:
         transport.close()
     assert https_telegram.texts(3) == ["secure"]
+
+
+def test_a_directory_of_certificates_works_as_with_requests(
+    https_telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(TEST_CERTIFICATE.with_name("certs")))
+    transport = install(https_telegram.url, 2)
+    assert transport is not None
+    try:
+        assert telebot.TeleBot(TOKEN, threaded=False).send_message(3, "dir").text == "dir"
+    finally:
+        transport.close()
 
 
 def test_an_untrusted_certificate_is_refused(https_telegram: FakeTelegram) -> None:
