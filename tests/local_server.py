@@ -30,10 +30,10 @@ class LocalServer:
     def __init__(self, *, tls: bool = False) -> None:
         #: Serve HTTPS with :data:`TEST_CERTIFICATE` instead of plain HTTP.
         self.tls = tls
-        self._server: ThreadingHTTPServer | None = None
+        self._server: KeepAliveServer | None = None
         self._thread: threading.Thread | None = None
 
-    def _make_server(self) -> ThreadingHTTPServer:
+    def _make_server(self) -> KeepAliveServer:
         raise NotImplementedError
 
     def _opening(self) -> None:
@@ -41,11 +41,6 @@ class LocalServer:
 
     def _closing(self) -> None:
         """Before shutting down: release requests that wait."""
-
-    def _shut(self, server: ThreadingHTTPServer) -> None:
-        """After the serving loop stopped, before the request threads are joined."""
-        if isinstance(server, KeepAliveServer):
-            server.cut_connections()
 
     def start(self: Served) -> Served:
         """Listen and serve on a thread named after the server."""
@@ -70,7 +65,7 @@ class LocalServer:
             return
         self._closing()
         server.shutdown()
-        self._shut(server)
+        server.cut_connections()  # idle kept-alive connections end their threads
         server.server_close()  # joins the request threads
         thread.join(timeout=5)
         self._server = self._thread = None
