@@ -185,12 +185,9 @@ def _get_session() -> requests.Session:
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             # requests reads proxies, a CA bundle and ~/.netrc from the environment
-            # on every request: a third of a lookup's CPU. Read once instead
-            # (proxies per URL, in _proxies); Open-Meteo needs no netrc login.
+            # on every request: a third of a lookup's CPU. Read once per URL
+            # instead (_environment); Open-Meteo needs no netrc login.
             session.trust_env = False
-            session.verify = (
-                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-            )
             _session = session
         return _session
 
@@ -212,9 +209,11 @@ def _timeout() -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _proxies(url: str) -> dict[str, str]:
-    """The proxies the environment names for `url` (``HTTPS_PROXY``, ``NO_PROXY``, ...)."""
-    return requests.utils.get_environ_proxies(url)
+def _environment(url: str) -> dict[str, Any]:
+    """What requests takes from the environment for `url`: proxies (``NO_PROXY`` honoured)
+    and the CA bundle (``REQUESTS_CA_BUNDLE``), as ``get`` keywords."""
+    found = requests.Session().merge_environment_settings(url, {}, None, None, None)
+    return {"proxies": found["proxies"], "verify": found["verify"]}
 
 
 def _url(variable: str, default: str) -> str:
@@ -224,9 +223,7 @@ def _url(variable: str, default: str) -> str:
 def _get_json(what: str, url: str, params: dict[str, str | int | float]) -> dict[str, Any]:
     """GET `url` and return its JSON object, or raise ServiceUnavailable."""
     try:
-        response = _get_session().get(
-            url, params=params, timeout=_timeout(), proxies=_proxies(url)
-        )
+        response = _get_session().get(url, params=params, timeout=_timeout(), **_environment(url))
     except requests.Timeout as error:
         log.warning("%s: %s timed out: %s", what, url, error)
         raise ServiceUnavailable("timed out") from None

@@ -57,16 +57,15 @@ FORM = "application/x-www-form-urlencoded"
 class Reply:
     """A Bot API response, with the part of ``requests.Response`` pyTelegramBotAPI reads."""
 
-    __slots__ = ("content", "headers", "reason", "status_code", "url")
+    __slots__ = ("content", "headers", "reason", "status_code")
 
     def __init__(
-        self, status_code: int, reason: str, headers: Mapping[str, str], content: bytes, url: str
+        self, status_code: int, reason: str, headers: Mapping[str, str], content: bytes
     ) -> None:
         self.status_code = status_code
         self.reason = reason
         self.headers = headers
         self.content = content
-        self.url = url
 
     @property
     def text(self) -> str:
@@ -119,10 +118,10 @@ class BotApiTransport:
     a connection of its own from the pool.
     """
 
-    def __init__(self, connections: int) -> None:
+    def __init__(self, connections: int, verify: bool | str | None = True) -> None:
         self.connections = connections
-        #: The certificates to check against, as ``requests`` would take them.
-        self.certificates = certificate_settings()
+        #: urllib3's settings for `verify` (a bundle file or directory; else certifi's).
+        self.certificates = certificate_settings(verify)
         #: One pool per Bot API server (there is one), found without parsing each URL.
         self._pools: dict[str, urllib3.connectionpool.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
@@ -149,15 +148,16 @@ class BotApiTransport:
             )
         scheme, _, rest = url.partition("://")
         host, _, path = rest.partition("/")
+        verb = method.upper()
         form = query_string(params)
-        if method.upper() == "POST":
+        if verb == "POST":
             body, target, headers = form.encode("ascii"), f"/{path}", self.form_headers
         else:
             target = f"/{path}?{form}" if form else f"/{path}"
             body, headers = None, self.plain_headers
         try:
             response = self._pool(f"{scheme}://{host}").urlopen(
-                method.upper(),
+                verb,
                 target,
                 body=body,
                 headers=headers,
@@ -172,7 +172,7 @@ class BotApiTransport:
             # self-hosted one may (http -> https): follow it as requests does.
             log.info("HTTP %s from the Bot API server: following it with requests", response.status)
             return self._by_requests(method, url, params=params, timeout=timeout)
-        return Reply(response.status, response.reason or "", response.headers, response.data, url)
+        return Reply(response.status, response.reason or "", response.headers, response.data)
 
     def _pool(self, origin: str) -> urllib3.connectionpool.HTTPConnectionPool:
         pool = self._pools.get(origin)
@@ -211,17 +211,13 @@ class BotApiTransport:
             session.close()
 
 
-def certificate_settings() -> dict[str, str]:
-    """urllib3's settings for the certificates ``requests`` would check the Bot API's against.
+def certificate_settings(verify: bool | str | None) -> dict[str, str]:
+    """urllib3's settings for ``requests``' `verify`: a bundle file or a directory of them.
 
-    ``REQUESTS_CA_BUNDLE`` (or ``CURL_CA_BUNDLE``) if set, else certifi's
-    bundle; a directory of certificates is taken as one, as ``requests`` does.
+    Anything but a path means certifi's bundle, as ``True`` does in
+    ``requests``; certificates are always checked.
     """
-    bundle = (
-        os.environ.get("REQUESTS_CA_BUNDLE")
-        or os.environ.get("CURL_CA_BUNDLE")
-        or requests.utils.DEFAULT_CA_BUNDLE_PATH
-    )
+    bundle = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
     where = "ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"
     return {"cert_reqs": "CERT_REQUIRED", where: bundle}
 
@@ -234,8 +230,9 @@ def install(api_url: str, connections: int) -> BotApiTransport | None:
     ``requests`` keeps sending, as it knows every kind of proxy.
     """
     helper: Any = apihelper  # its settings are module globals, typed by their defaults
-    proxies = requests.utils.get_environ_proxies(api_url)
-    if proxies or helper.proxy:
+    # What requests itself would take from the environment for this URL.
+    found = requests.Session().merge_environment_settings(api_url, {}, None, None, None)
+    if found["proxies"] or helper.proxy:
         log.info("a proxy is set for the Bot API: sending through requests")
         helper.CUSTOM_REQUEST_SENDER = None
         return None
@@ -243,6 +240,6 @@ def install(api_url: str, connections: int) -> BotApiTransport | None:
         log.info("TELEGRAM_API_URL holds a login: sending through requests")
         helper.CUSTOM_REQUEST_SENDER = None
         return None
-    transport = BotApiTransport(connections)
+    transport = BotApiTransport(connections, found["verify"])
     helper.CUSTOM_REQUEST_SENDER = transport
     return transport

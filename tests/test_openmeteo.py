@@ -318,14 +318,18 @@ def test_a_proxy_named_in_the_environment_is_used(
 
 
 def test_https_is_verified_against_requests_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(openmeteo_client, "_session", None)  # a session made for this test
+    def as_if_restarted() -> None:  # the environment is read once per URL and process
+        monkeypatch.setattr(openmeteo_client, "_session", None)
+        openmeteo_client._environment.cache_clear()
+
+    as_if_restarted()
     with FakeOpenMeteo(tls=True) as server:
         monkeypatch.setenv("OPEN_METEO_GEOCODING_URL", server.geocoding_url)
         monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(TEST_CERTIFICATE))
         assert search_places("London")[0].name == "London"
 
-        monkeypatch.setattr(openmeteo_client, "_session", None)
+        as_if_restarted()
         monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # certifi's bundle: the fake is unknown there
         with pytest.raises(ServiceUnavailable, match="cannot connect"):
             search_places("London")
