@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
-from engine.commands import Call, Input, Print, Sleep
+from engine.commands import Call, Choose, Input, Print, Sleep
 from engine.states import State, Steps
 
 
@@ -95,4 +96,39 @@ class Hold(State):
             yield Print(f"echo: {text}")
             text = yield Input()
         yield Print("bye")
+        return None
+
+
+#: Set to let :func:`parked_call` return; the v1 state file was written with it unset.
+RELEASE = threading.Event()
+
+
+def parked_call() -> str:
+    """A Call that waits until :data:`RELEASE` is set (for at most a minute)."""
+    RELEASE.wait(60.0)
+    return "released"
+
+
+@dataclass(frozen=True)
+class Park(State):
+    """Parks where the first answer says: ``input``, ``choose``, ``call`` or ``sleep``.
+
+    ``tests/fixtures/state_v1.db`` holds one conversation parked at each, as
+    the first release wrote them; the upgrade test resumes them all.
+    """
+
+    def run(self) -> Steps:
+        where = yield Input("Park where?")
+        if where == "choose":
+            picked = yield Choose("Pick one", ["red", "blue"])
+            yield Print(f"picked {picked}")
+        elif where == "call":
+            result = yield Call(parked_call)
+            yield Print(f"call {result}")
+        elif where == "sleep":
+            yield Sleep(3600.0)
+            yield Print("woke")
+        else:
+            text = yield Input("Say something")
+            yield Print(f"said {text}")
         return None
