@@ -130,10 +130,10 @@ class CountingFrontend(Frontend):
         self.all_ended = threading.Event()
         self.noticed = threading.Event()
 
-    def deliver(self, key: Key, command: Command) -> None:
+    def deliver(self, key: Key, command: Command, receipt: int | None = None) -> None:
         self.delivered += 1
 
-    def ask(self, key: Key, question: Input | Choose) -> None:
+    def ask(self, key: Key, question: Input | Choose, receipt: int | None = None) -> None:
         self.asked += 1
         if self.asked == self.park_target:
             self.parked.set()
@@ -143,7 +143,7 @@ class CountingFrontend(Frontend):
         if self.ended_count == self.conversations:
             self.all_ended.set()
 
-    def notify(self, key: Key, notice: Notice) -> None:
+    def notify(self, key: Key, notice: Notice, receipt: int | None = None) -> None:
         self.notified += 1
         self.noticed.set()
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Call, Choose, Command, Input, Print, State
+from engine import Call, Choose, Input, Print, State
+from engine.commands import Command
 from engine.frontend import Frontend
 from engine.journal import Journal, SqliteJournal
 from engine.scheduler import Scheduler
@@ -72,10 +73,10 @@ class Counting(Frontend):
         self.asked = 0
         self.done = threading.Event()
 
-    def deliver(self, key: str, command: Command) -> None:
+    def deliver(self, key: str, command: Command, receipt: int | None = None) -> None:
         """Count nothing: output is free here."""
 
-    def ask(self, key: str, question: Input | Choose) -> None:
+    def ask(self, key: str, question: Input | Choose, receipt: int | None = None) -> None:
         """Count the question."""
         self.asked += 1
         if self.asked == self.remaining:

@@ -1,31 +1,31 @@
 """Write a conversation once as a plain generator; run it anywhere.
 
-The whole public surface::
+What a flow author uses, all of it::
 
-    from engine import State, Print, Input, Choose, Call, Sleep
+    from engine import State, Steps, Print, Input, Choose, Call, Sleep, Cancelled
+
+A frontend (a terminal, a bot) needs more: see :mod:`engine.hosting`.
 """
 
 from engine.commands import (
     Call,
     Cancelled,
     Choose,
-    Command,
     Input,
     Print,
     Sleep,
     UnsupportedCommand,
 )
-from engine.states import State, conversation
+from engine.states import State, Steps
 
 __all__ = [
     "Call",
     "Cancelled",
     "Choose",
-    "Command",
     "Input",
     "Print",
     "Sleep",
     "State",
+    "Steps",
     "UnsupportedCommand",
-    "conversation",
 ]

@@ -9,6 +9,7 @@ frozen, slotted dataclasses they compare by value, so a test can write::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +21,22 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
-class Print(Command):
+class Output(Command):
+    """Base class of commands that only show something and resume with ``None``.
+
+    Outputs are not journaled: after a restart they were shown already, so
+    replay resumes them without showing them again.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Print(Output):
     """Show `text` to the user. Resumes with ``None``."""
 
     text: str
+
+    def __post_init__(self) -> None:
+        _require_text("Print", "text", self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +44,14 @@ class Input(Command):
     """Ask for a line of text. Resumes with the ``str`` the user typed."""
 
     prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None:
+            _require_text("Input", "prompt", self.prompt)
+
+    def accept(self, answer: str) -> str | None:
+        """The value an answer sends into the flow (any text), or ``None`` if refused."""
+        return answer
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -45,11 +66,33 @@ class Choose(Command):
     options: tuple[str, ...]
 
     def __init__(self, prompt: str, options: Iterable[str]) -> None:
+        _require_text("Choose", "prompt", prompt)
+        if isinstance(options, str):
+            raise TypeError(f"Choose takes a list of options, got the text {options!r}")
         options = tuple(options)
         if not options:
             raise ValueError("Choose needs at least one option")
+        seen: dict[str, str] = {}
+        for option in options:
+            _require_text("Choose", "option", option)
+            if option.strip().isdigit():
+                raise ValueError(
+                    f"Choose option {option!r} is a bare number, which would clash with "
+                    "answering by number: write it as words, e.g. '3 days'"
+                )
+            folded = option.strip().casefold()
+            if folded in seen:
+                raise ValueError(
+                    f"Choose options {seen[folded]!r} and {option!r} are the same ignoring "
+                    "case, so an answer could not tell them apart"
+                )
+            seen[folded] = option
         object.__setattr__(self, "prompt", prompt)
         object.__setattr__(self, "options", options)
+
+    def accept(self, answer: str) -> str | None:
+        """The option an answer names, or ``None`` (see :meth:`match`)."""
+        return self.match(answer)
 
     def match(self, answer: str) -> str | None:
         """The option `answer` names, or ``None``.
@@ -88,6 +131,11 @@ class Call(Command):
     kwargs: dict[str, Any] = field(hash=False)
 
     def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if not callable(fn):
+            raise TypeError(
+                f"Call needs a function to call, got {type(fn).__name__} {fn!r}: pass the "
+                "function and its arguments, Call(fn, arg), not the result of fn(arg)"
+            )
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "args", args)
         object.__setattr__(self, "kwargs", kwargs)
@@ -113,6 +161,15 @@ class Sleep(Command):
 
     seconds: float
 
+    def __post_init__(self) -> None:
+        seconds = self.seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(
+                f"Sleep takes a number of seconds, got {type(seconds).__name__} {seconds!r}"
+            )
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"Sleep takes a finite, non-negative number of seconds, got {seconds}")
+
 
 class UnsupportedCommand(TypeError):
     """A flow yielded a command the running frontend cannot fulfil."""
@@ -132,3 +189,11 @@ class Cancelled(BaseException):
     flow's ``except Exception`` does not swallow it, while its ``finally`` and
     ``with`` blocks still run.
     """
+
+
+def _require_text(command: str, what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{command} {what} must be text (a str), got {type(value).__name__} {value!r}; "
+            f"write str(...) or an f-string"
+        )

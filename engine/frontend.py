@@ -5,7 +5,8 @@ a frontend that talks to a network (Telegram) queues the work for its own
 sender threads; a terminal may simply write to stdout. Answers come back the
 other way, through the thread-safe :class:`engine.scheduler.Scheduler` API.
 
-A third frontend is a subclass that fills in :meth:`deliver` and :meth:`ask`.
+A third frontend is a subclass that fills in :meth:`Frontend.deliver` and
+:meth:`Frontend.ask` (see :mod:`engine.hosting` for everything else it needs).
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ from typing import ClassVar
 
 from engine.commands import Choose, Command, Input, Print
 
-#: A conversation's key: chosen by the frontend, opaque to the engine
-#: (the Telegram bot uses ``"chat"`` or ``"chat:user"``).
+#: A conversation's key: chosen by the frontend, opaque to the engine.
 Key = str
+
+#: Handed back to :meth:`Frontend.sent` once an output is out; ``None`` when
+#: the frontend does not confirm delivery.
+Receipt = int | None
 
 
 class Notice(enum.Enum):
-    """Things the engine itself tells a user, outside any flow."""
+    """Things the engine itself tells a user, outside any flow.
+
+    The values are the default texts; a frontend words them its own way in
+    :attr:`Frontend.notices`. Notices waiting to be sent are kept in the state
+    file by value, so texts that were values once stay readable (``_missing_``).
+    """
 
     TRY_AGAIN = "Try again"
     FAILED = "Sorry, something went wrong on our side. The conversation has ended."
@@ -30,16 +39,36 @@ class Notice(enum.Enum):
     NOT_STARTED = "Not started"
     ALREADY_RUNNING = "Already running"
     CANCELLED = "Exiting..."
-    RESTARTED = "The bot was updated, so this conversation starts over."
+    RESTARTED = "This conversation could not go on after an update, so it starts over."
+
+    @classmethod
+    def _missing_(cls, value: object) -> Notice | None:
+        return _FORMER_TEXTS.get(value) if isinstance(value, str) else None
+
+
+#: Texts that were a Notice's value in earlier releases (kept in old state files).
+_FORMER_TEXTS = {"The bot was updated, so this conversation starts over.": Notice.RESTARTED}
+
+
+class Delivery(enum.Enum):
+    """The kinds of output the engine hands a frontend, as kept in the state file.
+
+    Stable names, never method names: renaming a frontend method must not
+    make old state files unreadable.
+    """
+
+    MESSAGE = "message"  # an Output command (a Print, ...): Frontend.deliver
+    QUESTION = "question"  # an Input or Choose: Frontend.ask
+    NOTICE = "notice"  # a Notice: Frontend.notify
 
 
 class Frontend:
     """Base class of frontends: fulfils what the engine cannot do itself.
 
-    `name` appears in errors such as "SendPhoto is not supported by the
-    terminal frontend". `extra_commands` lists output commands beyond
+    `name` appears in errors such as "Photo is not supported by the terminal
+    frontend". `extra_commands` lists output commands beyond
     :class:`~engine.commands.Print` that :meth:`deliver` handles (a photo,
-    say); yielding any other unknown command fails that conversation.
+    say); yielding any other unknown command fails at that ``yield``.
     """
 
     name = "generic"
@@ -51,39 +80,38 @@ class Frontend:
     #: :meth:`sent`). One that sends in the background (over a network) should:
     #: with a journal, an output not confirmed when the program dies is sent
     #: again after the restart instead of being lost. One that shows output at
-    #: once (a terminal) need not.
+    #: once (a terminal) need not; its receipts are then ``None``.
     confirms_delivery: ClassVar[bool] = False
-    #: While the scheduler calls :meth:`deliver`, :meth:`ask` or :meth:`notify`
-    #: of a confirming frontend: the number to hand back to :meth:`sent`.
-    receipt: int | None = None
 
     def bind(self, confirm: Callable[[int], None]) -> None:
         """Called by the scheduler: where :meth:`sent` reports to."""
         self._confirm = confirm
 
-    def sent(self, receipt: int) -> None:
+    def sent(self, receipt: Receipt) -> None:
         """Report that the output with `receipt` is out, or was given up for good.
 
         Safe from any thread. Not for an output dropped because the program
         is stopping: that one is sent again after the restart.
         """
         confirm = getattr(self, "_confirm", None)
-        if confirm is not None:
+        if confirm is not None and receipt is not None:
             confirm(receipt)
 
-    def deliver(self, key: Key, command: Command) -> None:
+    def deliver(self, key: Key, command: Command, receipt: Receipt = None) -> None:
         """Show a Print (or one of `extra_commands`) to the user."""
         raise NotImplementedError
 
-    def ask(self, key: Key, question: Input | Choose) -> None:
+    def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
         """Present a question; the answer comes back through ``Scheduler.send``."""
         raise NotImplementedError
 
-    def notify(self, key: Key, notice: Notice) -> None:
+    def notify(self, key: Key, notice: Notice, receipt: Receipt = None) -> None:
         """Tell the user something from the engine (by default as a Print)."""
         text = self.notices.get(notice, notice.value)
         if text:
-            self.deliver(key, Print(text))
+            self.deliver(key, Print(text), receipt)
+        else:
+            self.sent(receipt)
 
     def restored(self, key: Key, question: Input | Choose) -> None:
         """After a restart, `key` waits on `question`, already asked before. Optional.
@@ -95,6 +123,13 @@ class Frontend:
     def working(self, key: Key, command: Command) -> None:
         """A slow command (Call, Sleep) began; e.g. show "typing…". Optional."""
 
+    def committed(self, source: int | None) -> None:
+        """A journal commit made everything up to `source` durable. Optional.
+
+        Called on the scheduler's thread after each batch; a frontend that
+        confirms updates to their sender (Telegram's offset) waits for this.
+        """
+
     def halted(self, reason: str) -> None:
         """The engine stopped by itself (its journal cannot be written): stop the program.
 
@@ -104,4 +139,3 @@ class Frontend:
 
     def ended(self, key: Key) -> None:
         """The conversation is over (finished, cancelled, failed or expired). Optional."""
-

@@ -18,41 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.commands import Call, Command, Input
-from engine.states import State, snapshot
+from engine.commands import Command
+from engine.frontend import Delivery
+from engine.runner import Snapshot, Step, fingerprint
 
 log = logging.getLogger(__name__)
-
-
-_INPUT_FINGERPRINTS: dict[str | None, str] = {}
-
-
-def fingerprint(command: Command) -> str:
-    """What must stay the same for a recorded value to answer `command` again.
-
-    A ``Call`` is named by its function, not its arguments: an argument such
-    as a session object has no stable text, and the function says enough.
-    """
-    if isinstance(command, Input):  # the commonest: one string per prompt, made once
-        known = _INPUT_FINGERPRINTS.get(command.prompt)
-        if known is None:
-            if len(_INPUT_FINGERPRINTS) >= 4096:  # prompts made up on the fly
-                _INPUT_FINGERPRINTS.clear()
-            known = _INPUT_FINGERPRINTS[command.prompt] = f"Input {command.prompt!r}"
-        return known
-    if isinstance(command, Call):
-        module = getattr(command.fn, "__module__", None) or "?"
-        return f"Call {module}.{command.name}"
-    return repr(command)
-
-
-@dataclass(slots=True)
-class Step:
-    """A value (or an exception) sent into a generator in answer to a command."""
-
-    fingerprint: str
-    value: Any = None
-    error: BaseException | None = None
 
 
 @dataclass(slots=True)
@@ -60,8 +30,7 @@ class Saved:
     """An unfinished conversation as the journal kept it."""
 
     key: str
-    state_class: str
-    state_fields: dict[str, Any]
+    snapshot: Snapshot
     steps: list[Step] = field(default_factory=list)
     mailbox: list[str] = field(default_factory=list)
 
@@ -74,8 +43,8 @@ class Journal:
     leaves the engine (a message, a ``Call``).
     """
 
-    def entered(self, key: str, state: State) -> None:
-        """`key` began `state`: snapshot it; earlier steps are no longer needed."""
+    def entered(self, key: str, snapshot: Snapshot) -> None:
+        """`key` began a new state: keep its `snapshot`; earlier steps are no longer needed."""
 
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """`value` (or `error`) is about to be sent in, answering `command`."""
@@ -89,13 +58,13 @@ class Journal:
     def ended(self, key: str) -> None:
         """`key` is over: forget it."""
 
-    def outgoing(self, receipt: int, key: str, kind: str, item: Any) -> None:
-        """An output (`kind` is the frontend method) is handed over; not yet confirmed."""
+    def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
+        """An output of `kind` is handed to the frontend; not yet confirmed."""
 
     def delivered(self, receipt: int) -> None:
         """The frontend confirmed that output."""
 
-    def undelivered(self) -> list[tuple[int, str, str, Any]]:
+    def undelivered(self) -> list[tuple[int, str, Delivery, Any]]:
         """Outputs handed over but never confirmed, in order: to hand over again."""
         return []
 
@@ -120,7 +89,17 @@ class JournalError(Exception):
 
 #: The file format this code writes. A file with a higher number was written
 #: by a newer version and is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: How a file of each older format is brought up to date, in order. Format 1
+#: (the first release) named output kinds after frontend methods.
+_MIGRATIONS = {
+    1: """
+        UPDATE outgoing SET kind = CASE kind
+            WHEN 'deliver' THEN 'message' WHEN 'ask' THEN 'question'
+            WHEN 'notify' THEN 'notice' ELSE kind END;
+    """,
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -217,17 +196,30 @@ class SqliteJournal(Journal):
         connection.execute("BEGIN EXCLUSIVE")
         connection.execute("COMMIT")  # the lock stays: locking_mode is EXCLUSIVE
         connection.executescript(_SCHEMA)  # executescript commits first
+        self._migrate(connection, version)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("PRAGMA quick_check").fetchone()
 
+    def _migrate(self, connection: sqlite3.Connection, version: int) -> None:
+        """Bring a file of an older format up to date, in one transaction."""
+        if not 0 < version < SCHEMA_VERSION:
+            return
+        connection.execute("BEGIN")
+        for older in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[older].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+        log.info("%s: upgraded the state file from format %d to %d", self.path, version,
+                 SCHEMA_VERSION)
+
     # -- recording ------------------------------------------------------------
 
-    def entered(self, key: str, state: State) -> None:
+    def entered(self, key: str, snapshot: Snapshot) -> None:
         """Save the new state; the steps before it are no longer needed."""
-        class_path, fields = snapshot(state)
         self._release(key)
-        fields_blob = pickle.dumps(fields, _PROTOCOL)
-        self._ops.append((_SAVE_STATE, (key, class_path, fields_blob, self._seq)))
+        self._ops.append((_SAVE_STATE, (key, snapshot.state_class, snapshot.fields, self._seq)))
 
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """Record the value about to be sent in."""
@@ -271,27 +263,27 @@ class SqliteJournal(Journal):
         if self._mailboxes.pop(key, None) is not None:
             self._changed_mailboxes.add(key)
 
-    def outgoing(self, receipt: int, key: str, kind: str, item: Any) -> None:
+    def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
         """Keep the output until it is confirmed."""
         try:
             blob = pickle.dumps(item, _PROTOCOL)
         except Exception as failure:
             log.warning("conversation %s: cannot keep %r until sent (%s)", key, item, failure)
             return
-        self._ops.append((_ADD_OUTGOING, (receipt, key, kind, blob)))
+        self._ops.append((_ADD_OUTGOING, (receipt, key, kind.value, blob)))
 
     def delivered(self, receipt: int) -> None:
         """Forget the output."""
         self._ops.append((_DROP_OUTGOING, (receipt,)))
 
-    def undelivered(self) -> list[tuple[int, str, str, Any]]:
+    def undelivered(self) -> list[tuple[int, str, Delivery, Any]]:
         """Outputs never confirmed, oldest first (one that cannot be read is dropped)."""
         outputs = []
         for receipt, key, kind, blob in self._connection.execute(
             "SELECT * FROM outgoing ORDER BY receipt"
         ):
             try:
-                outputs.append((receipt, key, kind, pickle.loads(blob)))
+                outputs.append((receipt, key, Delivery(kind), pickle.loads(blob)))
             except Exception as error:
                 log.warning("conversation %s: an unsent output cannot be read (%r)", key, error)
                 self._ops.append((_DROP_OUTGOING, (receipt,)))
@@ -357,11 +349,7 @@ class SqliteJournal(Journal):
         saved: dict[str, Saved] = {}
         since: dict[str, int] = {}
         for key, class_path, fields, seq in query("SELECT * FROM conversations"):
-            try:
-                state_fields = pickle.loads(fields)
-            except Exception:
-                class_path, state_fields = _UNREADABLE, {}
-            saved[key] = Saved(key, class_path, state_fields)
+            saved[key] = Saved(key, Snapshot(class_path, fields))
             since[key] = seq
             self._seq = max(self._seq, seq)
         for batch, blob in query("SELECT * FROM batches ORDER BY id"):

@@ -1,19 +1,20 @@
 """The scheduler: many conversations, one thread, no asyncio.
 
-Each conversation is a generator (see :func:`engine.states.conversation`).
-The scheduler sends a value in, gets a command out, and looks the command's
-type up in one table of handlers, as curio's kernel does with its traps. A
-handler either answers at once (a ``Print`` is delivered and the generator
-goes on) or parks the conversation until something arrives in the inbox: a
-user's message, a ``Call``'s result from a worker thread, a timer.
+Each conversation is a :class:`~engine.runner.Runner`. The scheduler sends a
+value in, gets a command out, and looks the command's type up in one table of
+handlers, as curio's kernel does with its traps. A handler either answers at
+once (a ``Print`` is handed to the frontend and the flow goes on) or parks the
+conversation until an event arrives.
 
-The inbox is the only way in. Other threads (a polling thread, the workers)
-put events in it and never touch a generator, so no generator is ever run by
-two threads and no flow needs a lock.
+Events go through the same table. Everything that happens to a conversation
+is a small typed event in the inbox: a user's message, a ``Call``'s result
+from a worker thread, a timer that fired, a frontend's confirmation. The inbox
+is the only way in: other threads put events in it and never touch a
+generator, so no generator is ever run by two threads and no flow needs a lock.
 
 Events are taken in batches: everything waiting in the inbox at once. A batch
 is one journal transaction, committed before anything it caused leaves the
-engine. Until then, messages for the frontend and ``Call``s for the workers
+engine. Until then, outputs for the frontend and ``Call``\\ s for the workers
 wait in an outbox. So after a crash the world has seen nothing that the
 journal cannot replay.
 """
@@ -28,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from engine.commands import (
@@ -36,23 +38,20 @@ from engine.commands import (
     Choose,
     Command,
     Input,
+    Output,
     Print,
     Sleep,
     UnsupportedCommand,
 )
-from engine.frontend import Frontend, Notice
-from engine.journal import Journal, JournalError, Saved, fingerprint
-from engine.states import Conversation, Entered, Flow, State, conversation, restore
+from engine.frontend import Delivery, Frontend, Key, Notice, Receipt
+from engine.journal import Journal, JournalError, Saved
+from engine.runner import Diverged, Runner, Snapshot
+from engine.states import Flow, State, first_state
 from engine.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT = 24 * 3600.0
-
-# Inbox event kinds. Events are plain tuples: (kind, target, payload, source).
-_BEGIN, _TEXT, _CANCEL, _DONE, _POST, _SENT, _STOP = range(7)
-# Timer kinds.
-_WAKE, _EXPIRE = range(2)
 
 #: How many expired conversations are remembered, to tell them so.
 _MAX_EXPIRED_KEYS = 100_000
@@ -64,41 +63,130 @@ _MAX_EXPIRED_KEYS = 100_000
 #: per 256 events costs next to nothing.
 _MAX_BATCH = 256
 
-#: Sources (Telegram update ids) increase by one per update, so one that is
-#: not above the last taken was taken before, and is skipped. Not if it is far
-#: below, though: after a week without updates Telegram starts again from a
-#: random id, which must be taken.
-_REDELIVERY_WINDOW = 1_000_000
-
 #: A handler's answer meaning "no value yet: park until an event arrives".
 _PARK = object()
 
+#: Decides whether an event's source (e.g. a Telegram update id) is new, given
+#: the last one taken (``None`` before the first).
+SourcePolicy = Callable[[int, "int | None"], bool]
 
-class _Chat:
-    """One running conversation: its generator and what it waits on."""
 
-    __slots__ = (
-        "key", "last_active", "mailbox", "replaying", "state", "steps", "ticket", "waiting",
-    )
+def increasing(source: int, last: int | None) -> bool:
+    """The default :data:`SourcePolicy`: a source is new when above the last one."""
+    return last is None or source > last
 
-    def __init__(self, key: str, steps: Conversation, now: float) -> None:
+
+# -- events: what arrives in the inbox ------------------------------------------
+
+
+@dataclass(slots=True)
+class Begin:
+    """Start a conversation for `key`."""
+
+    key: Key
+    source: int | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    """A user's message for `key`'s conversation."""
+
+    key: Key
+    text: str
+    source: int | None = None
+
+
+@dataclass(slots=True)
+class Cancel:
+    """End `key`'s conversation."""
+
+    key: Key
+    source: int | None = None
+
+
+@dataclass(slots=True)
+class Post:
+    """Run `action` on the scheduler's thread after the batch commits (or only take `source`)."""
+
+    action: Callable[[], Any] | None
+    source: int | None = None
+
+
+@dataclass(slots=True)
+class Done:
+    """A ``Call`` ended on a worker: its value or error, for the conversation's `ticket`."""
+
+    chat: _Chat
+    ticket: int
+    value: Any
+    error: BaseException | None
+
+
+@dataclass(slots=True)
+class Wake:
+    """A ``Sleep`` is over (a timer event)."""
+
+    chat: _Chat
+    ticket: int
+
+
+@dataclass(slots=True)
+class Expire:
+    """Check whether a conversation has been idle too long (a timer event)."""
+
+    chat: _Chat
+
+
+@dataclass(slots=True)
+class Sent:
+    """The frontend confirmed the output with `receipt`."""
+
+    receipt: int
+
+
+@dataclass(slots=True)
+class Broken:
+    """The frontend failed to present an output of `key`'s conversation."""
+
+    key: Key
+
+
+@dataclass(slots=True)
+class Stop:
+    """Stop the loop after this batch."""
+
+
+#: Events that may carry a source (an update id): taken once.
+_SOURCED = (Begin, Message, Cancel, Post)
+
+
+class _Chat(Runner):
+    """One running conversation: its runner, plus what the scheduler keeps for it."""
+
+    __slots__ = ("key", "last_active", "mailbox", "replaying", "ticket")
+
+    def __init__(self, key: Key, start: State, now: float) -> None:
+        super().__init__(start)
         self.key = key
-        self.steps = steps
-        self.waiting: Command | None = None  # the command it is parked on
         self.mailbox: deque[str] | None = None  # made on first use: most never need one
         self.ticket = 0  # which Call/Sleep result it waits for; older ones are stale
         self.last_active = now
-        self.state: State | None = None
-        self.replaying = False  # rebuilding after a restart: Prints were already shown
+        self.replaying = False  # rebuilt after a restart: its outputs were shown before
+
+    @property
+    def waiting(self) -> Command | None:
+        """The command it is parked on."""
+        return self.command
 
 
 class Scheduler:
     """Runs conversations of `flow` for a `frontend`, on one thread.
 
-    ``begin``, ``send`` and ``cancel`` are safe to call from any thread; they
-    only post an event. `source` is an optional, increasing id of what caused
+    ``begin``, ``send``, ``cancel`` and ``post`` are safe to call from any
+    thread; they only post an event. `source` is an optional id of what caused
     the event (Telegram's update id): with a journal, an event whose source
-    was already committed is skipped, so a redelivered update is taken once.
+    `sources` says was taken already is skipped, so a redelivered update is
+    taken once.
     """
 
     def __init__(
@@ -110,16 +198,18 @@ class Scheduler:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         journal: Journal | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sources: SourcePolicy = increasing,
     ) -> None:
         self.frontend = frontend
         self.flow = flow
         self.idle_timeout = idle_timeout
         self.journal = journal or Journal()
         self._clock = clock
-        self._inbox: queue.SimpleQueue[tuple[int, Any, Any, int | None]] = queue.SimpleQueue()
-        self._chats: dict[str, _Chat] = {}
-        self._expired: set[str] = set()
-        self._timers: list[tuple[float, int, int, _Chat, int]] = []
+        self._is_new = sources
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._chats: dict[Key, _Chat] = {}
+        self._expired: set[Key] = set()
+        self._timers: list[tuple[float, int, Any]] = []
         self._timer_order = itertools.count()
         self._tickets = itertools.count(1)
         self._outbox: list[tuple[Any, ...]] = []
@@ -130,39 +220,53 @@ class Scheduler:
         self._batch_source: int | None = None
         #: Why the scheduler stopped by itself (its journal failed), or None.
         self.halted: str | None = None
-        # The table: what to do with each kind of command a flow yields.
-        self._handlers: dict[type, Callable[[_Chat, Any], Any]] = {
-            Print: self._print,
+        # The one table: what to do with each kind of command a flow yields,
+        # and with each kind of event that arrives. Commands are handled as
+        # handler(chat, command), events as handler(event).
+        self._table: dict[type, Callable[..., Any]] = {
+            Print: self._output,
             Input: self._ask,
             Choose: self._ask,
             Call: self._call,
             Sleep: self._sleep,
+            Begin: self._begin,
+            Message: self._message,
+            Cancel: self._cancel,
+            Post: self._post,
+            Done: self._done,
+            Wake: self._wake,
+            Expire: self._expire,
+            Sent: self._sent,
+            Broken: self._broken,
         }
         for extra in frontend.extra_commands:
-            self._handlers[extra] = self._print
-        # Bound once: an outbox entry then costs one tuple, not three objects.
-        self._deliver = frontend.deliver
-        self._ask_user = frontend.ask
+            self._table[extra] = self._output
         # With a frontend that confirms what it sent, each output is journaled
         # until confirmed, so one lost in a crash is sent again after it.
-        self._confirmed_outputs = frontend.confirms_delivery and journal is not None
+        self._confirming = frontend.confirms_delivery and journal is not None
         self._receipts = itertools.count(1)
-        if self._confirmed_outputs:
-            frontend.bind(self._output_sent)
+        if self._confirming:
+            frontend.bind(self._confirm)
+        # Bound once: an outbox entry then costs one tuple, not three objects.
+        self._presenters: dict[Delivery, Callable[[Key, Any, Receipt], None]] = {
+            Delivery.MESSAGE: frontend.deliver,
+            Delivery.QUESTION: frontend.ask,
+            Delivery.NOTICE: frontend.notify,
+        }
 
     # -- the thread-safe API --------------------------------------------
 
-    def begin(self, key: str, *, source: int | None = None) -> None:
+    def begin(self, key: Key, *, source: int | None = None) -> None:
         """Start a conversation for `key` (tells the user if one is running)."""
-        self._inbox.put((_BEGIN, key, None, source))
+        self._inbox.put(Begin(key, source))
 
-    def send(self, key: str, text: str, *, source: int | None = None) -> None:
+    def send(self, key: Key, text: str, *, source: int | None = None) -> None:
         """Hand a user's message to `key`'s conversation, in order."""
-        self._inbox.put((_TEXT, key, text, source))
+        self._inbox.put(Message(key, text, source))
 
-    def cancel(self, key: str, *, source: int | None = None) -> None:
+    def cancel(self, key: Key, *, source: int | None = None) -> None:
         """End `key`'s conversation: its flow sees :class:`Cancelled` at its ``yield``."""
-        self._inbox.put((_CANCEL, key, None, source))
+        self._inbox.put(Cancel(key, source))
 
     def post(self, action: Callable[[], Any] | None, *, source: int | None = None) -> None:
         """Run `action` on the scheduler's thread, after the current batch commits.
@@ -172,19 +276,15 @@ class Scheduler:
         taken once like everything else. With no `action` it only marks
         `source` as taken (an update the frontend ignores).
         """
-        self._inbox.put((_POST, None, action, source))
+        self._inbox.put(Post(action, source))
 
     def already_taken(self, source: int) -> bool:
         """Whether an event from `source` was taken before (so would be skipped)."""
-        last = self._last_source
-        return last is not None and last - _REDELIVERY_WINDOW < source <= last
+        return not self._is_new(source, self._last_source)
 
     @property
     def committed_source(self) -> int | None:
-        """The highest source whose effects are durable (with a journal), from any thread.
-
-        A frontend confirms its updates to their sender no further than this.
-        """
+        """The highest source whose effects are durable (with a journal), from any thread."""
         return self._committed_source
 
     @property
@@ -195,6 +295,10 @@ class Scheduler:
     def running(self) -> int:
         """How many conversations are in progress (a snapshot, from any thread)."""
         return len(self._chats)
+
+    def is_running(self, key: Key) -> bool:
+        """Whether `key` has a conversation in progress (a snapshot, from any thread)."""
+        return key in self._chats
 
     # -- owning the thread ------------------------------------------------
 
@@ -218,7 +322,7 @@ class Scheduler:
         the next start.
         """
         deadline = time.monotonic() + timeout
-        self._inbox.put((_STOP, None, None, None))
+        self._inbox.put(Stop())
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
             if self._thread.is_alive():
@@ -227,18 +331,21 @@ class Scheduler:
 
     def run(self) -> None:
         """The loop: take a batch of events, handle it, commit, release the outbox."""
+        table = self._table
         while True:
             batch = self._take_batch()
             stopping = False
             self._batch_source = None
             for event in batch:
-                if event[0] == _STOP:
+                if type(event) is Stop:
                     stopping = True
                     break
                 try:
-                    self._handle(event)
+                    if isinstance(event, _SOURCED) and not self._take_source(event.source):
+                        continue
+                    table[type(event)](event)
                 except Exception:  # a bug here must not stop every other conversation
-                    log.exception("error handling event %r", event[:2])
+                    log.exception("error handling %r", event)
             self._fire_timers()
             try:
                 self._commit()
@@ -247,6 +354,16 @@ class Scheduler:
                 return
             if stopping:
                 return
+
+    def _take_source(self, source: int | None) -> bool:
+        """Whether an event from `source` is new (then it is taken); no source: always."""
+        if source is None:
+            return True
+        if not self._is_new(source, self._last_source):
+            log.debug("skipping event from source %s: already taken", source)
+            return False
+        self._last_source = self._batch_source = source
+        return True
 
     def _halt(self, reason: str) -> None:
         """The journal cannot be written: going on would lose what users say. Stop."""
@@ -257,9 +374,7 @@ class Scheduler:
         except Exception:
             log.exception("the %s frontend failed", self.frontend.name)
 
-    # -- events -------------------------------------------------------------
-
-    def _take_batch(self) -> list[tuple[int, Any, Any, int | None]]:
+    def _take_batch(self) -> list[Any]:
         timeout = 1.0
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - self._clock()))
@@ -274,41 +389,37 @@ class Scheduler:
             pass
         return batch
 
-    def _handle(self, event: tuple[int, Any, Any, int | None]) -> None:
-        kind, target, payload, source = event
-        if source is not None:
-            if self.already_taken(source):
-                log.debug("skipping event from source %s: already taken", source)
-                return
-            self._last_source = self._batch_source = source
-        if kind == _TEXT:
-            self._text(target, payload)
-        elif kind == _DONE:
-            self._call_done(target, payload)
-        elif kind == _BEGIN:
-            self._begin(target)
-        elif kind == _CANCEL:
-            self._cancel(target)
-        elif kind == _POST and payload is not None:
-            self._later(payload)
-        elif kind == _SENT:
-            self.journal.delivered(payload)
+    # -- events -------------------------------------------------------------
 
-    def _begin(self, key: str) -> None:
+    def _begin(self, event: Begin) -> None:
+        key = event.key
         self._expired.discard(key)
         if key in self._chats:
             self._notify(key, Notice.ALREADY_RUNNING)
             return
         self._launch(key)
 
-    def _launch(self, key: str) -> None:
-        chat = _Chat(key, conversation(self.flow), self._clock())
+    def _launch(self, key: Key) -> None:
+        try:
+            start = first_state(self.flow)
+        except Exception:
+            log.exception("the flow cannot make its first state for %s", key)
+            self._notify(key, Notice.FAILED)
+            self._later(self.frontend.ended, key)
+            return
+        chat = _Chat(key, start, self._clock())
+        chat.entered = self._entered_by(key)
         self._chats[key] = chat
         self._arm_expiry(chat)
         log.debug("conversation %s begins", key)
         self._resume(chat, None)
 
-    def _text(self, key: str, text: str) -> None:
+    def _entered_by(self, key: Key) -> Callable[[Snapshot], None]:
+        journal = self.journal
+        return lambda snapshot: journal.entered(key, snapshot)
+
+    def _message(self, event: Message) -> None:
+        key = event.key
         chat = self._chats.get(key)
         if chat is None:
             if key in self._expired:
@@ -318,190 +429,66 @@ class Scheduler:
                 self._notify(key, Notice.NOT_STARTED)
             return
         chat.last_active = self._clock()
-        waiting = chat.waiting
+        waiting = chat.command
         if type(waiting) is Input and not chat.mailbox:  # the common case, inlined
-            self.journal.step(key, waiting, text, None)
-            self._resume(chat, text)
+            self.journal.step(key, waiting, event.text, None)
+            self._resume(chat, event.text)
         elif isinstance(waiting, (Input, Choose)) and not chat.mailbox:
-            self._answer(chat, waiting, text)
+            self._answer(chat, waiting, event.text)
         else:
             if chat.mailbox is None:
                 chat.mailbox = deque()
-            chat.mailbox.append(text)
-            self.journal.queued(key, text)
+            chat.mailbox.append(event.text)
+            self.journal.queued(key, event.text)
 
     def _answer(self, chat: _Chat, question: Input | Choose, text: str) -> None:
-        """Send an answer in, or re-ask when it names no option."""
-        value = self._validate(chat, question, text)
+        """Send an answer in, or re-ask when the question refuses it."""
+        value = question.accept(text)
         if value is None:
-            self._show("ask", chat.key, question)
+            self._notify(chat.key, Notice.TRY_AGAIN)
+            self._show(Delivery.QUESTION, chat.key, question)
         else:
             self.journal.step(chat.key, question, value, None)
             self._resume(chat, value)
 
-    def _validate(self, chat: _Chat, question: Input | Choose, text: str) -> str | None:
-        if isinstance(question, Input):
-            return text
-        option = question.match(text)
-        if option is None:
-            self._notify(chat.key, Notice.TRY_AGAIN)
-        return option
-
-    def _cancel(self, key: str) -> None:
-        chat = self._chats.get(key)
+    def _cancel(self, event: Cancel) -> None:
+        chat = self._chats.get(event.key)
         if chat is None:
-            self._expired.discard(key)
-            self._notify(key, Notice.NOT_STARTED)
+            self._expired.discard(event.key)
+            self._notify(event.key, Notice.NOT_STARTED)
             return
         self._close(chat, Cancelled())
-        self._notify(key, Notice.CANCELLED)
+        self._notify(event.key, Notice.CANCELLED)
         self._forget(chat)
 
-    def _call_done(self, chat: _Chat, payload: tuple[int, Any, BaseException | None]) -> None:
-        ticket, value, error = payload
-        if self._chats.get(chat.key) is not chat or chat.ticket != ticket:
-            log.debug("ignoring a late result for %s (ticket %s)", chat.key, ticket)
+    def _post(self, event: Post) -> None:
+        if event.action is not None:
+            self._later(event.action)
+
+    def _done(self, event: Done) -> None:
+        chat = event.chat
+        if not self._current(chat, event.ticket):
+            log.debug("ignoring a late result for %s (ticket %s)", chat.key, event.ticket)
             return
-        assert chat.waiting is not None
-        self.journal.step(chat.key, chat.waiting, value, error)
-        self._resume(chat, value, error)
+        assert chat.command is not None
+        self.journal.step(chat.key, chat.command, event.value, event.error)
+        self._resume(chat, event.value, event.error)
 
-    # -- running a generator ------------------------------------------------
+    def _wake(self, event: Wake) -> None:
+        chat = event.chat
+        if self._current(chat, event.ticket):
+            assert chat.command is not None
+            self.journal.step(chat.key, chat.command, None, None)
+            self._resume(chat, None)
 
-    def _resume(self, chat: _Chat, value: Any, error: BaseException | None = None) -> None:
-        """Send `value` (or throw `error`) in and run until the flow must wait."""
-        chat.waiting = None
-        while True:
-            try:
-                command = chat.steps.throw(error) if error is not None else chat.steps.send(value)
-            except StopIteration:
-                log.debug("conversation %s finished", chat.key)
-                self._forget(chat)
-                return
-            except BaseException:  # even SystemExit: it must not stop everyone's thread
-                self._crashed(chat)
-                return
-            error = None
-            if isinstance(command, Entered):
-                chat.state = command.state
-                try:
-                    self.journal.entered(chat.key, command.state)
-                except Exception:  # e.g. a field that cannot be saved: a bug in the flow
-                    self._crashed(chat)
-                    return
-                value = None
-                continue
-            handler = self._handlers.get(type(command))
-            if handler is None:
-                value, error = None, UnsupportedCommand(command, self.frontend.name)
-                continue
-            try:
-                outcome = handler(chat, command)
-            except Exception as failure:  # a malformed command, e.g. Sleep("1"): at its yield
-                value, error = None, failure
-                continue
-            if outcome is _PARK:
-                chat.waiting = command
-                chat.replaying = False
-                return
-            value = outcome
-
-    def _crashed(self, chat: _Chat) -> None:
-        state = type(chat.state).__name__ if chat.state is not None else "?"
-        log.exception("conversation %s failed in state %s", chat.key, state)
-        self._notify(chat.key, Notice.FAILED)
-        self._forget(chat)
-
-    def _close(self, chat: _Chat, error: BaseException) -> None:
-        """Throw `error` in so the flow's ``finally`` blocks run, then drop it."""
-        try:
-            chat.steps.throw(error)
-        except (StopIteration, type(error)):
+    def _expire(self, event: Expire) -> None:
+        chat = event.chat
+        if self._chats.get(chat.key) is not chat:
             return
-        except BaseException:
-            log.exception("conversation %s failed while closing", chat.key)
-            return
-        log.warning("conversation %s went on after %s; closing it", chat.key, type(error).__name__)
-        chat.steps.close()
-
-    def _forget(self, chat: _Chat) -> None:
-        if self._chats.get(chat.key) is chat:
-            del self._chats[chat.key]
-        chat.ticket = -1
-        self.journal.ended(chat.key)
-        self._later(self.frontend.ended, chat.key)
-
-    # -- the handlers: one per command type -------------------------------
-
-    def _print(self, chat: _Chat, command: Command) -> Any:
-        if not chat.replaying:
-            if self._confirmed_outputs:
-                self._show("deliver", chat.key, command)
-            else:
-                self._outbox.append((self._deliver, chat.key, command))
-        return None
-
-    def _ask(self, chat: _Chat, question: Input | Choose) -> Any:
-        while chat.mailbox:
-            text = chat.mailbox.popleft()
-            self.journal.dequeued(chat.key)
-            value = self._validate(chat, question, text)
-            if value is not None:
-                self.journal.step(chat.key, question, value, None)
-                return value
-        if chat.replaying:  # asked before the restart: don't ask twice
-            self._later(self.frontend.restored, chat.key, question)
-        else:
-            if self._confirmed_outputs:
-                self._show("ask", chat.key, question)
-            else:
-                self._outbox.append((self._ask_user, chat.key, question))
-        return _PARK
-
-    def _call(self, chat: _Chat, call: Call) -> Any:
-        ticket = chat.ticket = next(self._tickets)
-        self._later(self.frontend.working, chat.key, call)
-        self._later(self._workers.submit, call.run, (chat, ticket), self._post_result)
-        return _PARK
-
-    def _sleep(self, chat: _Chat, sleep: Sleep) -> Any:
-        ticket = chat.ticket = next(self._tickets)
-        self._later(self.frontend.working, chat.key, sleep)
-        self._push_timer(self._clock() + sleep.seconds, _WAKE, chat, ticket)
-        return _PARK
-
-    def _post_result(
-        self, ticket: tuple[_Chat, int], value: Any, error: BaseException | None
-    ) -> None:
-        """Runs on a worker thread: the result goes through the inbox like anything else."""
-        chat, number = ticket
-        self._inbox.put((_DONE, chat, (number, value, error), None))
-
-    # -- timers ---------------------------------------------------------------
-
-    def _push_timer(self, when: float, kind: int, chat: _Chat, ticket: int) -> None:
-        heapq.heappush(self._timers, (when, next(self._timer_order), kind, chat, ticket))
-
-    def _arm_expiry(self, chat: _Chat) -> None:
-        self._push_timer(chat.last_active + self.idle_timeout, _EXPIRE, chat, 0)
-
-    def _fire_timers(self) -> None:
-        now = self._clock()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, kind, chat, ticket = heapq.heappop(self._timers)
-            if self._chats.get(chat.key) is not chat:
-                continue
-            if kind == _WAKE and chat.ticket == ticket:
-                assert chat.waiting is not None
-                self.journal.step(chat.key, chat.waiting, None, None)
-                self._resume(chat, None)
-            elif kind == _EXPIRE:
-                self._expire_if_idle(chat, now)
-
-    def _expire_if_idle(self, chat: _Chat, now: float) -> None:
         # One expiry timer per conversation, moved on lazily: cheaper than
         # re-arming it on every message.
-        waits_on_user = isinstance(chat.waiting, (Input, Choose))
+        now = self._clock()
+        waits_on_user = isinstance(chat.command, (Input, Choose))
         if chat.last_active + self.idle_timeout > now or not waits_on_user:
             if not waits_on_user:  # busy in a Call or a Sleep is not idle
                 chat.last_active = now
@@ -514,74 +501,211 @@ class Scheduler:
             self._expired.pop()
         self._forget(chat)
 
-    # -- the outbox -----------------------------------------------------------
+    def _sent(self, event: Sent) -> None:
+        self.journal.delivered(event.receipt)
+
+    def _broken(self, event: Broken) -> None:
+        """The frontend could not show something: end the conversation rather than freeze it."""
+        chat = self._chats.get(event.key)
+        if chat is not None:
+            self._end_failed(chat, "the frontend failed to show its output")
+
+    def _current(self, chat: _Chat, ticket: int) -> bool:
+        """Whether `chat` still runs and still waits for `ticket`'s result."""
+        return self._chats.get(chat.key) is chat and chat.ticket == ticket
+
+    # -- running a conversation -------------------------------------------------
+
+    def _resume(self, chat: _Chat, value: Any, error: BaseException | None = None) -> None:
+        """Send `value` (or throw `error`) in and run until the flow must wait."""
+        try:
+            command = chat.throw(error) if error is not None else chat.send(value)
+        except BaseException:  # even SystemExit: it must not stop everyone's thread
+            self._crashed(chat)
+            return
+        self._drive(chat, command)
+
+    def _drive(self, chat: _Chat, command: Command | None) -> None:
+        """Fulfil commands through the table until one parks or the flow ends."""
+        table = self._table
+        while command is not None:
+            handler = table.get(type(command))
+            error: BaseException | None = None
+            if handler is None:
+                error = UnsupportedCommand(command, self.frontend.name)
+            else:
+                try:
+                    outcome = handler(chat, command)
+                except Exception as failure:  # the handler's bug: raised at the yield
+                    error = failure
+                else:
+                    if outcome is _PARK:
+                        chat.replaying = False
+                        return
+            try:
+                command = chat.throw(error) if error is not None else chat.send(outcome)
+            except BaseException:
+                self._crashed(chat)
+                return
+        log.debug("conversation %s finished", chat.key)
+        self._forget(chat)
+
+    def _crashed(self, chat: _Chat) -> None:
+        state = type(chat.state).__name__ if chat.state is not None else "?"
+        log.exception("conversation %s failed in state %s", chat.key, state)
+        self._notify(chat.key, Notice.FAILED)
+        self._forget(chat)
+
+    def _end_failed(self, chat: _Chat, reason: str) -> None:
+        log.error("conversation %s ends: %s", chat.key, reason)
+        self._close(chat, Cancelled(reason))
+        self._notify(chat.key, Notice.FAILED)
+        self._forget(chat)
+
+    def _close(self, chat: _Chat, error: BaseException) -> None:
+        """Throw `error` in so the flow's ``finally`` blocks run, then drop it."""
+        try:
+            if not chat.close(error):
+                log.warning(
+                    "conversation %s went on after %s; closed it", chat.key, type(error).__name__
+                )
+        except BaseException:
+            log.exception("conversation %s failed while closing", chat.key)
+
+    def _forget(self, chat: _Chat) -> None:
+        if self._chats.get(chat.key) is chat:
+            del self._chats[chat.key]
+        chat.ticket = -1
+        self.journal.ended(chat.key)
+        self._later(self.frontend.ended, chat.key)
+
+    # -- the command handlers ----------------------------------------------------
+
+    def _output(self, chat: _Chat, command: Output) -> Any:
+        if not chat.replaying:
+            self._show(Delivery.MESSAGE, chat.key, command)
+        return None
+
+    def _ask(self, chat: _Chat, question: Input | Choose) -> Any:
+        while chat.mailbox:
+            text = chat.mailbox.popleft()
+            self.journal.dequeued(chat.key)
+            value = question.accept(text)
+            if value is not None:
+                self.journal.step(chat.key, question, value, None)
+                return value
+            self._notify(chat.key, Notice.TRY_AGAIN)
+        if chat.replaying:  # asked before the restart: don't ask twice
+            self._later(self.frontend.restored, chat.key, question)
+        else:
+            self._show(Delivery.QUESTION, chat.key, question)
+        return _PARK
+
+    def _call(self, chat: _Chat, call: Call) -> Any:
+        ticket = chat.ticket = next(self._tickets)
+        self._later(self.frontend.working, chat.key, call)
+        self._later(self._workers.submit, call.run, (chat, ticket), self._call_ended)
+        return _PARK
+
+    def _sleep(self, chat: _Chat, sleep: Sleep) -> Any:
+        ticket = chat.ticket = next(self._tickets)
+        self._later(self.frontend.working, chat.key, sleep)
+        self._push_timer(self._clock() + sleep.seconds, Wake(chat, ticket))
+        return _PARK
+
+    def _call_ended(
+        self, ticket: tuple[_Chat, int], value: Any, error: BaseException | None
+    ) -> None:
+        """Runs on a worker thread: the result goes through the inbox like anything else."""
+        chat, number = ticket
+        self._inbox.put(Done(chat, number, value, error))
+
+    # -- timers: events posted at a time ---------------------------------------------
+
+    def _push_timer(self, when: float, event: Any) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_order), event))
+
+    def _arm_expiry(self, chat: _Chat) -> None:
+        self._push_timer(chat.last_active + self.idle_timeout, Expire(chat))
+
+    def _fire_timers(self) -> None:
+        now = self._clock()
+        table = self._table
+        while self._timers and self._timers[0][0] <= now:
+            event = heapq.heappop(self._timers)[2]
+            try:
+                table[type(event)](event)
+            except Exception:
+                log.exception("error handling %r", event)
+
+    # -- delivery: everything that leaves for the frontend -------------------------
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """Do `fn(*args)` once this batch is committed."""
         self._outbox.append((fn, *args))
 
-    def _notify(self, key: str, notice: Notice) -> None:
+    def _notify(self, key: Key, notice: Notice) -> None:
         if self.frontend.notices.get(notice, notice.value):  # an empty text says nothing
-            self._show("notify", key, notice)
+            self._show(Delivery.NOTICE, key, notice)
 
-    def _show(self, kind: str, key: str, item: Any) -> None:
-        """Hand `item` to the frontend's `kind` method once this batch is committed."""
-        if not self._confirmed_outputs:
-            self._later(getattr(self.frontend, kind), key, item)
-            return
-        receipt = next(self._receipts)
-        self.journal.outgoing(receipt, key, kind, item)
-        self._later(self._hand_over, receipt, kind, key, item)
+    def _show(self, kind: Delivery, key: Key, item: Any) -> None:
+        """Hand `item` to the frontend once this batch is committed.
 
-    def _hand_over(self, receipt: int, kind: str, key: str, item: Any) -> None:
-        self.frontend.receipt = receipt
-        try:
-            getattr(self.frontend, kind)(key, item)
-        finally:
-            self.frontend.receipt = None
+        With a confirming frontend it is journaled under a receipt until the
+        frontend confirms it, so one lost in a crash is sent again.
+        """
+        receipt = None
+        if self._confirming:
+            receipt = next(self._receipts)
+            self.journal.outgoing(receipt, key, kind, item)
+        self._outbox.append((self._presenters[kind], key, item, receipt))
 
-    def _output_sent(self, receipt: int) -> None:
+    def _confirm(self, receipt: int) -> None:
         """The frontend's confirmation, from its thread: through the inbox, like anything."""
-        self._inbox.put((_SENT, None, receipt, None))
+        self._inbox.put(Sent(receipt))
 
     def _commit(self) -> None:
         self.journal.commit(self._batch_source)
         if self._batch_source is not None:
             self._committed_source = self._batch_source
         outbox, self._outbox = self._outbox, []
+        presenters = self._presenters.values()
         for entry in outbox:
             try:
                 entry[0](*entry[1:])
             except Exception:  # a frontend bug must not stop the scheduler
                 log.exception("the %s frontend failed", self.frontend.name)
+                if entry[0] in presenters:  # that conversation's user saw nothing
+                    self._inbox.put(Broken(entry[1]))
+        try:
+            self.frontend.committed(self._committed_source)
+        except Exception:
+            log.exception("the %s frontend failed", self.frontend.name)
 
     # -- recovery -------------------------------------------------------------
 
     def recover(self) -> int:
         """Rebuild every unfinished conversation the journal holds; returns how many.
 
-        Each is rebuilt by sending its recorded values into a fresh generator.
-        Nothing is repeated: ``Print``s were shown before and are skipped, a
-        recorded ``Call`` result is sent in instead of calling again. Where the
-        flow now yields something other than what was recorded, its code has
-        changed: the user is told, and the conversation starts over.
+        Each is rebuilt by :meth:`Runner.rebuild`: its snapshot restored and
+        its recorded values sent into a fresh generator. Nothing is repeated:
+        outputs were shown before and are skipped, a recorded ``Call`` result
+        is sent in instead of calling again. Where the flow now yields
+        something other than what was recorded, its code has changed: the
+        user is told, and the conversation starts over.
         """
-        unsent = self.journal.undelivered() if self._confirmed_outputs else []
+        unsent = self.journal.undelivered() if self._confirming else []
         if unsent:
             self._receipts = itertools.count(unsent[-1][0] + 1)
-        for receipt, key, kind, item in unsent:  # lost in the crash: out first, in order
-            self._later(self._hand_over, receipt, kind, key, item)
-        if unsent:
             log.info("sending again %d message(s) not sent before the restart", len(unsent))
+        for receipt, key, kind, item in unsent:  # lost in the crash: out first, in order
+            self._outbox.append((self._presenters[kind], key, item, receipt))
         count = 0
         for saved in self.journal.unfinished():
             try:
                 self._rebuild(saved)
-            except _Diverged as reason:
+            except Diverged as reason:
                 log.warning("conversation %s starts over: %s", saved.key, reason)
-                stale = self._chats.pop(saved.key, None)
-                if stale is not None:
-                    stale.steps.close()
                 self.journal.ended(saved.key)
                 self._notify(saved.key, Notice.RESTARTED)
                 self._launch(saved.key)
@@ -590,39 +714,12 @@ class Scheduler:
         return count
 
     def _rebuild(self, saved: Saved) -> None:
-        try:
-            state = restore(saved.state_class, saved.state_fields)
-        except LookupError as gone:
-            raise _Diverged(str(gone)) from None
-        chat = _Chat(saved.key, conversation(state), self._clock())
+        chat = _Chat(saved.key, Runner.restored(saved.snapshot), self._clock())
+        chat.replay(saved.steps)
+        chat.entered = self._entered_by(saved.key)
         chat.replaying = True
-        chat.state = state
-        self._chats[saved.key] = chat
-        next(chat.steps)  # the Entered marker of the snapshot's own state
-        value: Any = None
-        error: BaseException | None = None
-        for step in saved.steps:
-            command = self._next_command(chat, value, error)
-            if command is None or fingerprint(command) != step.fingerprint:
-                raise _Diverged(f"expected {step.fingerprint}, the flow gave {command!r}")
-            value, error = step.value, step.error
         if saved.mailbox:
             chat.mailbox = deque(saved.mailbox)
+        self._chats[saved.key] = chat
         self._arm_expiry(chat)
-        self._resume(chat, value, error)
-
-    def _next_command(self, chat: _Chat, value: Any, error: BaseException | None) -> Command | None:
-        """Replay one step: the next command that takes a value, skipping Prints."""
-        try:
-            command = chat.steps.throw(error) if error is not None else chat.steps.send(value)
-            while isinstance(command, Entered) or self._handlers.get(type(command)) == self._print:
-                command = next(chat.steps)
-        except StopIteration:
-            return None
-        except Exception as failure:
-            raise _Diverged(f"the flow failed during replay: {failure!r}") from None
-        return command
-
-
-class _Diverged(Exception):
-    """A journaled conversation no longer replays as recorded."""
+        self._drive(chat, chat.command)

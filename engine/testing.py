@@ -29,16 +29,16 @@ dialogue so far and what was expected next.
 
 from __future__ import annotations
 
-import copy
 import pickle
 import textwrap
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine.commands import Call, Choose, Command, Input, Print, Sleep
-from engine.frontend import Frontend, Notice
-from engine.states import Conversation, Entered, Flow, State, conversation, first_state, snapshot
+from engine.commands import Call, Choose, Command, Input, Output, Print, Sleep
+from engine.frontend import Frontend, Notice, Receipt
+from engine.runner import Diverged, Runner, Snapshot, Step, fingerprint
+from engine.states import Flow, State, first_state
 
 __all__ = ["FlowMismatch", "FlowTest", "RecordingFrontend", "check_transcript", "render"]
 
@@ -69,18 +69,27 @@ class FlowTest:
 
     `command` is what the flow is waiting on now (``None`` once it ended);
     `state` is the state it is in; `transcript` is the dialogue so far, as
-    the lines :func:`check_transcript` uses.
+    the lines :func:`check_transcript` uses. The conversation runs on the
+    engine's own :class:`~engine.runner.Runner`, so every state is snapshotted
+    as the journal would, and :meth:`check_replay` rebuilds it as recovery does.
     """
 
     def __init__(self, flow: Flow) -> None:
-        self._start = _plain_copy(first_state(flow))
-        self._steps: Conversation = conversation(_plain_copy(self._start))
         #: Every command answered so far, with what was sent in: (command, value, error).
         self.history: list[tuple[Command, Any, BaseException | None]] = []
         self.command: Command | None = None
-        self.state: State | None = None
         self.transcript: list[str] = []
+        # (how many history entries came before, the snapshot): one per state entered.
+        self._boundaries: list[tuple[int, Snapshot]] = []
+        # A copy, through the journal's path: the test must not change the given state.
+        start = Snapshot.of(first_state(flow)).restore()
+        self._runner = Runner(start, self._entered)
         self._advance(None, None)
+
+    @property
+    def state(self) -> State | None:
+        """The state the conversation is in (``None`` once it ended)."""
+        return self._runner.state
 
     @property
     def finished(self) -> bool:
@@ -92,20 +101,19 @@ class FlowTest:
     def answer(self, text: str) -> Command | None:
         """Answer the pending ``Input`` or ``Choose`` as a user would type it.
 
-        A ``Choose`` is validated the way the engine does it: an answer that
-        names no option adds ``Try again`` to the transcript and the same
-        question stays pending.
+        The answer is checked the way the engine does it: one a ``Choose``
+        refuses adds ``Try again`` to the transcript and the same question
+        stays pending.
         """
         question = self._require(Input, Choose)
+        assert isinstance(question, (Input, Choose))
         self.transcript.append(f"you: {text}")
-        if isinstance(question, Choose):
-            option = question.match(text)
-            if option is None:
-                self.transcript.append(f"bot: {Notice.TRY_AGAIN.value}")
-                self.transcript.extend(render(question))
-                return self.command
-            return self._advance(option, None)
-        return self._advance(text, None)
+        value = question.accept(text)
+        if value is None:
+            self.transcript.append(f"bot: {Notice.TRY_AGAIN.value}")
+            self.transcript.extend(render(question))
+            return self.command
+        return self._advance(value, None)
 
     def returns(self, value: Any) -> Command | None:
         """Answer the pending ``Call`` with `value`, as if the function returned it."""
@@ -138,27 +146,68 @@ class FlowTest:
         self._require(Command)
         return self._advance(None, error)
 
-    # -- internals -------------------------------------------------------
+    # -- surviving a restart ---------------------------------------------
 
     def check_replay(self) -> None:
-        """Replay this dialogue into a fresh conversation; fail if it goes differently.
+        """Rebuild this dialogue as recovery would after a restart; fail if it goes differently.
 
-        This is what the journal does after a restart, so a flow that fails
-        here would not survive one: something non-deterministic (the time,
-        randomness, I/O) happens outside a ``Call``.
+        For every state the dialogue entered, its snapshot is restored and the
+        values recorded since are replayed into it, by the very code the
+        scheduler's recovery runs (:meth:`Runner.rebuild`). A flow that fails
+        here would not survive a restart: something non-deterministic (the
+        time, randomness, I/O) happens outside a ``Call``, a state does not
+        restore, or a value sent in cannot be saved.
         """
-        replay = conversation(_plain_copy(self._start))
-        sent: Any = None
-        error: BaseException | None = None
-        for number, (recorded, value, raised) in enumerate(self.history, 1):
-            command = _next_command(replay, sent, error)
-            if command != recorded:
-                self._not_deterministic(f"at step {number}", command, recorded)
-            sent, error = value, raised
-        command = _next_command(replay, sent, error)
-        if command != self.command:
-            self._not_deterministic("after the last answer", command, self.command)
-        replay.close()
+        for before, snapshot in self._boundaries:
+            self._replay_from(before, snapshot)
+
+    def _replay_from(self, before: int, snapshot: Snapshot) -> None:
+        recorded = [command for command, _, _ in self.history[before:]]
+        if self.command is not None:
+            recorded.append(self.command)
+        answered = [entry for entry in self.history[before:] if not isinstance(entry[0], Output)]
+        steps = [self._saved_step(entry) for entry in answered]
+        replayed: list[Command] = []
+        try:
+            runner = Runner.rebuild(snapshot, steps, seen=replayed.append)
+        except Diverged as diverged:
+            self._compare(before, recorded, replayed)
+            raise FlowMismatch(
+                f"the flow does not survive a restart in state "
+                f"{snapshot.state_class.rpartition(':')[2]}: {diverged}"
+                f"\n{_show_dialogue(self.transcript)}"
+            ) from None
+        command = runner.command
+        while command is not None and len(replayed) < len(recorded):
+            replayed.append(command)
+            if not isinstance(command, Output):
+                break
+            command = runner.send(None)
+        runner.steps.close()
+        self._compare(before, recorded, replayed)
+        if self.command is None and command is not None and len(replayed) == len(recorded):
+            self._not_deterministic("after the last step", command, None)
+
+    def _compare(self, before: int, recorded: list[Command], replayed: list[Command]) -> None:
+        pairs = zip(replayed, recorded, strict=False)
+        for number, (again, first) in enumerate(pairs, before + 1):
+            if fingerprint(again) != fingerprint(first):
+                self._not_deterministic(f"at step {number}", again, first)
+        if len(replayed) < len(recorded):
+            self._not_deterministic(
+                f"at step {before + len(replayed) + 1}", None, recorded[len(replayed)]
+            )
+
+    def _saved_step(self, entry: tuple[Command, Any, BaseException | None]) -> Step:
+        """A history entry as the journal keeps it: values go through pickle."""
+        command, value, error = entry
+        try:
+            return Step(fingerprint(command), _kept(value), _kept(error))
+        except Exception as failure:
+            raise FlowMismatch(
+                f"what was sent in for {command!r} cannot be saved ({failure}), so the "
+                f"conversation would start over after a restart\n{_show_dialogue(self.transcript)}"
+            ) from None
 
     def _not_deterministic(
         self, where: str, replayed: Command | None, recorded: Command | None
@@ -169,19 +218,19 @@ class FlowTest:
             f"I/O) done outside a Call?\n{_show_dialogue(self.transcript)}"
         )
 
+    # -- internals -------------------------------------------------------
+
+    def _entered(self, snapshot: Snapshot) -> None:
+        self._boundaries.append((len(self.history), snapshot))
+
     def _advance(self, value: Any, error: BaseException | None) -> Command | None:
         if self.command is not None:
             self.history.append((self.command, value, error))
-        try:
-            step = self._steps.throw(error) if error else self._steps.send(value)
-            while isinstance(step, Entered):
-                self.state = _saveable(step.state)
-                step = next(self._steps)
-        except StopIteration:
-            self.command, self.state = None, None
-            return None
+        runner = self._runner
+        step = runner.throw(error) if error is not None else runner.send(value)
         self.command = step
-        self.transcript.extend(render(step))
+        if step is not None:
+            self.transcript.extend(render(step))
         return step
 
     def _require(self, *kinds: type[Command]) -> Command:
@@ -194,6 +243,13 @@ class FlowTest:
     def _fail(self, what: str) -> None:
         now = "the flow has ended" if self.command is None else f"it is at {self.command!r}"
         raise FlowMismatch(f"{what}, but {now}\n{_show_dialogue(self.transcript)}")
+
+
+def _kept(value: Any) -> Any:
+    """`value` after a trip through the journal (plain values are kept as they are)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
 
 
 def check_transcript(
@@ -275,41 +331,6 @@ def check_transcript(
             test.resume()
 
 
-def _saveable(state: State) -> State:
-    """`state`, once checked that the journal can save it (its fields are plain data)."""
-    try:
-        pickle.dumps(snapshot(state))
-    except Exception as error:
-        raise _not_plain_data(state, error) from None
-    return state
-
-
-def _plain_copy(state: State) -> State:
-    """A fresh copy of a start state, to replay from; its fields must be plain data."""
-    try:
-        return copy.deepcopy(state)
-    except Exception as error:
-        raise _not_plain_data(state, error) from None
-
-
-def _not_plain_data(state: State, error: Exception) -> TypeError:
-    return TypeError(
-        f"{type(state).__name__} holds something that is not plain data ({error}); "
-        "a state's fields must be values that can be saved and copied"
-    )
-
-
-def _next_command(steps: Conversation, value: Any, error: BaseException | None) -> Command | None:
-    """Send `value` (or throw `error`) in; the next command, or ``None`` at the end."""
-    try:
-        command = steps.throw(error) if error is not None else steps.send(value)
-        while isinstance(command, Entered):
-            command = next(steps)
-    except StopIteration:
-        return None
-    return command
-
-
 def _short_name(command: Call) -> str:
     return getattr(command.fn, "__name__", None) or command.name
 
@@ -347,11 +368,11 @@ class RecordingFrontend(Frontend):
         self.asked: dict[str, Input | Choose] = {}
         self._changed = threading.Condition()
 
-    def deliver(self, key: str, command: Command) -> None:
+    def deliver(self, key: str, command: Command, receipt: Receipt = None) -> None:
         """Write the Print down."""
         self._write(key, render(command))
 
-    def ask(self, key: str, question: Input | Choose) -> None:
+    def ask(self, key: str, question: Input | Choose, receipt: Receipt = None) -> None:
         """Write the question down; it stays in `asked` until the next one."""
         self.asked[key] = question
         self._write(key, render(question))

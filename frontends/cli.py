@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import ClassVar, TextIO
 
 from engine.commands import Choose, Command, Input, Print
-from engine.frontend import Frontend, Key, Notice
+from engine.frontend import Frontend, Key, Notice, Receipt
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.scheduler import Scheduler
 from engine.states import Flow, load_flow
@@ -97,14 +97,14 @@ class TerminalFrontend(Frontend):
 
     # -- called by the engine ---------------------------------------------
 
-    def deliver(self, key: Key, command: Command) -> None:
+    def deliver(self, key: Key, command: Command, receipt: Receipt = None) -> None:
         """Print a ``Print``'s text on its own line(s)."""
         if isinstance(command, Print):
             self.write(command.text + "\n")
         else:  # no extra_commands: the engine never sends anything else
             self.write(f"{command!r}\n")
 
-    def ask(self, key: Key, question: Input | Choose) -> None:
+    def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
         """Show the question, then let the main thread read the answer."""
         if isinstance(question, Choose):
             lines = [question.prompt, *question.numbered()]
@@ -117,7 +117,7 @@ class TerminalFrontend(Frontend):
         """A conversation from ``--state`` waits on `question`: ask it again here."""
         self.ask(key, question)
 
-    def notify(self, key: Key, notice: Notice) -> None:
+    def notify(self, key: Key, notice: Notice, receipt: Receipt = None) -> None:
         """Show an engine notice (some are silent here); note a failure."""
         if notice is Notice.FAILED:
             self.failed = True

@@ -50,7 +50,7 @@ import telebot
 from telebot import apihelper, types, util
 
 from engine.commands import Call, Choose, Command, Input, Print
-from engine.frontend import Frontend, Key, Notice
+from engine.frontend import Frontend, Key, Notice, Receipt
 from engine.journal import JournalError, SqliteJournal
 from engine.scheduler import DEFAULT_IDLE_TIMEOUT, Scheduler
 from engine.states import Flow, load_flow
@@ -656,6 +656,7 @@ class TelegramFrontend(Frontend):
         self,
         key: Key,
         text: str,
+        receipt: Receipt,
         *,
         keyboard: Keyboard | None = None,
         force_reply: bool = False,
@@ -669,49 +670,39 @@ class TelegramFrontend(Frontend):
             keyboard=keyboard,
             force_reply=force_reply and route.user_id is not None,
             on_sent=on_sent,
-            on_done=self._confirmation(),
+            on_done=None if receipt is None else functools.partial(self.sent, receipt),
         )
-
-    def _confirmation(self) -> Callable[[], None] | None:
-        """What tells the engine this output is out (it was handed over with a receipt)."""
-        receipt = self.receipt
-        return None if receipt is None else functools.partial(self.sent, receipt)
-
-    def _nothing_to_send(self) -> None:
-        confirm = self._confirmation()
-        if confirm is not None:
-            confirm()
 
     def _retire(self, question: Question | None) -> None:
         """Take the buttons off a question that is over."""
         if question is not None:
             retire_buttons(self.outbox, question.chat_id, lambda: question.message_id)
 
-    def deliver(self, key: Key, command: Command) -> None:
+    def deliver(self, key: Key, command: Command, receipt: Receipt = None) -> None:
         if not isinstance(command, Print):
             raise TypeError(f"the Telegram frontend cannot show {command!r}")
         self._retire(self.registry.close(key))
-        self._send(key, command.text)
+        self._send(key, command.text, receipt)
 
-    def notify(self, key: Key, notice: Notice) -> None:
+    def notify(self, key: Key, notice: Notice, receipt: Receipt = None) -> None:
         text = self.notices.get(notice, notice.value)
         if not text:
-            self._nothing_to_send()
+            self.sent(receipt)
             return
         if notice in (Notice.ALREADY_RUNNING, Notice.NOT_STARTED):
-            self._send(key, text)  # the conversation goes on: keep its buttons
+            self._send(key, text, receipt)  # the conversation goes on: keep its buttons
         else:
-            self.deliver(key, Print(text))
+            self.deliver(key, Print(text), receipt)
 
-    def ask(self, key: Key, question: Input | Choose) -> None:
+    def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
         self.registry.activate(key)
         self._retire(self.registry.close(key))
         if isinstance(question, Input):
             if question.prompt and question.prompt.strip():
-                self._send(key, question.prompt, force_reply=True)
+                self._send(key, question.prompt, receipt, force_reply=True)
             else:  # nothing to send, so nothing that would end "typing…" either
                 self.outbox.typing(self.registry.route(key).chat_id, on=False)
-                self._nothing_to_send()
+                self.sent(receipt)
             return
         route = self.registry.route(key)
         tag = question_tag(question)
@@ -725,7 +716,7 @@ class TelegramFrontend(Frontend):
             self.registry.sent(shown, message_id)
 
         prompt = question.prompt if question.prompt.strip() else "Choose one:"
-        self._send(key, prompt, keyboard=keyboard, on_sent=on_sent)
+        self._send(key, prompt, receipt, keyboard=keyboard, on_sent=on_sent)
 
     def restored(self, key: Key, question: Input | Choose) -> None:
         """After a restart: the question is on screen already; its buttons work again."""
@@ -751,6 +742,18 @@ class TelegramFrontend(Frontend):
 
 
 # -- the Telegram side: updates in -------------------------------------------------------
+
+#: Update ids increase by one per update, so one that is not above the last
+#: taken was taken before, and is skipped. Not if it is far below, though:
+#: after a week without updates Telegram starts again from a random id, which
+#: must be taken.
+REDELIVERY_WINDOW = 1_000_000
+
+
+def new_update(update_id: int, last: int | None) -> bool:
+    """Whether `update_id` is new, given the last one taken (the engine's source policy)."""
+    return last is None or not last - REDELIVERY_WINDOW < update_id <= last
+
 
 
 class Updates:
@@ -1194,6 +1197,7 @@ class Bot:
             workers=args.workers,
             idle_timeout=args.idle_timeout,
             journal=journal,
+            sources=new_update,
         )
         self.updates = Updates(
             self.bot, self.scheduler, self.outbox, self.registry, help_text(flow, args.flow)

@@ -37,6 +37,43 @@ def openmeteo(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenMeteo]:
 
 # -- the engine ---------------------------------------------------------------
 
+_HELD: dict[int, Any] = {}
+
+
+class Held:
+    """A live test object (an Event, a function) that a state can keep as a field.
+
+    A state's fields must be plain data, since they are saved at every state
+    boundary; a test that wants to steer its flow from outside keeps the
+    object here and the state holds this stand-in, which is saved by number
+    and passes attribute access and calls through.
+    """
+
+    def __init__(self, thing: Any) -> None:
+        self.number = id(thing)
+        _HELD[self.number] = thing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_HELD[self.__dict__["number"]], name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _HELD[self.number](*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_held, (self.number,))
+
+
+def _held(number: int) -> Any:
+    held = Held.__new__(Held)
+    held.number = number
+    return held
+
+
+def held(thing: Any) -> Any:
+    """`thing`, as something a state can keep as a field (see :class:`Held`)."""
+    return Held(thing)
+
+
 #: A started scheduler and the frontend it talks to.
 Engine = tuple[Scheduler, RecordingFrontend]
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine import Call, Choose, Command, Input, Print, Sleep, State, UnsupportedCommand
-from engine.commands import Cancelled
+from engine import Call, Choose, Input, Print, Sleep, State, UnsupportedCommand
+from engine.commands import Cancelled, Command, Output
 from engine.frontend import Notice
 from engine.states import Steps
 from engine.testing import RecordingFrontend
@@ -51,7 +51,7 @@ class Shout(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Photo(Command):
+class Photo(Output):
     """An output command that :class:`PhotoFrontend` declares in ``extra_commands``."""
 
     url: str
@@ -65,7 +65,7 @@ class PhotoFrontend(RecordingFrontend):
         super().__init__()
         self.delivered: list[tuple[str, Command]] = []
 
-    def deliver(self, key: str, command: Command) -> None:
+    def deliver(self, key: str, command: Command, receipt: int | None = None) -> None:
         self.delivered.append((key, command))
         super().deliver(key, command)
 
@@ -130,11 +130,15 @@ def test_choose_matches_nothing_else(answer: str) -> None:
     assert Choose("Continue?", ["Yes", "No", "Later"]).match(answer) is None
 
 
-def test_choose_prefers_an_options_text_to_its_number() -> None:
-    question = Choose("Floor?", ["2", "1", "0"])
-    assert question.match("1") == "1"
-    assert question.match("0") == "0"
-    assert Choose("Floor?", ["10", "20"]).match("1") == "20"
+def test_choose_refuses_options_that_clash_with_answering_by_number() -> None:
+    with pytest.raises(ValueError, match=r"^Choose option '1' is a bare number"):
+        Choose("How many?", ["1", "2", "3"])
+    assert Choose("How many?", ["1 day", "2 days"]).match("1") == "2 days"
+
+
+def test_choose_refuses_options_equal_ignoring_case() -> None:
+    with pytest.raises(ValueError, match=r"^Choose options 'Red' and 'RED ' are the same"):
+        Choose("Colour?", ["Red", "RED "])
 
 
 def test_choose_ignores_blanks_around_an_option_and_returns_it_as_written() -> None:
@@ -351,14 +355,18 @@ def test_sleep_resumes_after_about_that_long(start_engine: StartEngine) -> None:
     assert 0.2 <= elapsed < 0.9
 
 
+#: Gates by id, for states that wait on one.
+GATES: dict[int, threading.Event] = {}
+
+
 @dataclass
 class Waiter(State):
-    """Blocks a worker in a Call until `gate` is set."""
+    """Blocks a worker in a Call until the gate named `gate` is set."""
 
-    gate: threading.Event
+    gate: int  # a key of GATES: a state's fields are plain data
 
     def run(self) -> Steps:
-        opened = yield Call(self.gate.wait, 10)
+        opened = yield Call(GATES[self.gate].wait, 10)
         yield Print(f"gate opened: {opened}")
         return None
 
@@ -367,9 +375,10 @@ def test_sleep_does_not_hold_a_worker(
     start_engine: StartEngine, gates: Callable[[], threading.Event]
 ) -> None:
     gate = gates()
+    GATES[id(gate)] = gate
     made = itertools.count()
     scheduler, frontend = start_engine(
-        lambda: Waiter(gate) if next(made) == 0 else Napper(0.3), WatchingFrontend(), workers=1
+        lambda: Waiter(id(gate)) if next(made) == 0 else Napper(0.3), WatchingFrontend(), workers=1
     )
     scheduler.begin("busy")
     frontend.wait_for("busy", "working: Call")

@@ -24,7 +24,7 @@ from engine.journal import JournalError, SqliteJournal
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
-from tests.conftest import Engine, engine_threads
+from tests.conftest import Engine, engine_threads, held
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 
@@ -112,7 +112,9 @@ def test_a_call_still_queued_at_stop_never_runs(
             ran_after_stop.append("side effect")
 
     made = itertools.count()
-    scheduler, _ = start_engine(lambda: Worker(hang if next(made) == 0 else side_effect), workers=1)
+    scheduler, _ = start_engine(
+        lambda: Worker(held(hang if next(made) == 0 else side_effect)), workers=1
+    )
     scheduler.begin("ann")
     assert hanging.wait(5)
     scheduler.begin("bob")  # its Call waits for the only worker

@@ -267,7 +267,7 @@ def test_a_changed_flow_starts_over_and_says_so(state_file: Path) -> None:
             second.crash()
     finally:
         Before.run = _BEFORE_RUN  # type: ignore[method-assign]
-    assert lines[0] == "bot: The bot was updated, so this conversation starts over."
+    assert lines[0] == "bot: This conversation could not go on after an update, so it starts over."
 
 
 _BEFORE_RUN = Before.run
@@ -293,7 +293,7 @@ def test_a_removed_state_class_starts_over(state_file: Path) -> None:
     finally:
         second.crash()
     assert lines == [
-        "bot: The bot was updated, so this conversation starts over.",
+        "bot: This conversation could not go on after an update, so it starts over.",
         "bot: round 0",
         "bot: Number?",
     ]
@@ -365,7 +365,7 @@ def test_a_result_that_cannot_be_saved_restarts_that_conversation(state_file: Pa
         lines = second.frontend.wait_for("ann", "bot: Got lock. Name?")
     finally:
         second.crash()
-    assert lines[0] == "bot: The bot was updated, so this conversation starts over."
+    assert lines[0] == "bot: This conversation could not go on after an update, so it starts over."
 
 
 def _register(cls: type) -> None:
@@ -420,14 +420,14 @@ class Confirming(RecordingFrontend):
         super().__init__()
         self.receipts: list[int] = []
 
-    def deliver(self, key: str, command: Any) -> None:
-        assert self.receipt is not None
-        self.receipts.append(self.receipt)
+    def deliver(self, key: str, command: Any, receipt: int | None = None) -> None:
+        assert receipt is not None
+        self.receipts.append(receipt)
         super().deliver(key, command)
 
-    def ask(self, key: str, question: Any) -> None:
-        assert self.receipt is not None
-        self.receipts.append(self.receipt)
+    def ask(self, key: str, question: Any, receipt: int | None = None) -> None:
+        assert receipt is not None
+        self.receipts.append(receipt)
         super().ask(key, question)
 
     def confirm_all(self) -> None:

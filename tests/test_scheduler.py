@@ -26,7 +26,7 @@ from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import RecordingFrontend
 from engine.workers import WorkerPool
-from tests.conftest import Engine, engine_threads
+from tests.conftest import Engine, engine_threads, held
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 
@@ -216,7 +216,7 @@ class CountingFrontend(RecordingFrontend):
         self.questions = 0
         self.endings = 0
 
-    def ask(self, key: str, question: Input | Choose) -> None:
+    def ask(self, key: str, question: Input | Choose, receipt: int | None = None) -> None:
         self.questions += 1  # only the scheduler thread calls a frontend
         super().ask(key, question)
 
@@ -266,7 +266,7 @@ def test_a_burst_of_messages_to_a_busy_conversation_waits_in_order(
 ) -> None:
     gate = gates()
     count = 500
-    scheduler, frontend = start_engine(lambda: Collector(gate, count))
+    scheduler, frontend = start_engine(lambda: Collector(held(gate), count))
     scheduler.begin("ann")
     round_trip(scheduler, frontend)  # now in the Call
     for n in range(count):
@@ -283,7 +283,7 @@ def test_a_burst_of_messages_to_a_busy_conversation_waits_in_order(
 
 def test_a_mailbox_is_taken_before_new_messages(start_engine: StartEngine, gates: Gates) -> None:
     gate = gates()
-    scheduler, frontend = start_engine(lambda: Collector(gate, 3))
+    scheduler, frontend = start_engine(lambda: Collector(held(gate), 3))
     scheduler.begin("ann")
     scheduler.send("ann", "first")
     scheduler.send("ann", "second")
@@ -309,7 +309,7 @@ def test_queued_answers_to_a_choose_are_checked_too(
     start_engine: StartEngine, gates: Gates
 ) -> None:
     gate = gates()
-    scheduler, frontend = start_engine(lambda: BusyChooser(gate))
+    scheduler, frontend = start_engine(lambda: BusyChooser(held(gate)))
     scheduler.begin("ann")
     scheduler.send("ann", "perhaps")
     scheduler.send("ann", " no ")
@@ -331,7 +331,7 @@ class Guarded(State):
 
     where: str
     trail: list[str]
-    gate: threading.Event = field(default_factory=threading.Event)
+    gate: Any = None
 
     def run(self) -> Steps:
         try:
@@ -357,7 +357,7 @@ def test_cancel_runs_finally_and_says_exiting(
 ) -> None:
     trail: list[str] = []
     gate = gates()
-    scheduler, frontend = start_engine(lambda: Guarded(where, trail, gate))
+    scheduler, frontend = start_engine(lambda: Guarded(where, trail, held(gate)))
     scheduler.begin("ann")
     frontend.wait_for("ann", "bot: waiting")
     round_trip(scheduler, frontend)
@@ -420,7 +420,7 @@ def test_a_late_call_result_after_cancel_goes_nowhere(
 
     # One worker: the second call runs only after the first returned, so
     # the stale result reaches the inbox before the fresh one.
-    scheduler, frontend = start_engine(lambda: Fetcher(fetch), workers=1)
+    scheduler, frontend = start_engine(lambda: Fetcher(held(fetch)), workers=1)
     scheduler.begin("ann")
     assert stale_running.wait(5)
     scheduler.cancel("ann")
@@ -553,7 +553,7 @@ def test_a_failing_finally_on_cancel_still_ends_the_conversation(
 class FragileFrontend(RecordingFrontend):
     """Fails to deliver anything to ``bad``."""
 
-    def deliver(self, key: str, command: Any) -> None:
+    def deliver(self, key: str, command: Any, receipt: int | None = None) -> None:
         if key == "bad":
             raise ConnectionError("the network is down")
         super().deliver(key, command)
@@ -656,7 +656,7 @@ def test_stop_abandons_a_stuck_call_and_leaves_no_other_thread(
         gate.wait(10)
         return "too late"
 
-    scheduler, frontend = start_engine(lambda: Fetcher(hang), workers=4)
+    scheduler, frontend = start_engine(lambda: Fetcher(held(hang)), workers=4)
     scheduler.begin("ann")
     assert hanging.wait(5)
     assert len(engine_threads()) == 5
@@ -725,9 +725,14 @@ def test_a_redelivered_update_is_taken_once(start_engine: StartEngine) -> None:
     assert scheduler.last_source == 3
 
 
-def test_ids_that_start_over_far_below_are_taken(start_engine: StartEngine) -> None:
-    # After a week without updates Telegram numbers them from a random id.
-    scheduler, frontend = start_engine(Echo)
+def far_below_is_new(source: int, last: int | None) -> bool:
+    """A source policy like Telegram's: new when above the last, or far below it."""
+    return last is None or source > last or source < last - 1_000_000
+
+
+def test_the_frontends_source_policy_decides_what_is_new(start_engine: StartEngine) -> None:
+    # Telegram numbers updates from a random id after a week without any.
+    scheduler, frontend = start_engine(Echo, sources=far_below_is_new)
     scheduler.begin("ann", source=900_000_000)
     scheduler.send("ann", "before", source=900_000_001)
     scheduler.send("ann", "after", source=12_345)

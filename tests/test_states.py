@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import Call, Input, Print, State, conversation
-from engine.states import Entered, Steps, first_state, load_flow, restore, snapshot
+from engine import Call, Input, Print, State
+from engine.states import Entered, Steps, conversation, first_state, load_flow, restore, snapshot
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 

@@ -611,3 +611,13 @@ def test_updates_handed_over_before_a_stop_are_confirmed(
     poller.confirm()
 
     assert telegram.unconfirmed() == 0
+
+
+def test_update_ids_are_new_above_the_last_or_far_below_it() -> None:
+    from frontends.telegram import new_update
+
+    assert new_update(5, None)
+    assert new_update(101, 100)
+    assert not new_update(100, 100)
+    assert not new_update(7, 100)
+    assert new_update(12_345, 900_000_001)  # Telegram started again from a random id

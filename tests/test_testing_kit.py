@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from engine import Call, Choose, Command, Input, Print, Sleep, State
-from engine.commands import Cancelled
+from engine import Call, Choose, Input, Print, Sleep, State
+from engine.commands import Cancelled, Command
 from engine.frontend import Notice
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript, render
@@ -570,28 +570,49 @@ def test_recording_frontend_times_out_with_the_log() -> None:
         frontend.wait_until(lambda: False, timeout=0.05)
 
 
+@dataclass
+class Locked(State):
+    lock: Any
+
+    def run(self) -> Steps:
+        yield Print("never")
+        return None
+
+
 def test_a_start_state_that_is_not_plain_data_is_named_in_the_error() -> None:
-    @dataclass
-    class Locked(State):
-        lock: Any
-
-        def run(self) -> Steps:
-            yield Print("never")
-            return None
-
     with pytest.raises(TypeError, match=r"^Locked holds something that is not plain data"):
         FlowTest(Locked(threading.Lock()))
 
 
+@dataclass
+class Later(State):
+    lock: Any = None
+
+    def run(self) -> Steps:
+        yield Input("Name? ")
+        return Later(threading.Lock())
+
+
 def test_a_later_state_that_cannot_be_saved_fails_the_test_too() -> None:
-    @dataclass
-    class Later(State):
-        lock: Any = None
-
-        def run(self) -> Steps:
-            yield Input("Name? ")
-            return Later(threading.Lock())
-
     flow = FlowTest(Later())
     with pytest.raises(TypeError, match=r"^Later holds something that is not plain data"):
+        flow.answer("Ann")
+
+
+@dataclass
+class Local(State):
+    def run(self) -> Steps:
+        @dataclass
+        class Inner(State):
+            def run(self) -> Steps:
+                yield Print("inside")
+                return None
+
+        yield Input("Name? ")
+        return Inner()
+
+
+def test_a_state_class_defined_in_a_function_is_refused_where_it_is_entered() -> None:
+    flow = FlowTest(Local())
+    with pytest.raises(TypeError, match=r"^Inner holds .*defined inside a function"):
         flow.answer("Ann")

@@ -1,0 +1,103 @@
+"""A state file written by the first release (format 1) opens and resumes after the upgrade.
+
+``tests/fixtures/state_v1.db`` holds four conversations of
+:class:`tests.flows_for_tests.Park`, parked at an ``Input``, a ``Choose``, a
+``Call`` and a ``Sleep``, and six questions handed to a confirming frontend
+but never confirmed (their kind stored as the method name ``ask``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.frontend import Delivery
+from engine.journal import SCHEMA_VERSION, SqliteJournal
+from engine.scheduler import Scheduler
+from engine.testing import RecordingFrontend
+from tests import flows_for_tests
+from tests.flows_for_tests import Park
+
+pytestmark = pytest.mark.usefixtures("no_engine_threads")
+
+FIXTURE = Path(__file__).parent / "fixtures" / "state_v1.db"
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Confirming(RecordingFrontend):
+    """Writes down receipts too, as a frontend that confirms delivery gets them."""
+
+    confirms_delivery = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receipts: list[int | None] = []
+
+    def ask(self, key: str, question: Any, receipt: int | None = None) -> None:
+        self.receipts.append(receipt)
+        super().ask(key, question, receipt)
+        self.sent(receipt)
+
+
+@pytest.fixture
+def old_file(tmp_path: Path) -> Path:
+    path = tmp_path / "state.sqlite3"
+    shutil.copyfile(FIXTURE, path)
+    return path
+
+
+def test_the_old_format_is_upgraded_in_place(old_file: Path) -> None:
+    with closing(sqlite3.connect(old_file)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+    journal = SqliteJournal(old_file)
+    try:
+        kinds = {kind for _, _, kind, _ in journal.undelivered()}
+        assert kinds == {Delivery.QUESTION}
+    finally:
+        journal.close()
+    with closing(sqlite3.connect(old_file)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        stored = {row[0] for row in connection.execute("SELECT kind FROM outgoing")}
+    assert stored == {"question"}
+
+
+def test_conversations_parked_by_the_first_release_resume(old_file: Path) -> None:
+    flows_for_tests.RELEASE.set()  # the Call parked in the file may now return
+    clock = FakeClock()
+    frontend = Confirming()
+    journal = SqliteJournal(old_file)
+    scheduler = Scheduler(frontend, Park, journal=journal, clock=clock)
+    scheduler.start()
+    try:
+        # The six unconfirmed questions go out again first, with receipts.
+        frontend.wait_until(lambda: len(frontend.receipts) >= 6)
+        assert frontend.receipts[:6] == [1, 2, 3, 4, 5, 6]
+        # The Call parked at the crash runs again and the flow goes on.
+        frontend.wait_for("call", "bot: call released")
+        scheduler.send("input", "hello")
+        assert frontend.wait_for("input", "ended")[-2:] == ["bot: said hello", "ended"]
+        scheduler.send("choose", "1")
+        assert frontend.wait_for("choose", "ended")[-2:] == ["bot: picked blue", "ended"]
+        # The Sleep of an hour is slept again (format 1 kept no deadline).
+        clock.now += 3600
+        scheduler.send("probe", "wake the loop")
+        assert frontend.wait_for("sleep", "ended")[-2:] == ["bot: woke", "ended"]
+    finally:
+        flows_for_tests.RELEASE.clear()
+        scheduler.stop()
+        journal.close()
+    assert scheduler.running() == 0
