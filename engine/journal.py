@@ -75,6 +75,13 @@ class Journal:
         """The highest update id ever committed (to skip redelivered updates)."""
         return None
 
+    def claim(self, flow: str) -> None:
+        """Check the journal belongs to `flow` (a ``--flow`` spec), noting it if new.
+
+        Raises :class:`JournalError` when it was written for another flow:
+        its conversations would otherwise go on in the other flow's code.
+        """
+
     def unfinished(self) -> Iterator[Saved]:
         """Every conversation to rebuild after a restart."""
         return iter(())
@@ -333,6 +340,17 @@ class SqliteJournal(Journal):
                 with contextlib.suppress(sqlite3.Error):
                     self._connection.execute("ROLLBACK")
                 raise JournalError(f"{self.path}: cannot write the state file ({error})") from None
+
+    def claim(self, flow: str) -> None:
+        """Refuse a file written for another flow; note the flow in a new one."""
+        row = self._connection.execute("SELECT value FROM meta WHERE name = 'flow'").fetchone()
+        if row is None:
+            self._write([("INSERT INTO meta VALUES ('flow', ?)", (flow,))])
+        elif row[0] != flow:
+            raise JournalError(
+                f"{self.path}: the state file belongs to the flow {row[0]}, not {flow}; "
+                f"run with --flow {row[0]}, or use another state file"
+            )
 
     # -- reading back -----------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from engine.frontend import Delivery
-from engine.journal import SCHEMA_VERSION, SqliteJournal
+from engine.journal import SCHEMA_VERSION, JournalError, SqliteJournal
 from engine.scheduler import Scheduler
 from engine.testing import RecordingFrontend
 from tests import flows_for_tests
@@ -101,3 +101,20 @@ def test_conversations_parked_by_the_first_release_resume(old_file: Path) -> Non
         scheduler.stop()
         journal.close()
     assert scheduler.running() == 0
+
+
+def test_a_state_file_belongs_to_the_flow_that_wrote_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    journal = SqliteJournal(path)
+    journal.claim("flows.weather:WeatherFlow")
+    journal.claim("flows.weather:WeatherFlow")  # the same flow again: fine
+    with pytest.raises(JournalError, match=(
+        r"state.sqlite3: the state file belongs to the flow flows.weather:WeatherFlow, "
+        r"not tests.flows_for_tests:Echo; run with --flow flows.weather:WeatherFlow"
+    )):
+        journal.claim("tests.flows_for_tests:Echo")
+    journal.close()
+    reopened = SqliteJournal(path)  # kept in the file
+    with pytest.raises(JournalError):
+        reopened.claim("tests.flows_for_tests:Echo")
+    reopened.close()
