@@ -134,7 +134,10 @@ def forecast_chart(forecast: Forecast, place: str | None = None) -> bytes:
     from matplotlib.ticker import FuncFormatter, MultipleLocator
 
     width, height = CHART_SIZE
-    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, layout="constrained")
+    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    # Fixed margins for the fixed size and type: a layout engine would draw
+    # the whole figure once more per chart (it doubled the rendering time).
+    figure.subplots_adjust(left=0.115, right=0.885, top=0.885, bottom=0.15)
     FigureCanvasAgg(figure)
     title = f"{place}: next 48 hours" if place else "Next 48 hours"
     figure.suptitle(title, fontsize=_FONT + 8, fontweight="bold")
@@ -170,5 +173,6 @@ def forecast_chart(forecast: Forecast, place: str | None = None) -> bytes:
         color="#888888",
     )
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_DPI)
+    # zlib level 1: a tenth larger than the default 6, in two thirds of the time.
+    figure.savefig(buffer, format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()

@@ -154,7 +154,7 @@ def _cut_to_asked(recorded: dict[str, Any], params: dict[str, str]) -> dict[str,
         if block in params and isinstance(recorded.get(block), dict):
             wanted = {"time", *params[block].split(",")}
             body[block] = {k: v for k, v in recorded[block].items() if k in wanted}
-            units = recorded.get(f"{block}_units", {})
+            units = recorded.get(f"{block}_units") or {}
             body[f"{block}_units"] = {k: v for k, v in units.items() if k in wanted}
     return body
 
