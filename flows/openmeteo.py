@@ -1,4 +1,4 @@
-"""A small Open-Meteo client: find places by name and read their current weather.
+"""A small Open-Meteo client: find places by name, read their current weather and forecast.
 
 Everything here is plain data in and out so that results can be journaled
 with :mod:`pickle`: :class:`Place` and :class:`Weather` are frozen
@@ -14,46 +14,113 @@ the client at a local fake server:
 ``OPEN_METEO_FORECAST_URL``
     default ``https://api.open-meteo.com/v1/forecast``
 ``OPEN_METEO_TIMEOUT``
-    seconds, either ``READ`` or ``CONNECT,READ``; default ``3.05,10``
+    seconds, ``READ``, ``CONNECT,READ`` or ``CONNECT,READ,TOTAL``; default
+    ``3.05,10`` and a total of the two: no lookup lasts longer than the total,
+    however slowly a server trickles its answer
+
+:func:`check_settings` refuses bad values at a program's start. A place name
+longer than :data:`MAX_NAME_LENGTH` is never sent (:class:`NameTooLong`), and
+no log line of this module is longer than :data:`LOG_LINE_LIMIT`.
 
 Open-Meteo data is published under CC BY 4.0 (attribution: Open-Meteo.com).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import json
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
+
+from flows.http_deadline import DeadlineAdapter, deadline
 
 __all__ = [
     "DEFAULT_FORECAST_URL",
     "DEFAULT_GEOCODING_URL",
+    "DEFAULT_TIMEOUT",
+    "FORECAST_DAYS",
+    "FORECAST_HOURS",
+    "LOG_LINE_LIMIT",
+    "MAX_NAME_LENGTH",
+    "MAX_RESPONSE_BYTES",
     "USER_AGENT",
     "WMO_CODES",
+    "Forecast",
+    "ForecastDay",
+    "ForecastHour",
+    "NameTooLong",
     "Place",
     "ServiceUnavailable",
+    "Timeouts",
     "Weather",
+    "check_settings",
     "compass_point",
     "current_weather",
     "describe_weather_code",
     "search_places",
+    "weather_forecast",
 ]
 
 log = logging.getLogger("flows.openmeteo")
 
+#: No log line of this module is longer (a user's text or a server's answer may be huge).
+LOG_LINE_LIMIT = 1000
+
+
+class _CapLogLines(logging.Filter):
+    """Cuts every record of the module's logger to LOG_LINE_LIMIT characters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > LOG_LINE_LIMIT:
+            record.msg = f"{message[:LOG_LINE_LIMIT]}... ({len(message)} characters)"
+            record.args = None
+        return True
+
+
+log.addFilter(_CapLogLines())
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis (for messages quoting input)."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 DEFAULT_GEOCODING_URL = "https://geocoding-api.open-meteo.com/v1/search"
 DEFAULT_FORECAST_URL = "https://api.open-meteo.com/v1/forecast"
+_DEFAULT_URLS = {
+    "OPEN_METEO_GEOCODING_URL": DEFAULT_GEOCODING_URL,
+    "OPEN_METEO_FORECAST_URL": DEFAULT_FORECAST_URL,
+}
 USER_AGENT = "yielded-weather/0.1"
-#: (connect, read) seconds; the connect value is just above a TCP retransmit window.
-DEFAULT_TIMEOUT = (3.05, 10.0)
+
+
+class Timeouts(NamedTuple):
+    """Seconds a lookup may take: to connect, for each read, and in all."""
+
+    connect: float
+    read: float
+    #: The whole lookup, however slowly a server trickles its answer.
+    total: float
+
+
+#: The connect value is just above a TCP retransmit window; the total is the two added.
+DEFAULT_TIMEOUT = Timeouts(3.05, 10.0, 13.05)
+#: Place names longer than this are not sent (see NameTooLong).
+MAX_NAME_LENGTH = 200
+#: An answer larger than this is refused; a 16-day hourly forecast is ~100 KB.
+MAX_RESPONSE_BYTES = 2_000_000
+_CHUNK_BYTES = 16_384
 #: Variables asked of the forecast API (its newer ``current=`` shape).
 CURRENT_VARIABLES = "temperature_2m,weather_code,wind_speed_10m,wind_direction_10m"
 
@@ -113,6 +180,23 @@ class ServiceUnavailable(Exception):
     @property
     def reason(self) -> str:
         return str(self.args[0])
+
+
+class NameTooLong(ValueError):
+    """A place name longer than MAX_NAME_LENGTH characters: it was not sent.
+
+    Picklable: its only state is the name's length, kept in ``args``.
+    """
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+
+    @property
+    def length(self) -> int:
+        return int(self.args[0])
+
+    def __str__(self) -> str:
+        return f"a place name of {self.length} characters (at most {MAX_NAME_LENGTH})"
 
 
 @dataclass(frozen=True)
@@ -181,7 +265,8 @@ def _get_session() -> requests.Session:
             session.headers["Accept"] = "application/json"
             # Calls run on many worker threads: keep more than urllib3's 10
             # connections per host, and never retry behind the flow's back.
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+            # DeadlineAdapter bounds each lookup as a whole (see _get_json).
+            adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             # requests reads proxies, a CA bundle and ~/.netrc from the environment
@@ -192,20 +277,62 @@ def _get_session() -> requests.Session:
         return _session
 
 
-def _timeout() -> tuple[float, float]:
-    raw = os.environ.get("OPEN_METEO_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
+def _parse_timeout(raw: str) -> Timeouts:
+    """``READ``, ``CONNECT,READ`` or ``CONNECT,READ,TOTAL`` seconds; ValueError if not."""
     try:
         parts = [float(part) for part in raw.split(",")]
     except ValueError:
         parts = []
-    if len(parts) == 1 and parts[0] > 0:
-        return (min(DEFAULT_TIMEOUT[0], parts[0]), parts[0])
-    if len(parts) == 2 and parts[0] > 0 and parts[1] > 0:
-        return (parts[0], parts[1])
-    log.warning("ignoring OPEN_METEO_TIMEOUT=%r: want READ or CONNECT,READ seconds", raw)
-    return DEFAULT_TIMEOUT
+    if not 1 <= len(parts) <= 3 or not all(0 < part < math.inf for part in parts):
+        raise ValueError(
+            f"OPEN_METEO_TIMEOUT={_clip(raw, 40)!r} is not READ, CONNECT,READ or "
+            "CONNECT,READ,TOTAL seconds (positive numbers), e.g. 3.05,10"
+        )
+    if len(parts) == 1:
+        parts = [min(DEFAULT_TIMEOUT.connect, parts[0]), parts[0]]
+    connect, read = parts[0], parts[1]
+    return Timeouts(connect, read, parts[2] if len(parts) == 3 else connect + read)
+
+
+@functools.lru_cache(maxsize=8)
+def _timeouts_from(raw: str) -> Timeouts:
+    """The timeouts a setting means; a bad one is warned about once and the default used."""
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        return _parse_timeout(raw)
+    except ValueError as error:
+        log.warning("ignoring %s (check_settings refuses it at start)", error)
+        return DEFAULT_TIMEOUT
+
+
+def _timeouts() -> Timeouts:
+    return _timeouts_from(os.environ.get("OPEN_METEO_TIMEOUT", "").strip())
+
+
+def _check_url(variable: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{variable}={_clip(url, 100)!r} is not an http:// or https:// URL with a host, "
+            f"e.g. {_DEFAULT_URLS[variable]}"
+        )
+
+
+def check_settings(environ: Mapping[str, str]) -> None:
+    """Refuse bad Open-Meteo settings in `environ` with a one-line :class:`ValueError`.
+
+    Programs call it at start (exit status 2 on error), so that a URL without
+    a scheme or host, or a timeout that is not a number, is not mistaken for
+    an outage later.
+    """
+    for variable in _DEFAULT_URLS:
+        url = environ.get(variable, "").strip()
+        if url:
+            _check_url(variable, url)
+    raw = environ.get("OPEN_METEO_TIMEOUT", "").strip()
+    if raw:
+        _parse_timeout(raw)
 
 
 @functools.lru_cache(maxsize=16)
@@ -216,48 +343,124 @@ def _environment(url: str) -> dict[str, Any]:
     return {"proxies": found["proxies"], "verify": found["verify"]}
 
 
-def _url(variable: str, default: str) -> str:
-    return os.environ.get(variable, "").strip() or default
-
-
-def _get_json(what: str, url: str, params: dict[str, str | int | float]) -> dict[str, Any]:
-    """GET `url` and return its JSON object, or raise ServiceUnavailable."""
+def _url(variable: str) -> str:
+    """The configured URL; a bad one is a configuration error, logged once per value."""
+    url = os.environ.get(variable, "").strip() or _DEFAULT_URLS[variable]
     try:
-        response = _get_session().get(url, params=params, timeout=_timeout(), **_environment(url))
-    except requests.Timeout as error:
-        log.warning("%s: %s timed out: %s", what, url, error)
-        raise ServiceUnavailable("timed out") from None
-    except requests.ConnectionError as error:
-        log.warning("%s: cannot reach %s: %s", what, url, error)
-        raise ServiceUnavailable("cannot connect") from None
-    except requests.RequestException as error:
-        log.warning("%s: request to %s failed: %r", what, url, error)
-        raise ServiceUnavailable("request failed") from None
+        _check_url(variable, url)
+    except ValueError as error:
+        _log_configuration_error_once(url, "configuration error: %s", error)
+        raise ServiceUnavailable("misconfigured") from None
+    return url
 
-    with response:
-        status = response.status_code
+
+_configuration_errors: set[str] = set()
+_configuration_errors_lock = threading.Lock()
+
+
+def _log_configuration_error_once(key: str, message: str, *args: object) -> None:
+    """ERROR the first time `key` goes wrong; later the same goes to DEBUG (no flood)."""
+    with _configuration_errors_lock:
+        first = key not in _configuration_errors
+        _configuration_errors.add(key)
+    log.log(logging.ERROR if first else logging.DEBUG, message, *args)
+
+
+def _read_body(response: requests.Response) -> bytes:
+    """The whole body, refusing more than MAX_RESPONSE_BYTES (a runaway server)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(_CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise _TooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """requests reports a read timeout in the body as a ConnectionError around urllib3's."""
+    if isinstance(error, requests.Timeout):
+        return True
+    cause = error.args[0] if error.args else None
+    return isinstance(cause, urllib3.exceptions.ReadTimeoutError)
+
+
+def _get_json(what: str, variable: str, params: dict[str, str | int | float]) -> dict[str, Any]:
+    """GET the URL configured in `variable` and return its JSON object, or raise
+    ServiceUnavailable. The whole lookup (connecting, headers, body) ends by the
+    total timeout, however slowly the server trickles its answer."""
+    url = _url(variable)
+    timeouts = _timeouts()
+    with deadline(timeouts.total):
         try:
-            body: Any = response.json()
-            parsed = True
-        except (ValueError, requests.RequestException) as error:
-            body, parsed = None, False
-            log.warning(
-                "%s: HTTP %s from %s is not JSON (%s): %.200r",
-                what,
-                status,
-                response.url,
-                error,
-                response.text,
+            response = _get_session().get(
+                url,
+                params=params,
+                timeout=(timeouts.connect, timeouts.read),
+                stream=True,
+                **_environment(url),
             )
+        except requests.Timeout as error:
+            log.warning("%s: %s timed out: %s", what, url, error)
+            raise ServiceUnavailable("timed out") from None
+        except requests.ConnectionError as error:
+            log.warning("%s: cannot reach %s: %s", what, url, error)
+            raise ServiceUnavailable("cannot connect") from None
+        except requests.RequestException as error:
+            log.warning("%s: request to %s failed: %r", what, url, error)
+            raise ServiceUnavailable("request failed") from None
+        with response:
+            try:
+                data = _read_body(response)
+            except _TooLarge:
+                log.warning("%s: %s sent more than %d bytes", what, url, MAX_RESPONSE_BYTES)
+                raise ServiceUnavailable("response too large") from None
+            except requests.RequestException as error:
+                if _is_timeout(error):
+                    log.warning("%s: %s timed out sending its answer: %s", what, url, error)
+                    raise ServiceUnavailable("timed out") from None
+                log.warning("%s: %s broke off its answer: %s", what, url, error)
+                raise ServiceUnavailable("connection lost") from None
+    return _json_object(what, variable, response, data)
 
+
+def _json_object(
+    what: str, variable: str, response: requests.Response, data: bytes
+) -> dict[str, Any]:
+    """The JSON object in an answer, or ServiceUnavailable saying what was wrong."""
+    status = response.status_code
+    try:
+        body: Any = json.loads(data)
+        parsed = True
+    except ValueError as error:
+        body, parsed = None, False
+        text = data[:200].decode("utf-8", "replace")
+        log.warning(
+            "%s: HTTP %s from %s is not JSON (%s): %r", what, status, response.url, error, text
+        )
     reason = body.get("reason") if isinstance(body, dict) else None
     reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
+    failed = status >= 400 or (isinstance(body, dict) and body.get("error") is True)
     if status == 429:
         log.warning("%s: rate limited by %s: %s", what, response.url, reason)
         raise ServiceUnavailable("rate limited")
-    if status >= 400 or (isinstance(body, dict) and body.get("error") is True):
-        if parsed:
-            log.warning("%s: HTTP %s from %s: %.200r", what, status, response.url, reason or body)
+    if status == 404:
+        # Every request will fail the same way: say so once, as what it is.
+        _log_configuration_error_once(
+            f"404 {_without_query(response.url)}",
+            "%s: configuration error: %s answers HTTP 404 Not Found; check %s",
+            what,
+            _without_query(response.url),
+            variable,
+        )
+    elif failed and parsed:
+        log.warning("%s: HTTP %s from %s: %.200r", what, status, response.url, reason or body)
+    if failed:
         raise ServiceUnavailable(f"HTTP {status}: {reason}" if reason else f"HTTP {status}")
     if not parsed:
         raise ServiceUnavailable("response is not JSON")
@@ -265,6 +468,10 @@ def _get_json(what: str, url: str, params: dict[str, str | int | float]) -> dict
         log.warning("%s: expected a JSON object from %s, got %.200r", what, response.url, body)
         raise ServiceUnavailable("unexpected response")
     return body
+
+
+def _without_query(url: str | None) -> str:
+    return urlsplit(url or "")._replace(query="", fragment="").geturl()
 
 
 # ------------------------------------------------------------------ parsing helpers
@@ -330,7 +537,7 @@ def _convert(
         return value
     convert = table.get(unit) if isinstance(unit, str) else None
     if convert is None:
-        log.warning("current weather: unknown %s unit %r", what, unit)
+        log.warning("unknown %s unit %.40r", what, unit)
         raise ServiceUnavailable("unexpected response")
     return convert(value)
 
@@ -341,15 +548,19 @@ def _convert(
 def search_places(name: str, count: int = 5) -> list[Place]:
     """Places called `name`, best match first; ``[]`` when there is none.
 
+    A name longer than MAX_NAME_LENGTH raises NameTooLong without a request.
+
     Results lacking a name or coordinates are dropped; missing country,
     region, population or elevation are ``None``.
     """
     name = name.strip()
     if not name:
         return []
+    if len(name) > MAX_NAME_LENGTH:
+        raise NameTooLong(len(name))
     body = _get_json(
         "place search",
-        _url("OPEN_METEO_GEOCODING_URL", DEFAULT_GEOCODING_URL),
+        "OPEN_METEO_GEOCODING_URL",
         {"name": name, "count": count, "language": "en", "format": "json"},
     )
     results = body.get("results")
@@ -380,7 +591,7 @@ def current_weather(latitude: float, longitude: float) -> Weather:
     """
     body = _get_json(
         "current weather",
-        _url("OPEN_METEO_FORECAST_URL", DEFAULT_FORECAST_URL),
+        "OPEN_METEO_FORECAST_URL",
         {
             "latitude": latitude,
             "longitude": longitude,
@@ -428,3 +639,176 @@ def current_weather(latitude: float, longitude: float) -> Weather:
         wind_direction=direction % 360 if direction is not None else None,
         time=_text(current.get("time")),
     )
+
+
+# ------------------------------------------------------------------- the forecast
+
+#: Hours and days :func:`weather_forecast` asks for.
+FORECAST_HOURS = 48
+FORECAST_DAYS = 7
+HOURLY_VARIABLES = "temperature_2m,precipitation,weather_code"
+DAILY_VARIABLES = "weather_code,temperature_2m_max,temperature_2m_min,precipitation_sum"
+
+_PRECIPITATION_UNITS: dict[str, Callable[[float], float]] = {
+    "mm": lambda value: value,
+    "inch": lambda value: round(value * 25.4, 1),
+}
+
+
+@dataclass(frozen=True)
+class ForecastHour:
+    """One hour of the forecast; any value may be unknown (past the model's horizon)."""
+
+    #: Local time at the place, as the API gives it: ``"2026-10-18T20:00"``.
+    time: str
+    #: Degrees Celsius.
+    temperature: float | None
+    #: Millimetres in the hour before `time` (rain, showers and snow together).
+    precipitation: float | None
+    #: WMO weather interpretation code.
+    weather_code: int | None
+
+    @property
+    def local_time(self) -> dt.datetime:
+        """`time` as a naive local datetime."""
+        return dt.datetime.fromisoformat(self.time)
+
+
+@dataclass(frozen=True)
+class ForecastDay:
+    """One day of the forecast; any value may be unknown (past the model's horizon)."""
+
+    #: The local date: ``"2026-10-17"``.
+    date: str
+    #: Degrees Celsius.
+    temperature_min: float | None
+    temperature_max: float | None
+    #: The day's most severe WMO weather code.
+    weather_code: int | None
+    #: Millimetres over the day.
+    precipitation_sum: float | None
+
+    @property
+    def local_date(self) -> dt.date:
+        """`date` as a :class:`datetime.date`."""
+        return dt.date.fromisoformat(self.date)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The next hours and days at a point, in local time, °C and mm."""
+
+    latitude: float
+    longitude: float
+    #: The place's time zone, e.g. ``"Europe/London"`` (``"GMT"`` when the API knows none).
+    timezone: str
+    #: Local time minus UTC, in seconds, as the API computed it for this answer.
+    utc_offset_seconds: int
+    #: The next FORECAST_HOURS hours, oldest first (may be fewer, or none).
+    hourly: tuple[ForecastHour, ...]
+    #: The next FORECAST_DAYS days, today first (may be fewer, or none).
+    daily: tuple[ForecastDay, ...]
+    #: e.g. ``"BST"`` or ``"GMT-4"``, if given.
+    timezone_abbreviation: str | None = None
+
+
+def weather_forecast(latitude: float, longitude: float) -> Forecast:
+    """The next 48 hours and 7 days at a point, in local time, °C and mm.
+
+    ``null`` values (beyond the model's horizon) and variables missing from
+    the answer are ``None``; an answer with neither hours nor days, or with
+    times that are not ISO dates, is ServiceUnavailable.
+    """
+    body = _get_json(
+        "forecast",
+        "OPEN_METEO_FORECAST_URL",
+        {
+            "latitude": latitude,
+            "longitude": longitude,
+            "hourly": HOURLY_VARIABLES,
+            "daily": DAILY_VARIABLES,
+            "forecast_hours": FORECAST_HOURS,
+            "forecast_days": FORECAST_DAYS,
+            "temperature_unit": "celsius",
+            "precipitation_unit": "mm",
+            "timezone": "auto",
+        },
+    )
+    hourly, daily = body.get("hourly"), body.get("daily")
+    if not isinstance(hourly, dict) and not isinstance(daily, dict):
+        log.warning("forecast: neither hourly nor daily values in %.300r", body)
+        raise ServiceUnavailable("unexpected response")
+    return Forecast(
+        latitude=_number(body.get("latitude")) or latitude,
+        longitude=_number(body.get("longitude")) or longitude,
+        timezone=_text(body.get("timezone")) or "GMT",
+        utc_offset_seconds=_integer(body.get("utc_offset_seconds")) or 0,
+        hourly=_hours(hourly, body.get("hourly_units")),
+        daily=_days(daily, body.get("daily_units")),
+        timezone_abbreviation=_text(body.get("timezone_abbreviation")),
+    )
+
+
+def _times(block: dict[str, Any], parse: Callable[[str], object], limit: int) -> list[str]:
+    times = block.get("time")
+    if not isinstance(times, list) or not all(isinstance(t, str) for t in times):
+        log.warning("forecast: 'time' is not a list of strings: %.200r", times)
+        raise ServiceUnavailable("unexpected response")
+    try:
+        for time in times:
+            parse(time)
+    except ValueError:
+        log.warning("forecast: times are not ISO 8601: %.200r", times)
+        raise ServiceUnavailable("unexpected response") from None
+    return times[:limit]
+
+
+def _series(
+    block: dict[str, Any],
+    units: Any,
+    name: str,
+    length: int,
+    table: dict[str, Callable[[float], float]] | None = None,
+) -> list[float | None]:
+    """`length` values of variable `name`, None where null, absent or not a number."""
+    values = block.get(name)
+    if values is None:
+        return [None] * length
+    if not isinstance(values, list):
+        log.warning("forecast: %r is not a list: %.200r", name, values)
+        raise ServiceUnavailable("unexpected response")
+    numbers = [_number(value) for value in values[:length]]
+    numbers += [None] * (length - len(numbers))
+    unit = units.get(name) if isinstance(units, dict) else None
+    if table is not None:
+        numbers = [_convert(number, unit, table, name) for number in numbers]
+    return numbers
+
+
+def _codes(block: dict[str, Any], length: int) -> list[int | None]:
+    return [
+        None if code is None or not code.is_integer() else int(code)
+        for code in _series(block, None, "weather_code", length)
+    ]
+
+
+def _hours(block: Any, units: Any) -> tuple[ForecastHour, ...]:
+    if not isinstance(block, dict):
+        return ()
+    times = _times(block, dt.datetime.fromisoformat, FORECAST_HOURS)
+    count = len(times)
+    temperatures = _series(block, units, "temperature_2m", count, _TEMPERATURE_UNITS)
+    precipitation = _series(block, units, "precipitation", count, _PRECIPITATION_UNITS)
+    codes = _codes(block, count)
+    return tuple(map(ForecastHour, times, temperatures, precipitation, codes))
+
+
+def _days(block: Any, units: Any) -> tuple[ForecastDay, ...]:
+    if not isinstance(block, dict):
+        return ()
+    dates = _times(block, dt.date.fromisoformat, FORECAST_DAYS)
+    count = len(dates)
+    lows = _series(block, units, "temperature_2m_min", count, _TEMPERATURE_UNITS)
+    highs = _series(block, units, "temperature_2m_max", count, _TEMPERATURE_UNITS)
+    sums = _series(block, units, "precipitation_sum", count, _PRECIPITATION_UNITS)
+    return tuple(map(ForecastDay, dates, lows, highs, _codes(block, count), sums))

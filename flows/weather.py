@@ -3,7 +3,8 @@
 States, in order:
 
 * ``AskCity`` (also ``WeatherFlow``, the start): ask a city (blank: ask
-  again), search it; nothing found or service unavailable -> ``AskCity``,
+  again), search it; nothing found, a name too long or service unavailable
+  -> ``AskCity``,
   one place -> ``ShowWeather``, several -> ``ChoosePlace``.
 * ``ChoosePlace``: offer the first five as ``name, region, country`` ->
   ``ShowWeather``.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from engine.commands import Call, Choose, Input, Print
 from engine.states import State, Steps
 from flows.openmeteo import (
+    NameTooLong,
     Place,
     ServiceUnavailable,
     Weather,
@@ -36,6 +38,7 @@ from flows.openmeteo import (
 __all__ = [
     "CITY_PROMPT",
     "MAX_CHOICES",
+    "NAME_TOO_LONG",
     "NEXT_PROMPT",
     "NOTHING_FOUND",
     "PLACE_PROMPT",
@@ -53,6 +56,7 @@ __all__ = [
 
 CITY_PROMPT = "Name a city: "
 NOTHING_FOUND = "Found nothing"
+NAME_TOO_LONG = "That name is too long."
 PLACE_PROMPT = "Which one do you mean?"
 NEXT_PROMPT = "What next?"
 UNAVAILABLE = "The weather service is unavailable right now, please try again later."
@@ -111,6 +115,9 @@ class AskCity(State):
             city = str(answer or "").strip()
         try:
             places: list[Place] = yield Call(search_places, city)
+        except NameTooLong:
+            yield Print(NAME_TOO_LONG)
+            return AskCity()
         except ServiceUnavailable:
             yield Print(UNAVAILABLE)
             return AskCity()

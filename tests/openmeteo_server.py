@@ -9,21 +9,29 @@ the real service, starting from the recorded responses in
         server.add_place("Springfield", 39.8, -89.6, country="United States")
         server.set_forecast(39.8, -89.6, temperature=21.5)
         server.fail("rate_limit")            # the next request answers 429
+        server.fail("trickle")               # the next answer comes a byte at a time
         ...
         assert server.requests[-1].params["name"] == "Springfield"
 
 Place names match case-insensitively; an unknown name gets the recorded
 no-match body (HTTP 200 without ``results``). Coordinates without a
-forecast of their own get :data:`DEFAULT_WEATHER`. The server is stopped,
+forecast of their own get :data:`DEFAULT_WEATHER`. A request for ``hourly``
+or ``daily`` values gets a recorded answer set with
+``set_forecast(..., series=load_fixture("forecast_hourly_daily_horizon_nulls"))``,
+or else a made-up but regular one (:func:`generated_series`): hours from
+:data:`SERIES_START`, a daily temperature swing around the point's
+temperature, and rain in the evening. The server is stopped,
 and all of its threads joined, when the ``with`` block ends.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
@@ -34,10 +42,12 @@ from tests.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
 __all__ = [
     "DEFAULT_WEATHER",
     "FIXTURES",
+    "SERIES_START",
     "FailureKind",
     "FakeOpenMeteo",
     "GeneratedCity",
     "RecordedRequest",
+    "generated_series",
     "load_fixture",
 ]
 
@@ -52,7 +62,13 @@ FailureKind = Literal[
     "wrong_shape",  # HTTP 200 with JSON the client cannot use
     "hang",  # no answer until the server stops (past any client timeout)
     "close",  # the connection is closed without an answer
+    "trickle",  # the right answer, its body one byte every `trickle_seconds`
+    "trickle_headers",  # the right answer, one byte every `trickle_seconds` from the status line
+    "huge",  # HTTP 200 with a JSON body of HUGE_BYTES
 ]
+
+#: The size of a ``huge`` answer: more than any client should take in.
+HUGE_BYTES = 3_000_000
 
 RATE_LIMIT_REASON = "Minutely API request limit exceeded. Please try again in one minute."
 
@@ -64,6 +80,83 @@ DEFAULT_WEATHER: dict[str, Any] = {
     "wind_speed_10m": 4.8,
     "wind_direction_10m": 13,
 }
+
+
+#: The first local hour of a generated forecast (the day of the recorded horizon answer).
+SERIES_START = datetime(2026, 10, 17, 14)
+
+_HOURLY_UNITS = {"temperature_2m": "°C", "precipitation": "mm", "weather_code": "wmo code"}
+_DAILY_UNITS = {
+    "temperature_2m_max": "°C",
+    "temperature_2m_min": "°C",
+    "precipitation_sum": "mm",
+    "weather_code": "wmo code",
+}
+
+
+def _hour_values(index: int, temperature: float) -> tuple[float, float, int]:
+    """Temperature, precipitation and weather code of hour `index` after midnight of day 0."""
+    hour = index % 24
+    swing = 4 * math.sin(2 * math.pi * (hour - 9) / 24)  # coolest near 03:00, warmest 15:00
+    rain = [0.0, 0.3, 1.2, 2.1, 0.8, 0.2][hour - 18] if 18 <= hour < 24 and index < 48 else 0.0
+    code = 63 if rain >= 1 else 61 if rain > 0 else 2 if 9 <= hour < 18 else 0
+    return round(temperature + swing - index / 48, 1), rain, code
+
+
+def generated_series(params: dict[str, str], temperature: float) -> dict[str, Any]:
+    """The ``hourly``/``daily`` blocks (and units) a request asks for, made up.
+
+    Hours start at :data:`SERIES_START` (``forecast_hours`` of them, default
+    all of ``forecast_days``, default 7); days start on its date.
+    """
+    days = int(params.get("forecast_days", "7"))
+    all_hours = [_hour_values(index, temperature) for index in range(days * 24)]
+    midnight = SERIES_START.replace(hour=0)
+    body: dict[str, Any] = {}
+    if "hourly" in params:
+        first = SERIES_START.hour
+        count = int(params.get("forecast_hours", str(days * 24 - first)))
+        wanted = [v for v in params["hourly"].split(",") if v in _HOURLY_UNITS]
+        rows = all_hours[first : first + count]
+        columns = {
+            "temperature_2m": [row[0] for row in rows],
+            "precipitation": [row[1] for row in rows],
+            "weather_code": [row[2] for row in rows],
+        }
+        body["hourly_units"] = {"time": "iso8601"} | {v: _HOURLY_UNITS[v] for v in wanted}
+        body["hourly"] = {
+            "time": [
+                (midnight + timedelta(hours=first + i)).isoformat(timespec="minutes")
+                for i in range(len(rows))
+            ]
+        } | {v: columns[v] for v in wanted}
+    if "daily" in params:
+        wanted = [v for v in params["daily"].split(",") if v in _DAILY_UNITS]
+        day_rows = [all_hours[day * 24 : day * 24 + 24] for day in range(days)]
+        columns = {
+            "temperature_2m_max": [max(h[0] for h in rows) for rows in day_rows],
+            "temperature_2m_min": [min(h[0] for h in rows) for rows in day_rows],
+            "precipitation_sum": [round(sum(h[1] for h in rows), 1) for rows in day_rows],
+            "weather_code": [max(h[2] for h in rows) for rows in day_rows],
+        }
+        body["daily_units"] = {"time": "iso8601"} | {v: _DAILY_UNITS[v] for v in wanted}
+        body["daily"] = {
+            "time": [(midnight + timedelta(days=day)).date().isoformat() for day in range(days)]
+        } | {v: columns[v] for v in wanted}
+    return body
+
+
+def _cut_to_asked(recorded: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    """A recorded hourly/daily answer with only the blocks and variables asked for."""
+    body = {k: v for k, v in recorded.items() if k not in ("hourly", "daily")}
+    body = {k: v for k, v in body.items() if k not in ("hourly_units", "daily_units")}
+    for block in ("hourly", "daily"):
+        if block in params and isinstance(recorded.get(block), dict):
+            wanted = {"time", *params[block].split(",")}
+            body[block] = {k: v for k, v in recorded[block].items() if k in wanted}
+            units = recorded.get(f"{block}_units") or {}
+            body[f"{block}_units"] = {k: v for k, v in units.items() if k in wanted}
+    return body
 
 
 def load_fixture(name: str) -> Any:
@@ -112,9 +205,13 @@ class FakeOpenMeteo(LocalServer):
 
     name = "fake-openmeteo"
 
-    def __init__(self, *, hang_seconds: float = 30.0, tls: bool = False) -> None:
+    def __init__(
+        self, *, hang_seconds: float = 30.0, trickle_seconds: float = 0.1, tls: bool = False
+    ) -> None:
         super().__init__(tls=tls)
         self.hang_seconds = hang_seconds
+        #: The pause between the bytes of a ``trickle`` answer.
+        self.trickle_seconds = trickle_seconds
         self._lock = threading.Lock()
         self._places: dict[str, list[dict[str, Any]]] = {}
         self._forecasts: dict[tuple[float, float], dict[str, Any]] = {}
@@ -194,14 +291,19 @@ class FakeOpenMeteo(LocalServer):
         wind_speed: float | None = None,
         wind_direction: float | None = None,
         body: dict[str, Any] | None = None,
+        series: dict[str, Any] | None = None,
     ) -> None:
         """Set the weather at a point: values for the default's, or a whole raw `body`.
 
         With `body` (e.g. ``load_fixture("forecast_current")``) that exact
-        JSON is served whatever the request asked for.
+        JSON is served whatever the request asked for. With `series` (e.g.
+        ``load_fixture("forecast_hourly_daily_horizon_nulls")``) requests for
+        ``hourly``/``daily`` values get that answer, cut to what they asked.
         """
         if body is not None:
             forecast: dict[str, Any] = {"body": body}
+        elif series is not None:
+            forecast = {"series": series}
         else:
             values = {
                 "temperature_2m": temperature,
@@ -311,6 +413,9 @@ class FakeOpenMeteo(LocalServer):
             forecast = dict(self._forecasts.get(_key(latitude, longitude), {}))
         if "body" in forecast:
             return 200, forecast["body"]
+        if ("hourly" in params or "daily" in params) and "series" in forecast:
+            return 200, _cut_to_asked(forecast["series"], params)
+        forecast.pop("series", None)
         values = {**DEFAULT_WEATHER, **forecast}
         body: dict[str, Any] = {
             "latitude": latitude,
@@ -329,6 +434,8 @@ class FakeOpenMeteo(LocalServer):
             body["current_units"].update({v: units[v] for v in wanted})
             body["current"] = {"time": "2025-09-02T16:45", "interval": 900}
             body["current"].update({v: values[v] for v in wanted})
+        elif "hourly" in params or "daily" in params:
+            body |= generated_series(params, values["temperature_2m"])
         elif params.get("current_weather") == "true":
             body["current_weather_units"] = {
                 "time": "iso8601",
@@ -383,13 +490,15 @@ class _Handler(KeepAliveHandler):
         if endpoint is None:
             self._send(404, {"error": True, "reason": "Not Found"})
         elif failure is not None:
-            self._fail(failure, endpoint)
-        elif endpoint == "search":
-            self._send(*fake._search(params))
+            self._fail(failure, endpoint, params)
         else:
-            self._send(*fake._forecast(params))
+            self._send(*self._answer(endpoint, params))
 
-    def _fail(self, failure: _Failure, endpoint: str) -> None:
+    def _answer(self, endpoint: str, params: dict[str, str]) -> tuple[int, Any]:
+        fake = self.server.fake
+        return fake._search(params) if endpoint == "search" else fake._forecast(params)
+
+    def _fail(self, failure: _Failure, endpoint: str, params: dict[str, str]) -> None:
         if failure.kind == "rate_limit":
             self._send(429, {"error": True, "reason": failure.reason or RATE_LIMIT_REASON})
         elif failure.kind == "bad_request":
@@ -408,8 +517,38 @@ class _Handler(KeepAliveHandler):
             self.close_connection = True
         elif failure.kind == "close":
             self.close_connection = True
+        elif failure.kind in ("trickle", "trickle_headers"):
+            status, body = self._answer(endpoint, params)
+            self._trickle(status, json.dumps(body), headers_too=failure.kind == "trickle_headers")
+        elif failure.kind == "huge":
+            padding = "x" * HUGE_BYTES
+            self._send(200, {"results": [], "padding": padding, "current": {}})
         else:  # pragma: no cover - guarded by FailureKind
             raise ValueError(f"unknown failure kind {failure.kind!r}")
+
+    def _trickle(self, status: int, text: str, *, headers_too: bool) -> None:
+        """Send an answer one byte every `trickle_seconds` (from the status line if
+        `headers_too`, else from the body), until done, the client leaves or the
+        server stops."""
+        data = text.encode("utf-8")
+        head = (
+            f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode("ascii")
+        message = head + data
+        fast = 0 if headers_too else len(head)
+        self.close_connection = True
+        try:
+            self.wfile.write(message[:fast])
+            self.wfile.flush()
+            for index in range(fast, len(message)):
+                if self.server.fake._stopping.wait(self.server.fake.trickle_seconds):
+                    return
+                self.wfile.write(message[index : index + 1])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up: what a deadline is for
 
     def _send(self, status: int, body: Any) -> None:
         self._send_raw(status, "application/json; charset=utf-8", json.dumps(body))

@@ -12,10 +12,14 @@ import pytest
 
 import flows.openmeteo as openmeteo_client
 from flows.openmeteo import (
+    LOG_LINE_LIMIT,
+    MAX_NAME_LENGTH,
     USER_AGENT,
+    NameTooLong,
     Place,
     ServiceUnavailable,
     Weather,
+    check_settings,
     compass_point,
     current_weather,
     describe_weather_code,
@@ -434,3 +438,144 @@ def test_the_fake_server_leaves_no_thread_behind(monkeypatch: pytest.MonkeyPatch
 
     assert time.monotonic() - started < 5  # the hanging request was released
     assert set(threading.enumerate()) <= before
+
+
+# -- hostile and broken input (issue 14) -----------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["search", "forecast"])
+@pytest.mark.parametrize("kind", ["trickle", "trickle_headers"])
+def test_a_trickling_server_is_cut_off_at_the_overall_deadline(
+    openmeteo: FakeOpenMeteo, monkeypatch: pytest.MonkeyPatch, endpoint: str, kind: FailureKind
+) -> None:
+    # Each byte comes well within the 2 s read timeout; the whole answer would
+    # take minutes. The total of 1 s must end the lookup.
+    monkeypatch.setenv("OPEN_METEO_TIMEOUT", "2,2,1")
+    openmeteo.fail(kind)
+
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="timed out"):
+        _call(endpoint)
+
+    assert time.monotonic() - started < 4  # the deadline, plus slack for a busy machine
+    assert openmeteo.requests[-1].failure == kind
+    _call(endpoint)  # the next lookup is served as usual
+
+
+def test_the_total_defaults_to_connect_plus_read() -> None:
+    assert openmeteo_client._parse_timeout("2") == (2, 2, 4)
+    assert openmeteo_client._parse_timeout("1,3") == (1, 3, 4)
+    assert openmeteo_client._parse_timeout("1,3,2.5") == (1, 3, 2.5)
+    assert openmeteo_client.DEFAULT_TIMEOUT.total == 13.05
+
+
+def test_an_oversized_answer_is_refused(openmeteo: FakeOpenMeteo) -> None:
+    openmeteo.fail("huge")
+
+    with pytest.raises(ServiceUnavailable, match="response too large"):
+        search_places("London")
+
+
+def test_a_name_too_long_is_not_sent(openmeteo: FakeOpenMeteo) -> None:
+    with pytest.raises(NameTooLong) as caught:
+        search_places("x" * 100_000)
+
+    assert caught.value.length == 100_000
+    assert "100000 characters" in str(caught.value)
+    assert openmeteo.requests == []
+    assert pickle.loads(pickle.dumps(caught.value)).length == 100_000
+
+
+def test_a_name_of_the_longest_length_is_sent(openmeteo: FakeOpenMeteo) -> None:
+    assert search_places(" " + "y" * MAX_NAME_LENGTH + " ") == []
+
+    assert openmeteo.requests[-1].params["name"] == "y" * MAX_NAME_LENGTH
+
+
+def test_no_log_line_is_longer_than_the_limit(
+    openmeteo: FakeOpenMeteo, caplog: pytest.LogCaptureFixture
+) -> None:
+    openmeteo.fail("rate_limit", reason="z" * 50_000)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="flows.openmeteo"),
+        pytest.raises(ServiceUnavailable),
+    ):
+        search_places("London")
+
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert len(message) < LOG_LINE_LIMIT + 40
+    assert message.endswith("characters)")
+    assert "rate limited" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OPEN_METEO_GEOCODING_URL", "127.0.0.1:8089/v1/search"),
+        ("OPEN_METEO_FORECAST_URL", "ftp://example.org/v1/forecast"),
+        ("OPEN_METEO_FORECAST_URL", "http:///v1/forecast"),
+        ("OPEN_METEO_TIMEOUT", "abc"),
+        ("OPEN_METEO_TIMEOUT", "0"),
+        ("OPEN_METEO_TIMEOUT", "1,2,3,4"),
+        ("OPEN_METEO_TIMEOUT", "nan"),
+        ("OPEN_METEO_TIMEOUT", "-1,5"),
+    ],
+)
+def test_check_settings_refuses_bad_values_in_one_line(variable: str, value: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        check_settings({variable: value})
+
+    message = str(caught.value)
+    assert message.startswith(f"{variable}=")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"OPEN_METEO_GEOCODING_URL": "", "OPEN_METEO_TIMEOUT": " "},
+        {
+            "OPEN_METEO_GEOCODING_URL": "http://127.0.0.1:8089/v1/search",
+            "OPEN_METEO_FORECAST_URL": "https://meteo.example.org/v1/forecast",
+            "OPEN_METEO_TIMEOUT": "3.05,10,12",
+        },
+    ],
+)
+def test_check_settings_accepts_good_and_absent_values(environ: dict[str, str]) -> None:
+    check_settings(environ)
+
+
+def test_a_url_without_a_scheme_is_a_configuration_error_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OPEN_METEO_GEOCODING_URL", "127.0.0.1:1/nowhere-at-all")
+
+    with caplog.at_level(logging.DEBUG, logger="flows.openmeteo"):
+        for _ in range(3):
+            with pytest.raises(ServiceUnavailable, match="misconfigured"):
+                search_places("London")
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "OPEN_METEO_GEOCODING_URL" in errors[0].getMessage()
+
+
+def test_a_404_on_every_request_is_logged_once_as_a_configuration_error(
+    openmeteo: FakeOpenMeteo, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OPEN_METEO_FORECAST_URL", f"{openmeteo.base_url}/v1/forcast")
+
+    with caplog.at_level(logging.DEBUG, logger="flows.openmeteo"):
+        for _ in range(3):
+            with pytest.raises(ServiceUnavailable, match="HTTP 404"):
+                current_weather(51.5, -0.1)
+
+    assert len(openmeteo.requests) == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1
+    assert "configuration error" in errors[0]
+    assert "/v1/forcast" in errors[0]
+    assert "OPEN_METEO_FORECAST_URL" in errors[0]

@@ -16,7 +16,15 @@ import pytest
 from engine.commands import Call, Choose, Input, Print
 from engine.states import Entered, State, conversation, load_flow, restore, snapshot
 from engine.testing import FlowTest, check_transcript
-from flows.openmeteo import Place, ServiceUnavailable, Weather, current_weather, search_places
+from flows.openmeteo import (
+    MAX_NAME_LENGTH,
+    NameTooLong,
+    Place,
+    ServiceUnavailable,
+    Weather,
+    current_weather,
+    search_places,
+)
 from flows.weather import (
     NEXT_PROMPT,
     PLACE_PROMPT,
@@ -244,6 +252,17 @@ def test_search_failure_says_unavailable_and_asks_again(error: ServiceUnavailabl
     flow.raises(error)
 
     flow.expect(Print(UNAVAILABLE))
+    assert flow.command == ASK
+    assert flow.state == AskCity()
+
+
+def test_a_name_too_long_to_send_is_told_and_asked_again() -> None:
+    city = "x" * (MAX_NAME_LENGTH + 1)
+    flow = at_search(city)
+
+    flow.raises(NameTooLong(len(city)))
+
+    flow.expect(Print("That name is too long."))
     assert flow.command == ASK
     assert flow.state == AskCity()
 
