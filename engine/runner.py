@@ -144,8 +144,9 @@ class Step:
     error: BaseException | None = None
 
 
-#: Called with the snapshot of each state a conversation enters.
-OnEnter = Callable[[Snapshot], None]
+#: Called with the runner and the snapshot of each state it enters. One callable
+#: serves every conversation of a scheduler: no closure per conversation.
+OnEnter = Callable[["Runner", Snapshot], None]
 
 
 class Runner:
@@ -224,7 +225,7 @@ class Runner:
             self.steps.close()
             raise
         if self.entered is not None:
-            self.entered(snapshot)
+            self.entered(self, snapshot)
 
     # -- rebuilding -----------------------------------------------------------
 

@@ -220,7 +220,7 @@ class FlowTest:
 
     # -- internals -------------------------------------------------------
 
-    def _entered(self, snapshot: Snapshot) -> None:
+    def _entered(self, runner: Runner, snapshot: Snapshot) -> None:
         self._boundaries.append((len(self.history), snapshot))
 
     def _advance(self, value: Any, error: BaseException | None) -> Command | None:
