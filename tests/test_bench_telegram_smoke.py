@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench import telegram_bench as bench
-from tests.openmeteo_server import GeneratedCity
+from tests.support.openmeteo_server import GeneratedCity
 
 USERS, ROUNDS = 3, 1
 UPDATES = USERS * (2 * ROUNDS + 1)  # /start, a city, quit

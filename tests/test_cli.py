@@ -32,7 +32,7 @@ from engine.journal import JournalError, SqliteJournal
 from engine.states import State, Steps
 from flows.weather import WeatherFlow
 from frontends.cli import ASK, ENDED, TerminalFrontend, run
-from tests.openmeteo_server import FakeOpenMeteo
+from tests.support.openmeteo_server import FakeOpenMeteo
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "frontends.cli"]

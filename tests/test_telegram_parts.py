@@ -43,7 +43,7 @@ from frontends.telegram_sending import (
     split_text,
     utf16_len,
 )
-from tests.fake_telegram import TOKEN, FakeTelegram
+from tests.support.fake_telegram import TOKEN, FakeTelegram
 
 SECRET = TOKEN.split(":")[1]
 apihelper: Any = _apihelper  # its exceptions are not annotated

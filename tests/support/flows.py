@@ -1,4 +1,4 @@
-"""Tiny flows for the Telegram bot's tests (``--flow tests.flows_for_tests:Echo``)."""
+"""Tiny flows for the Telegram bot's tests (``--flow tests.support.flows:Echo``)."""
 
 from __future__ import annotations
 
