@@ -95,7 +95,7 @@ def test_transcripts_and_percentiles() -> None:
 def test_a_profile_is_summarized(tmp_path: Path) -> None:
     raw = tmp_path / "profile.raw"
     raw.write_text(
-        "Thread.run (threading.py:1);_Sender.run (frontends/telegram_sending.py:2);"
+        "Thread.run (threading.py:1);_Sender.run (frontends/telegram/sending.py:2);"
         "Session.request (requests/sessions.py:3) 3\n"
         "Thread.run (threading.py:1);Scheduler.run (engine/scheduler.py:4) 1\n"
     )

@@ -16,22 +16,19 @@ from telebot import types
 
 from engine.frontend import Notice
 from flows.weather import WeatherFlow
-from frontends.telegram import (
+from frontends.telegram.api import classify
+from frontends.telegram.config import (
     DEFAULT_API_URL,
     DEFAULT_FLOW,
-    NOTICES,
     ConfigError,
-    Poller,
-    Redactor,
-    Route,
     build_parser,
-    classify,
-    conversation_key,
-    help_text,
     pacing_from,
     read_settings,
 )
-from frontends.telegram_sending import (
+from frontends.telegram.logs import Redactor
+from frontends.telegram.polling import Poller
+from frontends.telegram.routing import Route, conversation_key
+from frontends.telegram.sending import (
     Bucket,
     Keyboard,
     Outbox,
@@ -43,6 +40,7 @@ from frontends.telegram_sending import (
     split_text,
     utf16_len,
 )
+from frontends.telegram.texts import NOTICES, help_text
 from tests.support.fake_telegram import TOKEN, FakeTelegram
 
 SECRET = TOKEN.split(":")[1]

@@ -1,7 +1,7 @@
 """The Telegram bot's outbox: ordered, paced, retried sending on a few threads.
 
 Nothing here knows about pyTelegramBotAPI: the outbox calls a :class:`BotApi`
-(see ``frontends.telegram`` for the real one) that turns every failure into
+(see ``frontends.telegram.api`` for the real one) that turns every failure into
 :class:`RetryAfter`, :class:`TransientError` or :class:`PermanentError`. That
 keeps the ordering, pacing and retry rules testable without any HTTP.
 

@@ -1,0 +1,215 @@
+"""Updates in: handlers that turn messages and button presses into engine events."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import telebot
+from telebot import types, util
+
+from engine.frontend import Key, Notice
+from engine.scheduler import Scheduler
+from frontends.telegram.routing import (
+    Registry,
+    Route,
+    conversation_key,
+    is_group,
+    retire_buttons,
+)
+from frontends.telegram.sending import AnswerCallback, Outbox
+from frontends.telegram.texts import (
+    NOTICES,
+    PRESS_ENDED,
+    PRESS_NOT_YOURS,
+    PRESS_STALE,
+    TEXT_PLEASE,
+    UNKNOWN_COMMAND,
+)
+
+log = logging.getLogger(__name__)
+
+#: Message kinds a person sends instead of text (they get :data:`TEXT_PLEASE`).
+#: Service messages (someone joined, a pinned message...) are ignored.
+NON_TEXT = frozenset(
+    {
+        "animation", "audio", "contact", "dice", "document", "game", "live_photo", "location",
+        "photo", "poll", "sticker", "story", "venue", "video", "video_note", "voice",
+    }
+)  # fmt: skip
+
+
+class Updates:
+    """pyTelegramBotAPI handlers: run on the polling thread, one update at a time."""
+
+    def __init__(
+        self,
+        bot: telebot.TeleBot,
+        scheduler: Scheduler,
+        outbox: Outbox,
+        registry: Registry,
+        help_text: str,
+    ) -> None:
+        self.bot = bot
+        self.scheduler = scheduler
+        self.outbox = outbox
+        self.registry = registry
+        self.help_text = help_text
+        self.username = ""  # the bot's, set by the poller from getMe
+        self.bot_id: int | None = None
+        self.source: int | None = None  # update_id of the update being handled
+        media = set(util.content_type_media) | set(util.content_type_service) | NON_TEXT
+        bot.register_message_handler(self.on_message, content_types=sorted(media))
+        bot.register_callback_query_handler(self.on_press, func=lambda press: True)
+
+    def handle(self, update: types.Update) -> None:
+        """Dispatch one update to the handlers (or nowhere: other kinds are ignored).
+
+        Its id goes to the scheduler with whatever it caused, or alone, so
+        that the journal knows it was taken.
+        """
+        self.source = update.update_id
+        try:
+            self.bot.process_new_updates([update])
+        finally:
+            if self.source is not None:
+                self.scheduler.post(None, source=self.source)
+            self.source = None
+
+    def taken(self, update_id: int) -> bool:
+        """Handled before: after a crash Telegram sends what it was not told of."""
+        return self.scheduler.already_taken(update_id)
+
+    def journaled(self) -> int | None:
+        """The last update id the journal holds."""
+        return self.scheduler.committed_source
+
+    def _take_source(self) -> int | None:
+        """The update id, for the one event it causes."""
+        source, self.source = self.source, None
+        return source
+
+    def _reply(self, key: Key, text: str) -> None:
+        """A reply of the bot's own, in its place among the conversation's messages."""
+        route = self.registry.route(key)
+        send = functools.partial(
+            self.outbox.send_text, route.chat_id, text, reply_to=route.reply_to
+        )
+        self.scheduler.post(send, source=self._take_source())
+
+    def on_message(self, message: types.Message) -> None:
+        chat, person = message.chat, message.from_user
+        if chat is None or chat.type not in ("private", "group", "supergroup"):
+            log.debug("ignoring a message in a %s", getattr(chat, "type", "chat of no type"))
+            return
+        if person is None or person.is_bot:
+            log.debug("ignoring a message from a bot or from no one in chat %s", chat.id)
+            return
+        group = is_group(chat.type)
+        key = conversation_key(chat.id, person.id, group)
+        if group:
+            route = Route(chat.id, person.id, message.message_id, person.first_name or None)
+        else:
+            route = Route(chat.id)
+        self.registry.saw(key, route)
+
+        if message.content_type != "text" or message.text is None:
+            self._not_text(key, group, message.content_type)
+            return
+        text: str = message.text
+        if text.startswith("/"):
+            self._command(key, group, text)
+            return
+        if group and not self._addressed_to_me(key, message):
+            log.debug("ignoring group chatter in chat %s", chat.id)
+            return
+        self.scheduler.send(key, text, source=self._take_source())
+
+    def _addressed_to_me(self, key: Key, message: types.Message) -> bool:
+        """In a group: part of a conversation, a reply to the bot, or mentioning it."""
+        if self.registry.is_active(key):
+            return True
+        replied = message.reply_to_message
+        if (
+            replied is not None
+            and replied.from_user is not None
+            and self.bot_id is not None
+            and replied.from_user.id == self.bot_id
+        ):
+            return True
+        return (
+            bool(self.username)
+            and f"@{self.username}".casefold() in (message.text or "").casefold()
+        )
+
+    def _command(self, key: Key, group: bool, text: str) -> None:
+        word = text.split(maxsplit=1)[0][1:]
+        name, _, target = word.partition("@")
+        if target and self.username and target.casefold() != self.username.casefold():
+            log.debug("ignoring /%s addressed to @%s", name, target)
+            return
+        name = name.casefold()
+        if name == "start":
+            self.registry.activate(key)
+            self.scheduler.begin(key, source=self._take_source())
+        elif name == "cancel":
+            self.scheduler.cancel(key, source=self._take_source())
+        elif name == "help":
+            self._reply(key, self.help_text)
+        elif not group or target:
+            self._reply(key, UNKNOWN_COMMAND.format(command=f"/{name}"))
+
+    def _not_text(self, key: Key, group: bool, kind: str | None) -> None:
+        if kind not in NON_TEXT:
+            log.debug("ignoring a %s message", kind)
+            return
+        if self.registry.is_active(key):
+            self._reply(key, TEXT_PLEASE)
+        elif not group:
+            self._reply(key, NOTICES[Notice.NOT_STARTED])
+
+    def on_press(self, press: types.CallbackQuery) -> None:
+        message = press.message
+        chat = getattr(message, "chat", None)
+        if message is None or chat is None:
+            self.outbox.put(AnswerCallback(0, callback_id=press.id, text=PRESS_ENDED))
+            return
+        group = is_group(chat.type)
+        key = conversation_key(chat.id, press.from_user.id, group)
+        pressed: int = message.message_id
+
+        def answer(text: str | None) -> None:
+            self.outbox.put(AnswerCallback(chat.id, callback_id=press.id, text=text))
+
+        tag, number, owner = [*(press.data or "").split(":", 2), "", ""][:3]
+        if owner and owner != str(press.from_user.id):
+            name = self.registry.route(f"{chat.id}:{owner}").name if owner.isdigit() else None
+            answer(PRESS_NOT_YOURS.format(name=name or "someone else"))
+            return
+        question = self.registry.question(key)
+        if (
+            question is None
+            or question.tag != tag
+            or not number.isdigit()
+            or int(number) >= len(question.options)
+        ):
+            answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
+            if getattr(message, "reply_markup", None) is not None:
+                retire_buttons(self.outbox, chat.id, lambda: pressed)
+            return
+        option = question.options[int(number)]
+        self.registry.close(key)
+        answer(None)
+        if group:  # keep answering this person where they are
+            route = self.registry.route(key)
+            self.registry.saw(
+                key, Route(chat.id, press.from_user.id, route.reply_to, press.from_user.first_name)
+            )
+        self.scheduler.send(key, option, source=self._take_source())
+        # The pressed message shows the choice. (After a restart, or with an
+        # older copy of the same question, it need not be the latest one.)
+        retire_buttons(
+            self.outbox, chat.id, lambda: pressed, getattr(message, "text", None), option
+        )
+        if question.message_id not in (None, pressed):
+            retire_buttons(self.outbox, chat.id, lambda: question.message_id)
