@@ -105,3 +105,9 @@ class Frontend:
     def ended(self, key: Key) -> None:
         """The conversation is over (finished, cancelled, failed or expired). Optional."""
 
+    def committed(self, source: int | None) -> None:
+        """Called on the scheduler thread after each journal commit. Optional.
+
+        `source` is the highest event source (Telegram's update id) now
+        durable, or None if none ever was. The default does nothing.
+        """

@@ -554,6 +554,10 @@ class Scheduler:
                 entry[0](*entry[1:])
             except Exception:  # a frontend bug must not stop the scheduler
                 log.exception("the %s frontend failed", self.frontend.name)
+        try:
+            self.frontend.committed(self._committed_source)
+        except Exception:
+            log.exception("the %s frontend failed", self.frontend.name)
 
     # -- recovery -------------------------------------------------------------
 

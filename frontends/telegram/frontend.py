@@ -20,11 +20,16 @@ class TelegramFrontend(Frontend):
     confirms_delivery = True
 
     def __init__(
-        self, outbox: Outbox, registry: Registry, on_halt: Callable[[str], None] | None = None
+        self,
+        outbox: Outbox,
+        registry: Registry,
+        on_halt: Callable[[str], None] | None = None,
+        on_commit: Callable[[int | None], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.registry = registry
         self.on_halt = on_halt
+        self.on_commit = on_commit
 
     def _send(
         self,
@@ -122,3 +127,8 @@ class TelegramFrontend(Frontend):
     def halted(self, reason: str) -> None:
         if self.on_halt is not None:
             self.on_halt(reason)
+
+    def committed(self, source: int | None) -> None:
+        """The journal holds every update up to `source`: the poller may confirm them."""
+        if self.on_commit is not None:
+            self.on_commit(source)

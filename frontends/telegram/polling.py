@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -37,9 +36,47 @@ class Dispatcher(Protocol):
         """Whether this update was handled before (Telegram sends it again after a crash)."""
         ...
 
-    def journaled(self) -> int | None:
-        """The last update id whose effects are durable: confirm no further."""
-        ...
+
+class Journaled:
+    """The highest update id whose effects the journal holds: confirm no further.
+
+    The scheduler tells it after each commit (through
+    :meth:`TelegramFrontend.committed <frontends.telegram.frontend.TelegramFrontend.committed>`);
+    the poller waits on it before confirming updates to Telegram.
+    """
+
+    def __init__(self, last: int | None = None) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._last = last
+        self._closed = False
+
+    @property
+    def last(self) -> int | None:
+        """The highest update id journaled so far (None: none yet)."""
+        return self._last
+
+    def committed(self, source: int | None) -> None:
+        """The journal now holds everything up to `source` (on the scheduler thread)."""
+        if source == self._last:  # most commits: no new update; don't take the lock
+            return
+        with self._changed:
+            self._last = source
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Stopping: nothing more will be committed, so no one waits any longer."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def wait_for(self, update_id: int, timeout: float) -> int | None:
+        """Wait up to `timeout` seconds until `update_id` is journaled; return :attr:`last`."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._closed or (self._last is not None and self._last >= update_id),
+                timeout,
+            )
+            return self._last
 
 
 class Poller(threading.Thread):
@@ -51,6 +88,7 @@ class Poller(threading.Thread):
         updates: Dispatcher,
         stopping: threading.Event,
         *,
+        journaled: Journaled,
         poll_timeout: int,
         redact: Callable[[str], str],
     ) -> None:
@@ -58,6 +96,7 @@ class Poller(threading.Thread):
         self.bot = bot
         self.updates = updates
         self.stopping = stopping
+        self.journaled = journaled
         self.poll_timeout = poll_timeout
         self.redact = redact
         self.fatal: str | None = None  # why the bot cannot run at all
@@ -220,14 +259,7 @@ class Poller(threading.Thread):
         wanted = self.offset
         if wanted is None:
             return None
-        deadline = time.monotonic() + wait
-        while True:
-            journaled = self.updates.journaled()
-            if journaled is not None and journaled >= wanted - 1:
-                return wanted
-            if time.monotonic() >= deadline or self.stopping.is_set():
-                break
-            self.stopping.wait(0.005)
+        journaled = self.journaled.wait_for(wanted - 1, wait)
         return wanted if journaled is None else min(wanted, journaled + 1)
 
     def _take(self, item: Any, offset: int | None) -> int | None:

@@ -32,7 +32,7 @@ from frontends.telegram.config import (
 )
 from frontends.telegram.frontend import TelegramFrontend
 from frontends.telegram.logs import Redactor, setup_logging
-from frontends.telegram.polling import Poller
+from frontends.telegram.polling import Journaled, Poller
 from frontends.telegram.routing import Registry
 from frontends.telegram.sending import Outbox
 from frontends.telegram.texts import help_text
@@ -64,7 +64,13 @@ class Bot:
         self.registry = Registry()
         self.outbox = Outbox(TeleBotApi(self.bot), senders=args.senders, pacing=pacing_from(args))
         self.halted: str | None = None  # why the engine stopped by itself
-        self.frontend = TelegramFrontend(self.outbox, self.registry, on_halt=self._engine_halted)
+        self.journaled = Journaled()
+        self.frontend = TelegramFrontend(
+            self.outbox,
+            self.registry,
+            on_halt=self._engine_halted,
+            on_commit=self.journaled.committed,
+        )
         self.journal = journal
         self.scheduler = Scheduler(
             self.frontend,
@@ -74,11 +80,11 @@ class Bot:
             journal=journal,
         )
         self.updates = Updates(
-            self.bot, self.scheduler, self.outbox, self.registry, help_text(flow, args.flow)
+            self.scheduler, self.outbox, self.registry, help_text(flow, args.flow)
         )
         self.poller = Poller(
-            self.bot, self.updates, self.stopping, poll_timeout=args.poll_timeout,
-            redact=redactor.redact,
+            self.bot, self.updates, self.stopping, journaled=self.journaled,
+            poll_timeout=args.poll_timeout, redact=redactor.redact,
         )  # fmt: skip
         self.drain_timeout: float = args.drain_timeout
 
@@ -103,6 +109,7 @@ class Bot:
 
     def stop(self) -> int:
         started = time.monotonic()
+        self.journaled.close()  # the poller waits no longer for the scheduler's commits
         # A long poll in flight is abandoned (its updates are not confirmed, so
         # Telegram sends them again); a batch being handed over is let finish.
         self.poller.join(1.0 if self.poller.dispatching else 0.05)

@@ -57,7 +57,14 @@ def question_tag(question: Choose) -> str:
 
 
 class Registry:
-    """What the polling thread, the scheduler and the senders share, under one lock."""
+    """What the polling thread, the scheduler and the senders share, under one lock.
+
+    Which conversations run is the scheduler's to say: the set here is only
+    written by :class:`~frontends.telegram.frontend.TelegramFrontend` when
+    the scheduler calls it (``ask``, ``working``, ``restored`` add a key,
+    ``ended`` removes it), in the scheduler's order, so it follows the
+    scheduler's own and never runs ahead of it. The polling thread only reads it.
+    """
 
     MAX_ROUTES = 100_000
 
@@ -81,14 +88,17 @@ class Registry:
                 self._routes.popitem(last=False)
 
     def activate(self, key: Key) -> None:
+        """The scheduler runs `key`'s conversation (it asked, or works on a step)."""
         with self._lock:
             self._active.add(key)
 
     def is_active(self, key: Key) -> bool:
+        """Whether `key`'s conversation runs, as far as the scheduler has said."""
         with self._lock:
             return key in self._active
 
     def end(self, key: Key) -> Question | None:
+        """The scheduler ended `key`'s conversation; returns its open question, if any."""
         with self._lock:
             self._active.discard(key)
             return self._close(key)

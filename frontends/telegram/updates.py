@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Protocol
 
-import telebot
 from telebot import types, util
 
 from engine.frontend import Key, Notice
@@ -37,74 +37,77 @@ NON_TEXT = frozenset(
         "photo", "poll", "sticker", "story", "venue", "video", "video_note", "voice",
     }
 )  # fmt: skip
+#: The message kinds handled at all: text, media and service messages. A kind
+#: pyTelegramBotAPI does not know (so names no content type) is ignored.
+MESSAGE_KINDS = frozenset(util.content_type_media) | frozenset(util.content_type_service) | NON_TEXT
+
+
+class EngineEvent(Protocol):
+    """A scheduler call (``begin``, ``send``, ``cancel``, ``post``) still missing its source.
+
+    A handler returns it; :meth:`Updates.handle` makes it with the update's
+    id, so each update's id goes to the scheduler exactly once.
+    """
+
+    def __call__(self, *, source: int | None) -> None: ...
 
 
 class Updates:
-    """pyTelegramBotAPI handlers: run on the polling thread, one update at a time."""
+    """The handlers of updates: run on the polling thread, one update at a time."""
 
     def __init__(
         self,
-        bot: telebot.TeleBot,
         scheduler: Scheduler,
         outbox: Outbox,
         registry: Registry,
         help_text: str,
     ) -> None:
-        self.bot = bot
         self.scheduler = scheduler
         self.outbox = outbox
         self.registry = registry
         self.help_text = help_text
         self.username = ""  # the bot's, set by the poller from getMe
         self.bot_id: int | None = None
-        self.source: int | None = None  # update_id of the update being handled
-        media = set(util.content_type_media) | set(util.content_type_service) | NON_TEXT
-        bot.register_message_handler(self.on_message, content_types=sorted(media))
-        bot.register_callback_query_handler(self.on_press, func=lambda press: True)
 
     def handle(self, update: types.Update) -> None:
-        """Dispatch one update to the handlers (or nowhere: other kinds are ignored).
+        """Hand one update to its handler (other kinds are ignored) and its effect to the engine.
 
-        Its id goes to the scheduler with whatever it caused, or alone, so
-        that the journal knows it was taken.
+        The update's id goes to the scheduler with the event it caused, or
+        alone, so that the journal knows it was taken.
         """
-        self.source = update.update_id
+        event: EngineEvent | None = None
         try:
-            self.bot.process_new_updates([update])
+            if update.message is not None and update.message.content_type in MESSAGE_KINDS:
+                event = self.on_message(update.message)
+            elif update.callback_query is not None:
+                event = self.on_press(update.callback_query)
         finally:
-            if self.source is not None:
-                self.scheduler.post(None, source=self.source)
-            self.source = None
+            (event or self._taken_alone)(source=update.update_id)
+
+    def _taken_alone(self, *, source: int | None) -> None:
+        self.scheduler.post(None, source=source)
 
     def taken(self, update_id: int) -> bool:
         """Handled before: after a crash Telegram sends what it was not told of."""
         return self.scheduler.already_taken(update_id)
 
-    def journaled(self) -> int | None:
-        """The last update id the journal holds."""
-        return self.scheduler.committed_source
-
-    def _take_source(self) -> int | None:
-        """The update id, for the one event it causes."""
-        source, self.source = self.source, None
-        return source
-
-    def _reply(self, key: Key, text: str) -> None:
+    def _reply(self, key: Key, text: str) -> EngineEvent:
         """A reply of the bot's own, in its place among the conversation's messages."""
         route = self.registry.route(key)
         send = functools.partial(
             self.outbox.send_text, route.chat_id, text, reply_to=route.reply_to
         )
-        self.scheduler.post(send, source=self._take_source())
+        return functools.partial(self.scheduler.post, send)
 
-    def on_message(self, message: types.Message) -> None:
+    def on_message(self, message: types.Message) -> EngineEvent | None:
+        """A message: text for a conversation, a command, or something else."""
         chat, person = message.chat, message.from_user
         if chat is None or chat.type not in ("private", "group", "supergroup"):
             log.debug("ignoring a message in a %s", getattr(chat, "type", "chat of no type"))
-            return
+            return None
         if person is None or person.is_bot:
             log.debug("ignoring a message from a bot or from no one in chat %s", chat.id)
-            return
+            return None
         group = is_group(chat.type)
         key = conversation_key(chat.id, person.id, group)
         if group:
@@ -114,16 +117,14 @@ class Updates:
         self.registry.saw(key, route)
 
         if message.content_type != "text" or message.text is None:
-            self._not_text(key, group, message.content_type)
-            return
+            return self._not_text(key, group, message.content_type)
         text: str = message.text
         if text.startswith("/"):
-            self._command(key, group, text)
-            return
+            return self._command(key, group, text)
         if group and not self._addressed_to_me(key, message):
             log.debug("ignoring group chatter in chat %s", chat.id)
-            return
-        self.scheduler.send(key, text, source=self._take_source())
+            return None
+        return functools.partial(self.scheduler.send, key, text)
 
     def _addressed_to_me(self, key: Key, message: types.Message) -> bool:
         """In a group: part of a conversation, a reply to the bot, or mentioning it."""
@@ -142,38 +143,40 @@ class Updates:
             and f"@{self.username}".casefold() in (message.text or "").casefold()
         )
 
-    def _command(self, key: Key, group: bool, text: str) -> None:
+    def _command(self, key: Key, group: bool, text: str) -> EngineEvent | None:
         word = text.split(maxsplit=1)[0][1:]
         name, _, target = word.partition("@")
         if target and self.username and target.casefold() != self.username.casefold():
             log.debug("ignoring /%s addressed to @%s", name, target)
-            return
+            return None
         name = name.casefold()
         if name == "start":
-            self.registry.activate(key)
-            self.scheduler.begin(key, source=self._take_source())
-        elif name == "cancel":
-            self.scheduler.cancel(key, source=self._take_source())
-        elif name == "help":
-            self._reply(key, self.help_text)
-        elif not group or target:
-            self._reply(key, UNKNOWN_COMMAND.format(command=f"/{name}"))
+            return functools.partial(self.scheduler.begin, key)
+        if name == "cancel":
+            return functools.partial(self.scheduler.cancel, key)
+        if name == "help":
+            return self._reply(key, self.help_text)
+        if not group or target:
+            return self._reply(key, UNKNOWN_COMMAND.format(command=f"/{name}"))
+        return None
 
-    def _not_text(self, key: Key, group: bool, kind: str | None) -> None:
+    def _not_text(self, key: Key, group: bool, kind: str | None) -> EngineEvent | None:
         if kind not in NON_TEXT:
             log.debug("ignoring a %s message", kind)
-            return
+            return None
         if self.registry.is_active(key):
-            self._reply(key, TEXT_PLEASE)
-        elif not group:
-            self._reply(key, NOTICES[Notice.NOT_STARTED])
+            return self._reply(key, TEXT_PLEASE)
+        if not group:
+            return self._reply(key, NOTICES[Notice.NOT_STARTED])
+        return None
 
-    def on_press(self, press: types.CallbackQuery) -> None:
+    def on_press(self, press: types.CallbackQuery) -> EngineEvent | None:
+        """A button pressed: the answer to an open question, or one that is over."""
         message = press.message
         chat = getattr(message, "chat", None)
         if message is None or chat is None:
             self.outbox.put(AnswerCallback(0, callback_id=press.id, text=PRESS_ENDED))
-            return
+            return None
         group = is_group(chat.type)
         key = conversation_key(chat.id, press.from_user.id, group)
         pressed: int = message.message_id
@@ -185,7 +188,7 @@ class Updates:
         if owner and owner != str(press.from_user.id):
             name = self.registry.route(f"{chat.id}:{owner}").name if owner.isdigit() else None
             answer(PRESS_NOT_YOURS.format(name=name or "someone else"))
-            return
+            return None
         question = self.registry.question(key)
         if (
             question is None
@@ -196,7 +199,7 @@ class Updates:
             answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
             if getattr(message, "reply_markup", None) is not None:
                 retire_buttons(self.outbox, chat.id, lambda: pressed)
-            return
+            return None
         option = question.options[int(number)]
         self.registry.close(key)
         answer(None)
@@ -205,7 +208,6 @@ class Updates:
             self.registry.saw(
                 key, Route(chat.id, press.from_user.id, route.reply_to, press.from_user.first_name)
             )
-        self.scheduler.send(key, option, source=self._take_source())
         # The pressed message shows the choice. (After a restart, or with an
         # older copy of the same question, it need not be the latest one.)
         retire_buttons(
@@ -213,3 +215,4 @@ class Updates:
         )
         if question.message_id not in (None, pressed):
             retire_buttons(self.outbox, chat.id, lambda: question.message_id)
+        return functools.partial(self.scheduler.send, key, option)
