@@ -496,7 +496,7 @@ def test_help_says_what_it_does() -> None:
     assert help_text.startswith(f"usage: {PROG} [-h] [--flow MODULE:ATTR] [--state PATH] [-v]")
     for words in [
         "Hold a conversation in the terminal",
-        "name\na city",
+        "name a city",  # the default flow's help
         "Open-Meteo",
         "--flow MODULE:ATTR",
         "flows.weather:WeatherFlow",

@@ -20,7 +20,6 @@ from flows.weather import WeatherFlow
 from frontends.telegram.api import classify
 from frontends.telegram.config import (
     DEFAULT_API_URL,
-    DEFAULT_FLOW,
     ConfigError,
     build_parser,
     pacing_from,
@@ -240,7 +239,7 @@ def test_the_tutorials_texts() -> None:
     assert NOTICES[Notice.NOT_STARTED] == "Not started, call /start first"
     assert NOTICES[Notice.ALREADY_RUNNING] == "Already running, call /cancel to exit"
     assert NOTICES[Notice.CANCELLED] == "Exiting..."
-    weather = help_text(WeatherFlow, DEFAULT_FLOW)
+    weather = help_text(WeatherFlow)
     assert "weather" in weather and "/start" in weather and "/cancel" in weather
 
 

@@ -9,22 +9,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.scheduler import DEFAULT_IDLE_TIMEOUT
+from frontends.programs import (
+    DEFAULT_FLOW,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    ConfigError,
+    ProgramParser,
+    add_common_options,
+    env_number,
+)
 from frontends.telegram.sending import Pacing
 
+__all__ = [
+    "DEFAULT_API_URL",
+    "DEFAULT_FLOW",
+    "DEFAULT_STATE",
+    "PROGRAM",
+    "ConfigError",
+    "Settings",
+    "build_parser",
+    "pacing_from",
+    "read_settings",
+]
+
 PROGRAM = "weather-bot"
-DEFAULT_FLOW = "flows.weather:WeatherFlow"
 DEFAULT_STATE = "weather-bot.sqlite3"
 DEFAULT_API_URL = "https://api.telegram.org"
 TOKEN_VARIABLES = ("TELEGRAM_BOT_TOKEN", "TELEGRAM_BOT_API_KEY")
 TOKEN_PATTERN = re.compile(r"^\d+:[A-Za-z0-9_-]{30,}$")
 
 
-class ConfigError(Exception):
-    """A one-line reason the bot cannot start (exit status 2)."""
-
-
 @dataclass(frozen=True)
 class Settings:
+    """What the bot reads from the environment."""
+
     token: str
     api_url: str
 
@@ -53,48 +72,9 @@ def read_settings(environ: Mapping[str, str]) -> Settings:
     return Settings(token, api_url)
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return value
-
-
-def _non_negative(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
-def _positive(raw: str) -> float:
-    value = _non_negative(raw)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The options of ``weather-bot``."""
+    parser = ProgramParser(
         prog=PROGRAM,
         description=(
             "Run a conversation flow as a Telegram bot, by long polling. "
@@ -105,52 +85,46 @@ def build_parser() -> argparse.ArgumentParser:
             "environment: TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_API_KEY) is the bot's token from "
             "@BotFather, required; TELEGRAM_API_URL is the Bot API server (default "
             f"{DEFAULT_API_URL}); TELEGRAM_CHAT_RATE, TELEGRAM_CHAT_BURST, TELEGRAM_GROUP_RATE "
-            "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options; the weather flow "
-            "reads OPEN_METEO_GEOCODING_URL, OPEN_METEO_FORECAST_URL and OPEN_METEO_TIMEOUT. Exit "
-            "status: 0 after a "
-            "stop; 2 for a missing, malformed or rejected token, a flow that cannot be loaded, "
-            "a state file that cannot be used, or bad options; 1 if the bot failed."
+            "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options."
+            "\n\n"
+            "exit status: 0 after a stop; 2 for a missing, malformed or rejected token, a flow "
+            "that cannot be loaded, a state file that cannot be used, or bad options; 1 if the "
+            "bot failed."
         ),
     )
-    parser.add_argument(
-        "--flow",
-        default=DEFAULT_FLOW,
-        metavar="MODULE:ATTR",
-        help=f"the flow to run: a State, or a callable making one (default {DEFAULT_FLOW})",
-    )
-    parser.add_argument(
-        "--state",
-        default=DEFAULT_STATE,
-        metavar="PATH",
-        help=(
+    add_common_options(
+        parser,
+        state_default=DEFAULT_STATE,
+        state_help=(
             f"SQLite file where conversations are kept, so that they survive a restart or a "
             f"crash (default: {DEFAULT_STATE} in the working directory); one bot per file"
         ),
+        verbose_help="debug logging",
     )
     pacing = parser.add_argument_group(
         "pacing", "Telegram limits how fast a bot may send; 0 switches a limit off"
     )
     pacing.add_argument(
         "--chat-rate",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         metavar="N",
         help="messages a second to one chat, after a burst (default 1, env TELEGRAM_CHAT_RATE)",
     )
     pacing.add_argument(
         "--chat-burst",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         metavar="N",
         help="messages one chat may get at once (default 3, env TELEGRAM_CHAT_BURST)",
     )
     pacing.add_argument(
         "--group-rate",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         metavar="N",
         help="messages a minute to one group (default 20, env TELEGRAM_GROUP_RATE)",
     )
     pacing.add_argument(
         "--global-rate",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         metavar="N",
         help="messages a second to all chats together (default 30, env TELEGRAM_GLOBAL_RATE)",
     )
@@ -161,26 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument(
-        "--senders", type=_positive_int, default=4, metavar="N",
+        "--senders", type=POSITIVE_INT, default=4, metavar="N",
         help="threads sending to Telegram (default 4)",
     )  # fmt: skip
     tuning.add_argument(
-        "--workers", type=_positive_int, default=8, metavar="N",
+        "--workers", type=POSITIVE_INT, default=8, metavar="N",
         help="threads running the flow's calls, e.g. weather lookups (default 8)",
     )  # fmt: skip
     tuning.add_argument(
-        "--idle-timeout", type=_positive, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
+        "--idle-timeout", type=POSITIVE, default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
         help="end a conversation after this long without an answer (default one day)",
     )  # fmt: skip
     tuning.add_argument(
-        "--poll-timeout", type=_positive_int, default=25, metavar="SECONDS",
+        "--poll-timeout", type=POSITIVE_INT, default=25, metavar="SECONDS",
         help="how long one getUpdates long poll may wait for updates (default 25)",
     )  # fmt: skip
     tuning.add_argument(
-        "--drain-timeout", type=_non_negative, default=3.0, metavar="SECONDS",
+        "--drain-timeout", type=NON_NEGATIVE, default=3.0, metavar="SECONDS",
         help="on stop, how long queued messages may take to go out (default 3)",
     )  # fmt: skip
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -191,7 +164,7 @@ def pacing_from(args: argparse.Namespace) -> Pacing:
     defaults = Pacing()
 
     def pick(option: float | None, variable: str, default: float) -> float:
-        return option if option is not None else _env_float(variable, default)
+        return option if option is not None else env_number(os.environ, variable, default)
 
     return Pacing(
         chat_rate=pick(args.chat_rate, "TELEGRAM_CHAT_RATE", defaults.chat_rate),

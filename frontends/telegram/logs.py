@@ -9,6 +9,7 @@ import types as pytypes
 
 import telebot
 
+from frontends.programs import log_to_stderr
 from frontends.telegram.config import PROGRAM
 
 
@@ -46,22 +47,13 @@ class Redactor(logging.Filter):
 
 def setup_logging(verbose: bool, redactor: Redactor) -> None:
     """One stderr handler, masked by `redactor`; uncaught exceptions go through it too."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s")
-    )
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
-    )
-    for existing in logging.getLogger().handlers:
-        existing.addFilter(redactor)
+    log_to_stderr(logging.DEBUG if verbose else logging.INFO, filters=[redactor])
     # pyTelegramBotAPI gives its logger a handler of its own, which the filter
     # would not see: let its records reach the root handler instead.
     telebot.logger.handlers.clear()
     telebot.logger.propagate = True
     telebot.logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.captureWarnings(True)
 
     def uncaught(
         kind: type[BaseException], error: BaseException, tb: pytypes.TracebackType | None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 import telebot
 from telebot import apihelper, types
 
+from frontends.programs import backoff
 from frontends.telegram.api import classify
 from frontends.telegram.sending import RetryAfter
 from frontends.telegram.texts import COMMANDS
@@ -109,7 +109,8 @@ class Poller(threading.Thread):
 
     @staticmethod
     def backoff(failures: int) -> float:
-        return min(30.0, 0.5 * 2.0 ** max(0, failures - 1)) * random.uniform(0.8, 1.2)
+        """Seconds to wait after the `failures`-th failed call in a row."""
+        return backoff(failures, first=0.5, maximum=30.0)
 
     def _describe(self, error: Exception) -> str:
         return self.redact(str(classify(error)))

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -17,14 +16,22 @@ from typing import Any
 import telebot
 from telebot import apihelper
 
-from engine.journal import JournalError, SqliteJournal
+from engine.journal import SqliteJournal
 from engine.scheduler import Scheduler
-from engine.states import Flow, load_flow
+from engine.states import Flow
+from frontends.programs import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    fail,
+    load,
+    open_journal,
+)
 from frontends.telegram import http as telegram_http
 from frontends.telegram.api import SEND_TIMEOUT, TeleBotApi
 from frontends.telegram.config import (
     PROGRAM,
-    ConfigError,
     Settings,
     build_parser,
     pacing_from,
@@ -79,9 +86,7 @@ class Bot:
             idle_timeout=args.idle_timeout,
             journal=journal,
         )
-        self.updates = Updates(
-            self.scheduler, self.outbox, self.registry, help_text(flow, args.flow)
-        )
+        self.updates = Updates(self.scheduler, self.outbox, self.registry, help_text(flow))
         self.poller = Poller(
             self.bot, self.updates, self.stopping, journaled=self.journaled,
             poll_timeout=args.poll_timeout, redact=redactor.redact,
@@ -103,7 +108,7 @@ class Bot:
     def request_stop(self, signum: int, frame: pytypes.FrameType | None) -> None:
         if self.stopping.is_set():
             os.write(2, b"weather-bot: stopping now\n")
-            os._exit(1)
+            os._exit(EXIT_FAILED)
         log.info("got %s: stopping", signal.Signals(signum).name)
         self.stopping.set()
 
@@ -126,30 +131,25 @@ class Bot:
             time.monotonic() - started,
             "" if finished else " (some sends were cut short, see above)",
         )
-        if self.poller.fatal:
-            return 1 if self.poller.ready.is_set() else 2
-        return 1 if self.halted else 0
+        if self.poller.fatal:  # a token rejected at once is bad configuration
+            return EXIT_FAILED if self.poller.ready.is_set() else EXIT_USAGE
+        return EXIT_FAILED if self.halted else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``weather-bot``: parse options, start the bot, run it until stopped; the exit status."""
     args = build_parser().parse_args(argv)
     try:
         settings = read_settings(os.environ)
         pacing_from(args)  # reject bad pacing variables before starting anything
     except ConfigError as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
-        return 2
+        return fail(PROGRAM, error)
     redactor = Redactor(settings.token)
     try:
-        flow = load_flow(args.flow)
-    except ValueError as error:
-        print(f"{PROGRAM}: error: {redactor.redact(str(error))}", file=sys.stderr)
-        return 2
-    try:
-        journal = SqliteJournal(args.state)
-    except JournalError as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
-        return 2
+        flow = load(args.flow)
+        journal = open_journal(args.state)
+    except ConfigError as error:
+        return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)
     bot = Bot(settings, flow, args, redactor, journal)
     signal.signal(signal.SIGTERM, bot.request_stop)
@@ -158,4 +158,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bot.run()
     except Exception:
         log.critical("the bot failed:\n%s", traceback.format_exc())
-        return 1
+        return EXIT_FAILED

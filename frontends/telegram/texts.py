@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.frontend import Notice
 from engine.states import Flow
-from frontends.telegram.config import DEFAULT_FLOW
+from frontends.programs import flow_help
 
 NOTICES: dict[Notice, str] = {
     Notice.NOT_STARTED: "Not started, call /start first",
@@ -25,12 +25,6 @@ UNKNOWN_COMMAND = "Unknown command {command}. I know /start, /cancel and /help."
 PRESS_ENDED = "This conversation has ended. Call /start to begin a new one."
 PRESS_STALE = "That question was already answered."
 PRESS_NOT_YOURS = "This question is for {name}."
-WEATHER_DESCRIPTION = (
-    "I tell you the current weather anywhere in the world: name a city, pick the place "
-    "you mean if there are several, and I show its temperature, sky and wind. "
-    "Weather data by Open-Meteo.com."
-)
-GENERIC_DESCRIPTION = "I hold a short conversation with you."
 COMMANDS = (
     ("start", "Begin a conversation"),
     ("cancel", "Stop the current conversation"),
@@ -42,14 +36,7 @@ GROUP_NOTE = (
 )
 
 
-def help_text(flow: Flow, spec: str) -> str:
-    """What ``/help`` says: what the flow does (``help`` attribute if it has one)."""
-    described = getattr(flow, "help", None)
-    if isinstance(described, str) and described.strip():
-        about = described.strip()
-    elif spec == DEFAULT_FLOW:
-        about = WEATHER_DESCRIPTION
-    else:
-        about = GENERIC_DESCRIPTION
+def help_text(flow: Flow) -> str:
+    """What ``/help`` says: what the flow does (its ``help``), the commands, how groups work."""
     commands = "\n".join(f"/{name} - {what.lower()}" for name, what in COMMANDS)
-    return f"{about}\n\n{commands}\n\n{GROUP_NOTE}"
+    return f"{flow_help(flow)}\n\n{commands}\n\n{GROUP_NOTE}"
