@@ -17,12 +17,13 @@ The package, one concern a module:
 Threads, and what each may do:
 
 ``telegram-polling``
-    pyTelegramBotAPI's long polling (``getUpdates``) and its handlers
-    (``TeleBot(threaded=False)``, so they run here, one update at a time,
-    in update order). Handlers only hand updates to the scheduler
-    (``begin``/``send``/``cancel``) or queue an answer in the outbox; no
-    flow code runs here. Daemon: when stopping, a long poll in flight is
-    abandoned, which loses nothing (updates are confirmed by the next poll).
+    Long polling (``getUpdates``) and the handlers of ``updates``, which run
+    here, one update at a time, in update order. Handlers only hand updates
+    to the scheduler (``begin``/``send``/``cancel``) or queue an answer in
+    the outbox; no flow code runs here. Updates are confirmed to Telegram
+    once the scheduler has journaled them (it says so after each commit).
+    Daemon: when stopping, a long poll in flight is abandoned, which loses
+    nothing (updates are confirmed by the next poll).
 ``engine-scheduler`` and ``engine-worker-N``
     The engine (``engine.scheduler``). It calls :class:`TelegramFrontend`,
     which only queues work in the outbox.
