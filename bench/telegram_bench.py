@@ -7,8 +7,8 @@ Run from the repository root::
     python bench/telegram_bench.py --users 500 --rounds 2 --repeat 3
     python bench/telegram_bench.py --profile ours.raw   # then where our bot's time goes
 
-This process runs the fake Bot API (``tests/fake_telegram.py``) and the fake
-Open-Meteo (``tests/openmeteo_server.py``) on 127.0.0.1, then starts a bot as
+This process runs the fake Bot API (``tests/support/fake_telegram.py``) and the fake
+Open-Meteo (``tests/support/openmeteo_server.py``) on 127.0.0.1, then starts a bot as
 a subprocess against them, and plays N users at once. Each user has the
 whole weather dialogue::
 
@@ -79,8 +79,9 @@ if __package__ in (None, ""):  # run as a script: make `flows` and `tests` impor
 
 from flows.openmeteo import Place, Weather  # noqa: E402
 from flows.weather import CITY_PROMPT, NEXT_PROMPT, TERMINATING, conditions, found  # noqa: E402
-from tests.fake_telegram import TOKEN, FakeTelegram  # noqa: E402
-from tests.openmeteo_server import DEFAULT_WEATHER, FakeOpenMeteo, GeneratedCity  # noqa: E402
+from tests.support.fake_telegram import FakeTelegram  # noqa: E402
+from tests.support.fake_telegram import bot_environment as telegram_environment  # noqa: E402
+from tests.support.openmeteo_server import DEFAULT_WEATHER, FakeOpenMeteo, GeneratedCity  # noqa: E402
 
 #: CPU per update the bot may use, at most (ms).
 CPU_TARGET_MS = 2.0
@@ -280,16 +281,12 @@ def peak_memory_kb(pid: int) -> int:
 
 
 def bot_environment(telegram: FakeTelegram, openmeteo: FakeOpenMeteo) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.pop("TELEGRAM_BOT_API_KEY", None)
+    """The bot's environment: the fake Telegram's, and the fake Open-Meteo's URLs."""
+    env = telegram_environment(telegram)
     env.update(
-        TELEGRAM_BOT_TOKEN=TOKEN,
-        TELEGRAM_API_URL=telegram.url,
         OPEN_METEO_GEOCODING_URL=openmeteo.geocoding_url,
         OPEN_METEO_FORECAST_URL=openmeteo.forecast_url,
         OPEN_METEO_TIMEOUT="10",
-        NO_PROXY="127.0.0.1",
-        PYTHONPATH=str(ROOT),
     )
     return env
 

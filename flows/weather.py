@@ -22,10 +22,13 @@ the parentheses: ``Found Antarctica at latitude -78.15856 and longitude
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from engine.commands import Call, Choose, Input, Print
 from engine.states import State, Steps
 from flows.openmeteo import (
+    DEFAULT_FORECAST_URL,
+    DEFAULT_GEOCODING_URL,
     NameTooLong,
     Place,
     ServiceUnavailable,
@@ -107,6 +110,19 @@ def place_labels(places: tuple[Place, ...]) -> list[str]:
 @dataclass(frozen=True)
 class AskCity(State):
     """Ask for a city and look it up; the flow's first state."""
+
+    #: What the flow does, told to its users (the bot's ``/help``, ``--help``).
+    help: ClassVar[str] = (
+        "I tell you the current weather anywhere in the world: name a city, pick the place "
+        "you mean if there are several, and I show its temperature, sky and wind. "
+        "Weather data by Open-Meteo.com."
+    )
+    #: The environment variables the flow reads (listed by ``--help``).
+    settings: ClassVar[dict[str, str]] = {
+        "OPEN_METEO_GEOCODING_URL": f"place search endpoint (default {DEFAULT_GEOCODING_URL})",
+        "OPEN_METEO_FORECAST_URL": f"forecast endpoint (default {DEFAULT_FORECAST_URL})",
+        "OPEN_METEO_TIMEOUT": "HTTP timeout in seconds, READ or CONNECT,READ (default 3.05,10)",
+    }
 
     def run(self) -> Steps:
         city = ""

@@ -36,9 +36,23 @@ from typing import ClassVar, TextIO
 
 from engine.commands import Choose, Command, Input, Print
 from engine.frontend import Frontend, Key, Notice, Receipt
-from engine.journal import Journal, JournalError, SqliteJournal
+from engine.journal import Journal
 from engine.scheduler import Scheduler
-from engine.states import Flow, load_flow
+from engine.states import Flow
+from frontends.programs import (
+    DEFAULT_FLOW,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    LOG_FORMAT,
+    ConfigError,
+    ProgramParser,
+    add_common_options,
+    fail,
+    load,
+    log_to_stderr,
+    open_journal,
+)
 
 __all__ = ["DEFAULT_FLOW", "KEY", "TerminalFrontend", "main", "run"]
 
@@ -46,14 +60,8 @@ log = logging.getLogger(__name__)
 
 #: The one conversation's key.
 KEY: Key = "terminal"
-DEFAULT_FLOW = "flows.weather:WeatherFlow"
 #: Shown after a Choose's options, and for an Input without a prompt.
 ANSWER_PROMPT = "> "
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 # What the frontend tells the main thread.
 ASK = "ask"  # a question is on screen: read one line
@@ -253,26 +261,14 @@ def _shut_down(scheduler: Scheduler, frontend: TerminalFrontend, *, cancel: bool
 # -- the command line ---------------------------------------------------------
 
 DESCRIPTION = """\
-Hold a conversation in the terminal. By default it is the weather flow: name
-a city, pick the place you mean when several share the name, and read its
-current temperature and conditions from Open-Meteo (https://open-meteo.com,
-no API key needed). Answer a choice by its number or its text. Ctrl-D (or the
-end of piped input) ends the conversation; Ctrl-C interrupts it.
+Hold a conversation in the terminal. Answer a choice by its number or its
+text. Ctrl-D (or the end of piped input) ends the conversation; Ctrl-C
+interrupts it.
 """
 
 EPILOG = """\
-environment:
-  OPEN_METEO_GEOCODING_URL  place search endpoint
-                            (default https://geocoding-api.open-meteo.com/v1/search)
-  OPEN_METEO_FORECAST_URL   forecast endpoint
-                            (default https://api.open-meteo.com/v1/forecast)
-  OPEN_METEO_TIMEOUT        HTTP timeout in seconds, READ or CONNECT,READ
-                            (default 3.05,10)
-
 exit status: 0 when the conversation or the input ends, 1 when the flow
 fails, 2 for a bad option or state file, 130 on Ctrl-C.
-
-Weather data by Open-Meteo.com (CC BY 4.0).
 """
 
 
@@ -285,30 +281,12 @@ def _program_name() -> str:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The options of ``weather-cli``."""
-    parser = argparse.ArgumentParser(
-        prog=prog or _program_name(),
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--flow",
-        metavar="MODULE:ATTR",
-        default=DEFAULT_FLOW,
-        help="the flow to run: a State class, or a callable making the first state "
-        f"(default: {DEFAULT_FLOW})",
-    )
-    parser.add_argument(
-        "--state",
-        metavar="PATH",
-        help="keep the conversation in this journal file, so that after Ctrl-C or a "
+    parser = ProgramParser(prog=prog or _program_name(), description=DESCRIPTION, epilog=EPILOG)
+    add_common_options(
+        parser,
+        state_help="keep the conversation in this journal file, so that after Ctrl-C or a "
         "crash the next run with the same PATH goes on where it was (Ctrl-D ends it)",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log debugging details (engine steps, HTTP requests, warnings) to stderr; "
+        verbose_help="log debugging details (engine steps, HTTP requests, warnings) to stderr; "
         "without it only errors are logged",
     )
     return parser
@@ -335,24 +313,13 @@ class _TerminalLogFormatter(logging.Formatter):
 
 
 def _configure_logging(prog: str, verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
-    if not verbose:
-        fmt = f"{prog}: %(levelname)s: %(name)s: %(message)s"
-    handler.setFormatter(_TerminalLogFormatter(fmt, tracebacks=verbose))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    # Without -v the terminal shows the dialogue and real errors only: a failed
-    # request is already told to the user by the flow, in a sentence.
-    root.setLevel(logging.DEBUG if verbose else logging.ERROR)
-
-
-def _open_journal(path: str) -> Journal:
-    """The journal kept in `path`, or ValueError with a one-line reason."""
-    try:
-        return SqliteJournal(path)
-    except JournalError as error:
-        raise ValueError(str(error)) from None
+    # Without -v the terminal shows the dialogue and real errors only, each in
+    # one short line: a failed request is already told to the user by the flow.
+    fmt = LOG_FORMAT if verbose else f"{prog}: %(levelname)s: %(name)s: %(message)s"
+    log_to_stderr(
+        logging.DEBUG if verbose else logging.ERROR,
+        _TerminalLogFormatter(fmt, tracebacks=verbose),
+    )
 
 
 def _reconfigure(stream: TextIO) -> None:
@@ -377,12 +344,11 @@ def _main(argv: Sequence[str] | None) -> int:
     _configure_logging(parser.prog, args.verbose)
     journal: Journal | None = None
     try:
-        flow = load_flow(args.flow)
+        flow = load(args.flow)
         if args.state is not None:
-            journal = _open_journal(args.state)
-    except ValueError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+            journal = open_journal(args.state)
+    except ConfigError as error:
+        return fail(parser.prog, error)
     stdin: TextIO = sys.stdin if sys.stdin is not None else io.StringIO()  # `<&-`: no input
     _reconfigure(stdin)
     _reconfigure(sys.stdout)

@@ -12,8 +12,9 @@ import pytest
 from engine.scheduler import Scheduler
 from engine.states import Flow
 from engine.testing import RecordingFrontend
-from tests.fake_telegram import FakeTelegram
-from tests.openmeteo_server import FakeOpenMeteo
+from tests.support.engine import Engine, engine_threads
+from tests.support.fake_telegram import FakeTelegram
+from tests.support.openmeteo_server import FakeOpenMeteo
 
 
 @pytest.fixture
@@ -36,52 +37,6 @@ def openmeteo(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenMeteo]:
 
 
 # -- the engine ---------------------------------------------------------------
-
-_HELD: dict[int, Any] = {}
-
-
-class Held:
-    """A live test object (an Event, a function) that a state can keep as a field.
-
-    A state's fields must be plain data, since they are saved at every state
-    boundary; a test that wants to steer its flow from outside keeps the
-    object here and the state holds this stand-in, which is saved by number
-    and passes attribute access and calls through.
-    """
-
-    def __init__(self, thing: Any) -> None:
-        self.number = id(thing)
-        _HELD[self.number] = thing
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_HELD[self.__dict__["number"]], name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return _HELD[self.number](*args, **kwargs)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_held, (self.number,))
-
-
-def _held(number: int) -> Any:
-    held = Held.__new__(Held)
-    held.number = number
-    return held
-
-
-def held(thing: Any) -> Any:
-    """`thing`, as something a state can keep as a field (see :class:`Held`)."""
-    return Held(thing)
-
-
-#: A started scheduler and the frontend it talks to.
-Engine = tuple[Scheduler, RecordingFrontend]
-
-
-def engine_threads() -> list[str]:
-    """Names of the engine's threads still alive (scheduler and workers)."""
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("engine-"))
-
 
 @pytest.fixture
 def no_engine_threads() -> Iterator[None]:
@@ -144,10 +99,10 @@ def start_engine(no_engine_threads: None) -> Iterator[Callable[..., Engine]]:
 
 @pytest.fixture
 def telegram() -> Iterator[FakeTelegram]:
-    """A running fake Telegram Bot API on 127.0.0.1 (see ``tests/fake_telegram.py``).
+    """A running fake Telegram Bot API on 127.0.0.1 (see ``tests/support/fake_telegram.py``).
 
     Point a bot at it with ``TELEGRAM_API_URL=telegram.url`` and the token
-    ``tests.fake_telegram.TOKEN``; play users with ``send_text``/``press``...;
+    ``tests.support.fake_telegram.TOKEN``; play users with ``send_text``/``press``...;
     read what the bot sent with ``messages``/``wait_text``; inject failures
     with ``fail``. Stopped, with all its threads joined, after the test.
     """

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench import telegram_bench as bench
-from tests.openmeteo_server import GeneratedCity
+from tests.support.openmeteo_server import GeneratedCity
 
 USERS, ROUNDS = 3, 1
 UPDATES = USERS * (2 * ROUNDS + 1)  # /start, a city, quit
@@ -95,7 +95,7 @@ def test_transcripts_and_percentiles() -> None:
 def test_a_profile_is_summarized(tmp_path: Path) -> None:
     raw = tmp_path / "profile.raw"
     raw.write_text(
-        "Thread.run (threading.py:1);_Sender.run (frontends/telegram_sending.py:2);"
+        "Thread.run (threading.py:1);_Sender.run (frontends/telegram/sending.py:2);"
         "Session.request (requests/sessions.py:3) 3\n"
         "Thread.run (threading.py:1);Scheduler.run (engine/scheduler.py:4) 1\n"
     )

@@ -32,7 +32,7 @@ from engine.journal import JournalError, SqliteJournal
 from engine.states import State, Steps
 from flows.weather import WeatherFlow
 from frontends.cli import ASK, ENDED, TerminalFrontend, run
-from tests.openmeteo_server import FakeOpenMeteo
+from tests.support.openmeteo_server import FakeOpenMeteo
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "frontends.cli"]
@@ -496,7 +496,7 @@ def test_help_says_what_it_does() -> None:
     assert help_text.startswith(f"usage: {PROG} [-h] [--flow MODULE:ATTR] [--state PATH] [-v]")
     for words in [
         "Hold a conversation in the terminal",
-        "name\na city",
+        "name a city",  # the default flow's help
         "Open-Meteo",
         "--flow MODULE:ATTR",
         "flows.weather:WeatherFlow",

@@ -23,7 +23,7 @@ from engine.commands import Cancelled, Command, Output
 from engine.frontend import Notice
 from engine.states import Steps
 from engine.testing import RecordingFrontend
-from tests.conftest import Engine
+from tests.support.engine import Engine
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 

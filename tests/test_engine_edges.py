@@ -24,7 +24,7 @@ from engine.journal import JournalError, SqliteJournal
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
-from tests.conftest import Engine, engine_threads, held
+from tests.support.engine import Engine, engine_threads, held
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 

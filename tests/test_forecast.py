@@ -17,7 +17,7 @@ from flows.openmeteo import (
     ServiceUnavailable,
     weather_forecast,
 )
-from tests.openmeteo_server import FakeOpenMeteo, load_fixture
+from tests.support.openmeteo_server import FakeOpenMeteo, load_fixture
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

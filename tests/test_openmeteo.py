@@ -25,8 +25,8 @@ from flows.openmeteo import (
     describe_weather_code,
     search_places,
 )
-from tests.local_server import TEST_CERTIFICATE
-from tests.openmeteo_server import FailureKind, FakeOpenMeteo, load_fixture
+from tests.support.local_server import TEST_CERTIFICATE
+from tests.support.openmeteo_server import FailureKind, FakeOpenMeteo, load_fixture
 
 LONDON = Place(
     name="London",

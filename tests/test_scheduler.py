@@ -26,7 +26,7 @@ from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import RecordingFrontend
 from engine.workers import WorkerPool
-from tests.conftest import Engine, engine_threads, held
+from tests.support.engine import Engine, engine_threads, held
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 

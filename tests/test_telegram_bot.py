@@ -9,7 +9,6 @@ to the fake Open-Meteo (`openmeteo` fixture); both run in this process, on
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -22,12 +21,11 @@ import pytest
 
 from engine.journal import SqliteJournal
 from flows.weather import NEXT_PROMPT, PLACE_PROMPT
-from tests.fake_telegram import TOKEN, FakeTelegram, Sent
-from tests.flows_for_tests import long_text
-from tests.openmeteo_server import FakeOpenMeteo
+from tests.support.fake_telegram import SECRET, TOKEN, FakeTelegram, Sent, bot_environment
+from tests.support.flows import long_text
+from tests.support.openmeteo_server import FakeOpenMeteo
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = TOKEN.split(":")[1]
 CITY = "Name a city: "
 NOT_STARTED = "Not started, call /start first"
 PLEASE = "Please answer with text."
@@ -49,18 +47,6 @@ class BotProcess:
 
 
 StartBot = Callable[..., BotProcess]
-
-
-def bot_environment(telegram: FakeTelegram, token: str | None = TOKEN) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.pop("TELEGRAM_BOT_API_KEY", None)
-    env.pop("TELEGRAM_BOT_TOKEN", None)
-    if token is not None:
-        env["TELEGRAM_BOT_TOKEN"] = token
-    env["TELEGRAM_API_URL"] = telegram.url
-    env["NO_PROXY"] = "127.0.0.1"
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 @pytest.fixture
@@ -308,7 +294,7 @@ def test_200_users_at_once_each_get_their_own_city(
 def test_a_burst_from_one_chat_is_answered_in_order(
     start_bot: StartBot, telegram: FakeTelegram
 ) -> None:
-    start_bot("--no-pacing", "--flow", "tests.flows_for_tests:Echo")
+    start_bot("--no-pacing", "--flow", "tests.support.flows:Echo")
 
     telegram.send_texts([(3, "/start")] + [(3, f"message {n}") for n in range(40)])
 
@@ -318,7 +304,7 @@ def test_a_burst_from_one_chat_is_answered_in_order(
 
 def test_sends_to_one_chat_are_paced(start_bot: StartBot, telegram: FakeTelegram) -> None:
     start_bot(
-        "--flow", "tests.flows_for_tests:Countdown",
+        "--flow", "tests.support.flows:Countdown",
         "--chat-rate", "10", "--chat-burst", "1", "--global-rate", "0",
     )  # fmt: skip
 
@@ -427,7 +413,7 @@ def test_photos_stickers_and_odd_updates_are_handled_safely(
 
 
 def test_a_long_message_is_split(start_bot: StartBot, telegram: FakeTelegram) -> None:
-    start_bot("--no-pacing", "--flow", "tests.flows_for_tests:LongText")
+    start_bot("--no-pacing", "--flow", "tests.support.flows:LongText")
 
     telegram.send_text(14, "/start")
 
@@ -440,7 +426,7 @@ def test_a_long_message_is_split(start_bot: StartBot, telegram: FakeTelegram) ->
 
 
 def test_typing_is_shown_while_a_call_runs(start_bot: StartBot, telegram: FakeTelegram) -> None:
-    start_bot("--no-pacing", "--flow", "tests.flows_for_tests:Slow")
+    start_bot("--no-pacing", "--flow", "tests.support.flows:Slow")
 
     telegram.send_text(15, "/start")
     done = telegram.wait_text(15, "done")
@@ -540,7 +526,7 @@ def test_sigterm_stops_promptly_with_status_0(start_bot: StartBot, telegram: Fak
 
 def test_sigterm_lets_queued_messages_go_out(start_bot: StartBot, telegram: FakeTelegram) -> None:
     bot = start_bot(
-        "--flow", "tests.flows_for_tests:Countdown",
+        "--flow", "tests.support.flows:Countdown",
         "--chat-rate", "5", "--chat-burst", "1", "--global-rate", "0",
     )  # fmt: skip
     telegram.send_text(17, "/start")

@@ -17,11 +17,16 @@ import requests
 import telebot
 from telebot import apihelper as _apihelper
 
-from frontends.telegram import classify
-from frontends.telegram_http import BotApiTransport, install, query_string
-from frontends.telegram_sending import PermanentError, RetryAfter, TransientError
-from tests.fake_telegram import TOKEN, FakeTelegram
-from tests.local_server import TEST_CERTIFICATE, KeepAliveHandler, KeepAliveServer, LocalServer
+from frontends.telegram.api import classify
+from frontends.telegram.http import BotApiTransport, install, query_string
+from frontends.telegram.sending import PermanentError, RetryAfter, TransientError
+from tests.support.fake_telegram import TOKEN, FakeTelegram
+from tests.support.local_server import (
+    TEST_CERTIFICATE,
+    KeepAliveHandler,
+    KeepAliveServer,
+    LocalServer,
+)
 
 apihelper: Any = _apihelper  # its settings and exceptions are not annotated
 

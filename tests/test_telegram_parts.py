@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,23 +15,20 @@ from telebot import apihelper as _apihelper
 from telebot import types
 
 from engine.frontend import Notice
+from engine.testing import RecordingFrontend
 from flows.weather import WeatherFlow
-from frontends.telegram import (
+from frontends.telegram.api import classify
+from frontends.telegram.config import (
     DEFAULT_API_URL,
-    DEFAULT_FLOW,
-    NOTICES,
     ConfigError,
-    Poller,
-    Redactor,
-    Route,
     build_parser,
-    classify,
-    conversation_key,
-    help_text,
     pacing_from,
     read_settings,
 )
-from frontends.telegram_sending import (
+from frontends.telegram.logs import Redactor
+from frontends.telegram.polling import Journaled, Poller
+from frontends.telegram.routing import Route, conversation_key
+from frontends.telegram.sending import (
     Bucket,
     Keyboard,
     Outbox,
@@ -43,7 +40,9 @@ from frontends.telegram_sending import (
     split_text,
     utf16_len,
 )
-from tests.fake_telegram import TOKEN, FakeTelegram
+from frontends.telegram.texts import NOTICES, help_text
+from tests.support.engine import Engine
+from tests.support.fake_telegram import TOKEN, FakeTelegram
 
 SECRET = TOKEN.split(":")[1]
 apihelper: Any = _apihelper  # its exceptions are not annotated
@@ -240,7 +239,7 @@ def test_the_tutorials_texts() -> None:
     assert NOTICES[Notice.NOT_STARTED] == "Not started, call /start first"
     assert NOTICES[Notice.ALREADY_RUNNING] == "Already running, call /cancel to exit"
     assert NOTICES[Notice.CANCELLED] == "Exiting..."
-    weather = help_text(WeatherFlow, DEFAULT_FLOW)
+    weather = help_text(WeatherFlow)
     assert "weather" in weather and "/start" in weather and "/cancel" in weather
 
 
@@ -578,16 +577,15 @@ class StopAfter:
         self.bot_id: int | None = None
         self.stopping = stopping
         self.handled: list[int] = []
+        self.journaled = Journaled()
 
     def handle(self, update: types.Update) -> None:
         self.handled.append(update.update_id)
+        self.journaled.committed(update.update_id)  # as if journaled at once
         self.stopping.set()
 
     def taken(self, update_id: int) -> bool:
         return update_id in self.handled
-
-    def journaled(self) -> int | None:
-        return max(self.handled, default=None)
 
 
 def test_updates_handed_over_before_a_stop_are_confirmed(
@@ -599,7 +597,12 @@ def test_updates_handed_over_before_a_stop_are_confirmed(
     stopping = threading.Event()
     sink = StopAfter(stopping)
     poller = Poller(
-        telebot.TeleBot(TOKEN, threaded=False), sink, stopping, poll_timeout=1, redact=str
+        telebot.TeleBot(TOKEN, threaded=False),
+        sink,
+        stopping,
+        journaled=sink.journaled,
+        poll_timeout=1,
+        redact=str,
     )
 
     poller.start()
@@ -613,8 +616,58 @@ def test_updates_handed_over_before_a_stop_are_confirmed(
     assert telegram.unconfirmed() == 0
 
 
+# -- confirming no further than the journal holds ------------------------------------------------
+
+
+def _wait_in_thread(
+    journaled: Journaled, update_id: int
+) -> tuple[threading.Thread, list[int | None]]:
+    got: list[int | None] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(journaled.wait_for(update_id, timeout=30)), name="test-waiter"
+    )
+    waiter.start()
+    return waiter, got
+
+
+def test_the_wait_for_an_update_ends_with_the_commit_that_journals_it() -> None:
+    journaled = Journaled(3)
+    waiter, got = _wait_in_thread(journaled, 5)
+
+    journaled.committed(4)  # not far enough: still waiting (it would return 5 at once)
+    journaled.committed(5)
+    waiter.join(30)
+
+    assert got == [5]
+
+
+def test_closing_ends_every_wait_with_what_is_journaled() -> None:
+    journaled = Journaled(3)
+    waiter, got = _wait_in_thread(journaled, 9)
+
+    journaled.close()
+    waiter.join(30)
+
+    assert got == [3]
+
+
+def test_the_scheduler_tells_the_frontend_what_each_commit_made_durable(
+    start_engine: Callable[..., Engine],
+) -> None:
+    journaled = Journaled()
+
+    class Told(RecordingFrontend):
+        def committed(self, source: int | None) -> None:
+            journaled.committed(source)
+
+    scheduler, _ = start_engine(WeatherFlow, Told())
+    scheduler.post(None, source=7)
+
+    assert journaled.wait_for(7, timeout=30) == 7
+
+
 def test_update_ids_are_new_above_the_last_or_far_below_it() -> None:
-    from frontends.telegram import new_update
+    from frontends.telegram.updates import new_update
 
     assert new_update(5, None)
     assert new_update(101, 100)

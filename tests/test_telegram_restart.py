@@ -32,9 +32,8 @@ from typing import TypeVar
 import pytest
 
 from flows.weather import CITY_PROMPT, NEXT_PROMPT, PLACE_PROMPT, TERMINATING
-from tests.fake_telegram import FakeTelegram, Sent
-from tests.openmeteo_server import FakeOpenMeteo
-from tests.test_telegram_bot import SECRET, bot_environment
+from tests.support.fake_telegram import SECRET, FakeTelegram, Sent, bot_environment
+from tests.support.openmeteo_server import FakeOpenMeteo
 
 T = TypeVar("T")
 
@@ -408,7 +407,7 @@ def test_a_call_cut_short_by_the_crash_is_made_again_and_answered_once(
 def test_a_sleep_cut_short_by_the_crash_ends_after_the_restart(
     bots: Bots, telegram: Telegram
 ) -> None:
-    bots.start("--flow", "tests.flows_for_tests:Nap")
+    bots.start("--flow", "tests.support.flows:Nap")
     telegram.send_texts([(301, "/start"), (302, "/start")])
     telegram.wait_text(301, "How long?")
     telegram.wait_text(302, "How long?")
@@ -723,7 +722,7 @@ def test_a_press_sent_again_does_not_take_the_same_question_asked_again(
 def test_updates_are_confirmed_to_telegram_only_once_journaled(
     bots: Bots, telegram: Telegram
 ) -> None:
-    bots.start("--flow", "tests.flows_for_tests:Hold")
+    bots.start("--flow", "tests.support.flows:Hold")
     telegram.send_texts([(901, "/start"), (902, "/start")])
     telegram.wait_text(901, "Say something")
     telegram.wait_text(902, "Say something")

@@ -37,7 +37,7 @@ from flows.weather import (
     conditions,
     place_labels,
 )
-from tests.openmeteo_server import FailureKind, FakeOpenMeteo
+from tests.support.openmeteo_server import FailureKind, FakeOpenMeteo
 
 ASK = Input("Name a city: ")
 AGAIN = Choose(NEXT_PROMPT, ["continue", "quit"])

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TypeVar
 
 #: The test certificate (self-signed, for 127.0.0.1) that HTTPS fakes serve with.
-TEST_CERTIFICATE = Path(__file__).parent / "fixtures" / "tls" / "cert.pem"
+TEST_CERTIFICATE = Path(__file__).resolve().parent.parent / "fixtures" / "tls" / "cert.pem"
 
 Served = TypeVar("Served", bound="LocalServer")
 

@@ -19,7 +19,7 @@ rest of the bot relies on:
   of its own (the outbox and the poller retry);
 * the same failures: urllib3's errors are raised as ``requests``' exceptions
   (``ConnectionError``, ``ConnectTimeout``, ``ReadTimeout``, ...), so
-  pyTelegramBotAPI and :func:`frontends.telegram.classify` see what they
+  pyTelegramBotAPI and :func:`frontends.telegram.api.classify` see what they
   always saw;
 * certificates checked against the same bundle as ``requests``
   (``REQUESTS_CA_BUNDLE`` if set, a file or a directory, else certifi's).

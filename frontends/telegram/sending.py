@@ -1,7 +1,7 @@
 """The Telegram bot's outbox: ordered, paced, retried sending on a few threads.
 
 Nothing here knows about pyTelegramBotAPI: the outbox calls a :class:`BotApi`
-(see ``frontends.telegram`` for the real one) that turns every failure into
+(see ``frontends.telegram.api`` for the real one) that turns every failure into
 :class:`RetryAfter`, :class:`TransientError` or :class:`PermanentError`. That
 keeps the ordering, pacing and retry rules testable without any HTTP.
 
@@ -22,7 +22,6 @@ import collections
 import hashlib
 import logging
 import queue
-import random
 import re
 import threading
 import time
@@ -30,6 +29,8 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from frontends.programs import backoff
 
 log = logging.getLogger("frontends.telegram.outbox")
 
@@ -576,8 +577,7 @@ class Outbox:
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th transient failure in a row (jittered)."""
-        base = min(self.retrying.max_backoff, self.retrying.first_backoff * 2.0 ** (failures - 1))
-        return base * random.uniform(0.8, 1.2)
+        return backoff(failures, self.retrying.first_backoff, self.retrying.max_backoff)
 
     def start(self) -> None:
         for sender in self._senders:

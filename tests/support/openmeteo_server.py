@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
+from tests.support.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
 
 __all__ = [
     "DEFAULT_WEATHER",
@@ -51,7 +51,7 @@ __all__ = [
     "load_fixture",
 ]
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 #: Ways the next requests can fail (see :meth:`FakeOpenMeteo.fail`).
 FailureKind = Literal[

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import re
 import socket
 import threading
@@ -34,17 +35,23 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
+from tests.support.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
 
-__all__ = ["BOT_ID", "TOKEN", "FakeTelegram", "Request", "Sent"]
+__all__ = ["BOT_ID", "SECRET", "TOKEN", "FakeTelegram", "Request", "Sent", "bot_environment"]
 
 BOT_ID = 123456789
 #: A well-formed token (it is never valid anywhere else).
 TOKEN = f"{BOT_ID}:AAFakeTestTokenDoNotUse_0123456789abcdef"
+#: The token's secret part: a bot's output must never hold it.
+SECRET = TOKEN.split(":")[1]
 BOT_USERNAME = "fake_weather_bot"
+
+#: The project's root: a bot started as a subprocess imports ``frontends`` from here.
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 T = TypeVar("T")
 
@@ -740,3 +747,16 @@ class _Handler(KeepAliveHandler):
             self.wfile.write(body)
         except OSError:  # the bot went away (e.g. stopped during a long poll)
             self.close_connection = True
+
+
+def bot_environment(telegram: FakeTelegram, token: str | None = TOKEN) -> dict[str, str]:
+    """The environment for a bot subprocess that talks to `telegram` (no proxy, our token)."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.pop("TELEGRAM_BOT_API_KEY", None)
+    env.pop("TELEGRAM_BOT_TOKEN", None)
+    if token is not None:
+        env["TELEGRAM_BOT_TOKEN"] = token
+    env["TELEGRAM_API_URL"] = telegram.url
+    env["NO_PROXY"] = "127.0.0.1"
+    env["PYTHONPATH"] = str(ROOT)
+    return env

@@ -1,0 +1,128 @@
+"""The Bot API as the outbox needs it: :class:`TeleBotApi`, with failures classified."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import requests
+import telebot
+from telebot import apihelper, types
+
+from frontends.telegram.sending import (
+    Keyboard,
+    PermanentError,
+    RetryAfter,
+    SendError,
+    TransientError,
+)
+
+#: Seconds a send may take (connect and read) before it counts as failed.
+SEND_TIMEOUT = 15
+
+
+def classify(error: Exception) -> SendError:
+    """Turn a pyTelegramBotAPI or requests failure into retry-after, transient or permanent.
+
+    The reasons never quote the exception's text where it may hold a URL
+    (and so the token): requests' errors are named by their type only.
+    """
+    if isinstance(error, apihelper.ApiTelegramException):
+        code = int(error.error_code)
+        reason = f"HTTP {code}: {error.description}"
+        parameters = error.result_json.get("parameters") or {}
+        if code == 429:
+            return RetryAfter(_seconds(parameters.get("retry_after"), 1.0), reason)
+        if code >= 500:
+            return TransientError(reason)
+        return PermanentError(reason)
+    if isinstance(error, apihelper.ApiHTTPException):
+        status = int(error.result.status_code)
+        reason = f"HTTP {status} {error.result.reason or ''}".strip()
+        if status == 429:
+            return RetryAfter(_seconds(error.result.headers.get("Retry-After"), 1.0), reason)
+        if status >= 500 or status == 408:
+            return TransientError(reason)
+        return PermanentError(reason)
+    if isinstance(error, apihelper.ApiInvalidJSONException):
+        return TransientError("the server's answer was not JSON")
+    if isinstance(error, requests.Timeout):
+        return TransientError("timed out")
+    if isinstance(error, requests.ConnectionError):
+        return TransientError("connection failed")
+    if isinstance(error, requests.RequestException):
+        return TransientError(type(error).__name__)
+    return PermanentError(f"{type(error).__name__}")
+
+
+def _seconds(raw: object, default: float) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return value if value >= 0 else default
+
+
+class TeleBotApi:
+    """The outbox's :class:`~frontends.telegram.sending.BotApi`, over a ``TeleBot``."""
+
+    def __init__(self, bot: telebot.TeleBot) -> None:
+        self.bot = bot
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SendError:
+            raise
+        except Exception as error:
+            raise classify(error) from None
+
+    def send_message(
+        self,
+        chat_id: int,
+        text: str,
+        *,
+        reply_to: int | None,
+        keyboard: Keyboard | None,
+        force_reply: bool,
+    ) -> int:
+        markup: types.InlineKeyboardMarkup | types.ForceReply | None = None
+        if keyboard:
+            markup = types.InlineKeyboardMarkup(
+                [
+                    [types.InlineKeyboardButton(label, callback_data=data)]
+                    for label, data in keyboard
+                ]
+            )
+        elif force_reply:
+            markup = types.ForceReply(selective=True)
+        reply = None
+        if reply_to is not None:
+            reply = types.ReplyParameters(reply_to, allow_sending_without_reply=True)
+        message = self._call(
+            self.bot.send_message,
+            chat_id,
+            text,
+            reply_markup=markup,
+            reply_parameters=reply,
+            timeout=SEND_TIMEOUT,
+        )
+        return int(message.message_id)
+
+    def send_chat_action(self, chat_id: int, action: str) -> None:
+        self._call(self.bot.send_chat_action, chat_id, action, timeout=SEND_TIMEOUT)
+
+    def edit_text(self, chat_id: int, message_id: int, text: str) -> None:
+        self._call(
+            self.bot.edit_message_text, text, chat_id=chat_id, message_id=message_id,
+            timeout=SEND_TIMEOUT,
+        )  # fmt: skip
+
+    def remove_keyboard(self, chat_id: int, message_id: int) -> None:
+        self._call(
+            self.bot.edit_message_reply_markup, chat_id=chat_id, message_id=message_id,
+            timeout=SEND_TIMEOUT,
+        )  # fmt: skip
+
+    def answer_callback(self, callback_id: str, text: str | None) -> None:
+        self._call(self.bot.answer_callback_query, callback_id, text=text)

@@ -1,0 +1,126 @@
+"""The engine's side: :class:`TelegramFrontend`, called by the scheduler; it only queues sends."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from engine.commands import Call, Choose, Command, Input, Print
+from engine.frontend import Frontend, Key, Notice, Receipt
+from frontends.telegram.routing import Question, Registry, question_tag, retire_buttons
+from frontends.telegram.sending import Keyboard, Outbox
+from frontends.telegram.texts import NOTICES
+
+
+class TelegramFrontend(Frontend):
+    """What the scheduler calls (on its thread): all of it only queues sends."""
+
+    name = "Telegram"
+    notices = NOTICES
+    confirms_delivery = True
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        registry: Registry,
+        on_halt: Callable[[str], None] | None = None,
+        on_commit: Callable[[int | None], None] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.registry = registry
+        self.on_halt = on_halt
+        self.on_commit = on_commit
+
+    def _send(
+        self,
+        key: Key,
+        text: str,
+        receipt: Receipt,
+        *,
+        keyboard: Keyboard | None = None,
+        force_reply: bool = False,
+        on_sent: Callable[[int, str], None] | None = None,
+    ) -> None:
+        route = self.registry.route(key)
+        self.outbox.send_text(
+            route.chat_id,
+            text,
+            reply_to=route.reply_to,
+            keyboard=keyboard,
+            force_reply=force_reply and route.user_id is not None,
+            on_sent=on_sent,
+            on_done=None if receipt is None else functools.partial(self.sent, receipt),
+        )
+
+
+    def _retire(self, question: Question | None) -> None:
+        """Take the buttons off a question that is over."""
+        if question is not None:
+            retire_buttons(self.outbox, question.chat_id, lambda: question.message_id)
+
+    def deliver(self, key: Key, command: Command, receipt: Receipt = None) -> None:
+        if not isinstance(command, Print):
+            raise TypeError(f"the Telegram frontend cannot show {command!r}")
+        self._retire(self.registry.close(key))
+        self._send(key, command.text, receipt)
+
+    def notify(self, key: Key, notice: Notice, receipt: Receipt = None) -> None:
+        text = self.notices.get(notice, notice.value)
+        if not text:
+            self.sent(receipt)
+            return
+        if notice in (Notice.ALREADY_RUNNING, Notice.NOT_STARTED):
+            self._send(key, text, receipt)  # the conversation goes on: keep its buttons
+        else:
+            self.deliver(key, Print(text), receipt)
+
+    def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
+        self.registry.activate(key)
+        self._retire(self.registry.close(key))
+        if isinstance(question, Input):
+            if question.prompt and question.prompt.strip():
+                self._send(key, question.prompt, receipt, force_reply=True)
+            else:  # nothing to send, so nothing that would end "typing…" either
+                self.outbox.typing(self.registry.route(key).chat_id, on=False)
+                self.sent(receipt)
+            return
+        route = self.registry.route(key)
+        tag = question_tag(question)
+        shown = Question(key, route.chat_id, tag, question.options)
+        self.registry.open(shown)
+        # In a group the buttons name whose they are: anyone there can press them.
+        owner = "" if route.user_id is None else f":{route.user_id}"
+        keyboard = tuple((option, f"{tag}:{n}{owner}") for n, option in enumerate(question.options))
+
+        def on_sent(message_id: int, text: str) -> None:
+            self.registry.sent(shown, message_id)
+
+        prompt = question.prompt if question.prompt.strip() else "Choose one:"
+        self._send(key, prompt, receipt, keyboard=keyboard, on_sent=on_sent)
+
+    def restored(self, key: Key, question: Input | Choose) -> None:
+        """After a restart: the question is on screen already; its buttons work again."""
+        self.registry.activate(key)
+        if isinstance(question, Choose):
+            route = self.registry.route(key)
+            tag = question_tag(question)
+            self.registry.open(Question(key, route.chat_id, tag, question.options))
+
+    def working(self, key: Key, command: Command) -> None:
+        self.registry.activate(key)
+        self._retire(self.registry.close(key))
+        if isinstance(command, Call):
+            self.outbox.typing(self.registry.route(key).chat_id)
+
+    def ended(self, key: Key) -> None:
+        self.outbox.typing(self.registry.route(key).chat_id, on=False)
+        self._retire(self.registry.end(key))
+
+    def halted(self, reason: str) -> None:
+        if self.on_halt is not None:
+            self.on_halt(reason)
+
+    def committed(self, source: int | None) -> None:
+        """The journal holds every update up to `source`: the poller may confirm them."""
+        if self.on_commit is not None:
+            self.on_commit(source)

@@ -1,0 +1,286 @@
+"""Long polling: :class:`Poller` takes updates from Telegram and confirms them once journaled."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import telebot
+from telebot import apihelper, types
+
+from frontends.programs import backoff
+from frontends.telegram.api import classify
+from frontends.telegram.sending import RetryAfter
+from frontends.telegram.texts import COMMANDS
+
+log = logging.getLogger(__name__)
+
+#: pyTelegramBotAPI's Update, whose ``de_json`` is not annotated.
+_update_type: Any = types.Update
+
+#: The updates this bot asks for; anything else is ignored if it comes anyway.
+ALLOWED_UPDATES = ["message", "callback_query"]
+
+
+class Dispatcher(Protocol):
+    """Where the poller hands updates (:class:`Updates`, or a test's stand-in)."""
+
+    username: str
+    bot_id: int | None
+
+    def handle(self, update: types.Update) -> None: ...
+
+    def taken(self, update_id: int) -> bool:
+        """Whether this update was handled before (Telegram sends it again after a crash)."""
+        ...
+
+
+class Journaled:
+    """The highest update id whose effects the journal holds: confirm no further.
+
+    The scheduler tells it after each commit (through
+    :meth:`TelegramFrontend.committed <frontends.telegram.frontend.TelegramFrontend.committed>`);
+    the poller waits on it before confirming updates to Telegram.
+    """
+
+    def __init__(self, last: int | None = None) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._last = last
+        self._closed = False
+
+    @property
+    def last(self) -> int | None:
+        """The highest update id journaled so far (None: none yet)."""
+        return self._last
+
+    def committed(self, source: int | None) -> None:
+        """The journal now holds everything up to `source` (on the scheduler thread)."""
+        if source == self._last:  # most commits: no new update; don't take the lock
+            return
+        with self._changed:
+            self._last = source
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Stopping: nothing more will be committed, so no one waits any longer."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def wait_for(self, update_id: int, timeout: float) -> int | None:
+        """Wait up to `timeout` seconds until `update_id` is journaled; return :attr:`last`."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._closed or (self._last is not None and self._last >= update_id),
+                timeout,
+            )
+            return self._last
+
+
+class Poller(threading.Thread):
+    """Long polling with backoff; the only thread that talks to the handlers."""
+
+    def __init__(
+        self,
+        bot: telebot.TeleBot,
+        updates: Dispatcher,
+        stopping: threading.Event,
+        *,
+        journaled: Journaled,
+        poll_timeout: int,
+        redact: Callable[[str], str],
+    ) -> None:
+        super().__init__(name="telegram-polling", daemon=True)
+        self.bot = bot
+        self.updates = updates
+        self.stopping = stopping
+        self.journaled = journaled
+        self.poll_timeout = poll_timeout
+        self.redact = redact
+        self.fatal: str | None = None  # why the bot cannot run at all
+        self.ready = threading.Event()  # set once getMe worked
+        self.dispatching = False  # handing a batch of updates over (else waiting)
+        self.offset: int | None = None  # after the last update handed over
+        self.confirmed: int | None = None  # the offset Telegram was last told
+
+    # -- backoff
+
+    @staticmethod
+    def backoff(failures: int) -> float:
+        """Seconds to wait after the `failures`-th failed call in a row."""
+        return backoff(failures, first=0.5, maximum=30.0)
+
+    def _describe(self, error: Exception) -> str:
+        return self.redact(str(classify(error)))
+
+    def _retry_delay(self, what: str, error: Exception, failures: int) -> float | None:
+        """Log a failed call and say how long to wait before the next; None if fatal."""
+        if isinstance(error, apihelper.ApiTelegramException):
+            code = int(error.error_code)
+            if code == 409:
+                delay = self.backoff(failures)
+                log.error(
+                    "%s: Telegram answered 409 Conflict (%s). Another instance of this bot is "
+                    "polling with the same token, or a webhook is set: only one may run. "
+                    "Retrying in %.0fs.",
+                    what,
+                    error.description,
+                    delay,
+                )
+                return delay
+            if code in (401, 404):
+                return None
+        reason = classify(error)
+        if isinstance(reason, RetryAfter):
+            log.warning("%s: rate limited, waiting %gs as Telegram asks", what, reason.seconds)
+            return reason.seconds
+        delay = self.backoff(failures)
+        log.warning("%s failed (%s); retrying in %.1fs", what, self.redact(str(reason)), delay)
+        return delay
+
+    def _fail(self, what: str, error: Exception) -> None:
+        self.fatal = (
+            f"Telegram rejected the bot token ({what}: {self._describe(error)}); "
+            "check TELEGRAM_BOT_TOKEN (and TELEGRAM_API_URL if set)"
+        )
+        log.error("%s", self.fatal)
+        self.stopping.set()
+
+    # -- the thread
+
+    def run(self) -> None:
+        try:
+            if self._start_up():
+                self._poll()
+        except Exception:  # a bug: stop the bot rather than poll no more silently
+            log.exception("the polling thread failed")
+            self.fatal = "the polling thread failed"
+            self.stopping.set()
+
+    def _start_up(self) -> bool:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                me = self.bot.get_me()
+                break
+            except Exception as error:
+                failures += 1
+                delay = self._retry_delay("getMe", error, failures)
+                if delay is None:
+                    self._fail("getMe", error)
+                    return False
+                self.stopping.wait(delay)
+        else:
+            return False
+        self.updates.username = me.username or ""
+        self.updates.bot_id = me.id
+        self.ready.set()
+        log.info("running as @%s", self.updates.username)
+        commands = [types.BotCommand(name, what) for name, what in COMMANDS]
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("deleteWebhook", lambda: self.bot.delete_webhook(drop_pending_updates=False)),
+            ("setMyCommands", lambda: self.bot.set_my_commands(commands)),
+        ]
+        for what, call in steps:
+            try:
+                call()
+            except Exception as error:
+                log.warning("%s failed (%s); going on without it", what, self._describe(error))
+        return True
+
+    def _poll(self) -> None:
+        failures = 0
+        api: Any = apihelper  # untyped module
+        while not self.stopping.is_set():
+            offset = self._journaled_offset()
+            try:
+                raw = api.get_updates(
+                    self.bot.token,
+                    offset=offset,
+                    timeout=self.poll_timeout + 15,  # the request's own read timeout
+                    allowed_updates=ALLOWED_UPDATES,
+                    long_polling_timeout=self.poll_timeout,
+                )
+            except Exception as error:
+                failures += 1
+                delay = self._retry_delay("getUpdates", error, failures)
+                if delay is None:
+                    log.error("getUpdates: %s; was the token revoked?", self._describe(error))
+                    delay = 30.0
+                self.stopping.wait(delay)
+                continue
+            self.confirmed = offset
+            if failures:
+                log.info("polling works again after %d failure(s)", failures)
+                failures = 0
+            if self.stopping.is_set():
+                return  # not confirmed yet: Telegram sends them again next time
+            self.dispatching = True
+            try:
+                for item in raw or []:
+                    self.offset = self._take(item, self.offset)
+            finally:
+                self.dispatching = False
+
+    def confirm(self, timeout: float = 2.0) -> None:
+        """On stop: tell Telegram which updates were handed over, so none comes again.
+
+        A short poll (no waiting) with the next offset; the updates it may
+        return are not confirmed and so come again after a restart.
+        """
+        offset = self._journaled_offset(wait=0.0)
+        if self.dispatching or offset is None or offset == self.confirmed:
+            return
+        api: Any = apihelper
+        try:
+            api._make_request(
+                self.bot.token,
+                "getUpdates",
+                params={"offset": offset, "limit": 1, "timeout": timeout},
+            )
+        except Exception as error:
+            log.warning(
+                "could not confirm the last updates (%s); Telegram will send them again",
+                self._describe(error),
+            )
+        else:
+            self.confirmed = offset
+
+    def _journaled_offset(self, wait: float = 5.0) -> int | None:
+        """The offset that confirms the updates handed over, once they are journaled.
+
+        Confirming an update tells Telegram to forget it, so it must not
+        happen before the journal holds what the update caused: a crash in
+        between would lose it. Usually the scheduler commits within
+        milliseconds; if it lags, only what it committed is confirmed and
+        the rest comes again (and is recognised as taken).
+        """
+        wanted = self.offset
+        if wanted is None:
+            return None
+        journaled = self.journaled.wait_for(wanted - 1, wait)
+        return wanted if journaled is None else min(wanted, journaled + 1)
+
+    def _take(self, item: Any, offset: int | None) -> int | None:
+        """Handle one raw update; return the next offset."""
+        update_id = item.get("update_id") if isinstance(item, dict) else None
+        if not isinstance(update_id, int):
+            log.warning("ignoring an update without an update_id")
+            return offset
+        offset = max(offset or 0, update_id + 1)
+        if self.updates.taken(update_id):
+            log.info("update %s was handled before the restart: not again", update_id)
+            return offset
+        try:
+            update = _update_type.de_json(item)
+        except Exception as error:
+            log.warning("ignoring update %s, which could not be read: %r", update_id, error)
+            log.debug("the unreadable update %s", update_id, exc_info=True)
+            return offset
+        try:
+            self.updates.handle(update)
+        except Exception:
+            log.exception("error handling update %s", update_id)
+        return offset

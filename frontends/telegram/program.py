@@ -1,0 +1,162 @@
+"""The bot as a program: :class:`Bot` wires the pieces together; :func:`main` runs it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+import types as pytypes
+from collections.abc import Sequence
+from typing import Any
+
+import telebot
+from telebot import apihelper
+
+from engine.journal import SqliteJournal
+from engine.scheduler import Scheduler
+from engine.states import Flow
+from frontends.programs import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    fail,
+    load,
+    open_journal,
+)
+from frontends.telegram import http as telegram_http
+from frontends.telegram.api import SEND_TIMEOUT, TeleBotApi
+from frontends.telegram.config import (
+    PROGRAM,
+    Settings,
+    build_parser,
+    pacing_from,
+    read_settings,
+)
+from frontends.telegram.frontend import TelegramFrontend
+from frontends.telegram.logs import Redactor, setup_logging
+from frontends.telegram.polling import Journaled, Poller
+from frontends.telegram.routing import Registry
+from frontends.telegram.sending import Outbox
+from frontends.telegram.texts import help_text
+from frontends.telegram.updates import Updates, new_update
+
+log = logging.getLogger(__name__)
+
+
+class Bot:
+    """Wires the pieces together and runs them until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        flow: Flow,
+        args: argparse.Namespace,
+        redactor: Redactor,
+        journal: SqliteJournal,
+    ) -> None:
+        helper: Any = apihelper  # its settings are module globals, typed by their defaults
+        helper.API_URL = settings.api_url + "/bot{0}/{1}"
+        helper.CONNECT_TIMEOUT = 10
+        helper.READ_TIMEOUT = SEND_TIMEOUT
+        self.transport = telegram_http.install(
+            settings.api_url, args.senders + 1 + telegram_http.SPARE_CONNECTIONS
+        )
+        self.stopping = threading.Event()
+        self.bot = telebot.TeleBot(settings.token, threaded=False)
+        self.registry = Registry()
+        self.outbox = Outbox(TeleBotApi(self.bot), senders=args.senders, pacing=pacing_from(args))
+        self.halted: str | None = None  # why the engine stopped by itself
+        self.journaled = Journaled()
+        self.frontend = TelegramFrontend(
+            self.outbox,
+            self.registry,
+            on_halt=self._engine_halted,
+            on_commit=self.journaled.committed,
+        )
+        self.journal = journal
+        self.scheduler = Scheduler(
+            self.frontend,
+            flow,
+            workers=args.workers,
+            idle_timeout=args.idle_timeout,
+            journal=journal,
+            sources=new_update,
+        )
+        self.updates = Updates(self.scheduler, self.outbox, self.registry, help_text(flow))
+        self.poller = Poller(
+            self.bot, self.updates, self.stopping, journaled=self.journaled,
+            poll_timeout=args.poll_timeout, redact=redactor.redact,
+        )  # fmt: skip
+        self.drain_timeout: float = args.drain_timeout
+
+    def run(self) -> int:
+        self.outbox.start()
+        self.scheduler.start()
+        self.poller.start()
+        while not self.stopping.wait(1.0):
+            pass
+        return self.stop()
+
+    def _engine_halted(self, reason: str) -> None:
+        self.halted = reason  # the engine logged it
+        self.stopping.set()
+
+    def request_stop(self, signum: int, frame: pytypes.FrameType | None) -> None:
+        if self.stopping.is_set():
+            os.write(2, b"weather-bot: stopping now\n")
+            os._exit(EXIT_FAILED)
+        log.info("got %s: stopping", signal.Signals(signum).name)
+        self.stopping.set()
+
+    def stop(self) -> int:
+        started = time.monotonic()
+        self.journaled.close()  # the poller waits no longer for the scheduler's commits
+        # A long poll in flight is abandoned (its updates are not confirmed, so
+        # Telegram sends them again); a batch being handed over is let finish.
+        self.poller.join(1.0 if self.poller.dispatching else 0.05)
+        # Sends finish first, while the scheduler still runs to journal their
+        # confirmations: whatever is not out by then is sent after a restart.
+        finished = self.outbox.close(timeout=self.drain_timeout)
+        self.scheduler.stop(timeout=1.0)
+        self.journal.close()
+        self.poller.confirm()
+        if self.transport is not None:
+            self.transport.close()
+        log.info(
+            "stopped in %.1fs%s",
+            time.monotonic() - started,
+            "" if finished else " (some sends were cut short, see above)",
+        )
+        if self.poller.fatal:  # a token rejected at once is bad configuration
+            return EXIT_FAILED if self.poller.ready.is_set() else EXIT_USAGE
+        return EXIT_FAILED if self.halted else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``weather-bot``: parse options, start the bot, run it until stopped; the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = read_settings(os.environ)
+        pacing_from(args)  # reject bad pacing variables before starting anything
+    except ConfigError as error:
+        return fail(PROGRAM, error)
+    redactor = Redactor(settings.token)
+    try:
+        flow = load(args.flow)
+        journal = open_journal(args.state)
+    except ConfigError as error:
+        return fail(PROGRAM, redactor.redact(str(error)))
+    setup_logging(args.verbose, redactor)
+    bot = Bot(settings, flow, args, redactor, journal)
+    signal.signal(signal.SIGTERM, bot.request_stop)
+    signal.signal(signal.SIGINT, bot.request_stop)
+    try:
+        return bot.run()
+    except Exception:
+        log.critical("the bot failed:\n%s", traceback.format_exc())
+        return EXIT_FAILED

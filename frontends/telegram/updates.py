@@ -1,0 +1,230 @@
+"""Updates in: handlers that turn messages and button presses into engine events."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Protocol
+
+from telebot import types, util
+
+from engine.frontend import Key, Notice
+from engine.scheduler import Scheduler
+from frontends.telegram.routing import (
+    Registry,
+    Route,
+    conversation_key,
+    is_group,
+    retire_buttons,
+)
+from frontends.telegram.sending import AnswerCallback, Outbox
+from frontends.telegram.texts import (
+    NOTICES,
+    PRESS_ENDED,
+    PRESS_NOT_YOURS,
+    PRESS_STALE,
+    TEXT_PLEASE,
+    UNKNOWN_COMMAND,
+)
+
+log = logging.getLogger(__name__)
+
+#: Message kinds a person sends instead of text (they get :data:`TEXT_PLEASE`).
+#: Service messages (someone joined, a pinned message...) are ignored.
+NON_TEXT = frozenset(
+    {
+        "animation", "audio", "contact", "dice", "document", "game", "live_photo", "location",
+        "photo", "poll", "sticker", "story", "venue", "video", "video_note", "voice",
+    }
+)  # fmt: skip
+#: The message kinds handled at all: text, media and service messages. A kind
+#: pyTelegramBotAPI does not know (so names no content type) is ignored.
+MESSAGE_KINDS = frozenset(util.content_type_media) | frozenset(util.content_type_service) | NON_TEXT
+
+
+
+#: Update ids increase by one per update, so one that is not above the last
+#: taken was taken before, and is skipped. Not if it is far below, though:
+#: after a week without updates Telegram starts again from a random id, which
+#: must be taken.
+REDELIVERY_WINDOW = 1_000_000
+
+
+def new_update(update_id: int, last: int | None) -> bool:
+    """Whether `update_id` is new, given the last one taken (the engine's source policy)."""
+    return last is None or not last - REDELIVERY_WINDOW < update_id <= last
+
+class EngineEvent(Protocol):
+    """A scheduler call (``begin``, ``send``, ``cancel``, ``post``) still missing its source.
+
+    A handler returns it; :meth:`Updates.handle` makes it with the update's
+    id, so each update's id goes to the scheduler exactly once.
+    """
+
+    def __call__(self, *, source: int | None) -> None: ...
+
+
+class Updates:
+    """The handlers of updates: run on the polling thread, one update at a time."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        outbox: Outbox,
+        registry: Registry,
+        help_text: str,
+    ) -> None:
+        self.scheduler = scheduler
+        self.outbox = outbox
+        self.registry = registry
+        self.help_text = help_text
+        self.username = ""  # the bot's, set by the poller from getMe
+        self.bot_id: int | None = None
+
+    def handle(self, update: types.Update) -> None:
+        """Hand one update to its handler (other kinds are ignored) and its effect to the engine.
+
+        The update's id goes to the scheduler with the event it caused, or
+        alone, so that the journal knows it was taken.
+        """
+        event: EngineEvent | None = None
+        try:
+            if update.message is not None and update.message.content_type in MESSAGE_KINDS:
+                event = self.on_message(update.message)
+            elif update.callback_query is not None:
+                event = self.on_press(update.callback_query)
+        finally:
+            (event or self._taken_alone)(source=update.update_id)
+
+    def _taken_alone(self, *, source: int | None) -> None:
+        self.scheduler.post(None, source=source)
+
+    def taken(self, update_id: int) -> bool:
+        """Handled before: after a crash Telegram sends what it was not told of."""
+        return self.scheduler.already_taken(update_id)
+
+    def _reply(self, key: Key, text: str) -> EngineEvent:
+        """A reply of the bot's own, in its place among the conversation's messages."""
+        route = self.registry.route(key)
+        send = functools.partial(
+            self.outbox.send_text, route.chat_id, text, reply_to=route.reply_to
+        )
+        return functools.partial(self.scheduler.post, send)
+
+    def on_message(self, message: types.Message) -> EngineEvent | None:
+        """A message: text for a conversation, a command, or something else."""
+        chat, person = message.chat, message.from_user
+        if chat is None or chat.type not in ("private", "group", "supergroup"):
+            log.debug("ignoring a message in a %s", getattr(chat, "type", "chat of no type"))
+            return None
+        if person is None or person.is_bot:
+            log.debug("ignoring a message from a bot or from no one in chat %s", chat.id)
+            return None
+        group = is_group(chat.type)
+        key = conversation_key(chat.id, person.id, group)
+        if group:
+            route = Route(chat.id, person.id, message.message_id, person.first_name or None)
+        else:
+            route = Route(chat.id)
+        self.registry.saw(key, route)
+
+        if message.content_type != "text" or message.text is None:
+            return self._not_text(key, group, message.content_type)
+        text: str = message.text
+        if text.startswith("/"):
+            return self._command(key, group, text)
+        if group and not self._addressed_to_me(key, message):
+            log.debug("ignoring group chatter in chat %s", chat.id)
+            return None
+        return functools.partial(self.scheduler.send, key, text)
+
+    def _addressed_to_me(self, key: Key, message: types.Message) -> bool:
+        """In a group: part of a conversation, a reply to the bot, or mentioning it."""
+        if self.registry.is_active(key):
+            return True
+        replied = message.reply_to_message
+        if (
+            replied is not None
+            and replied.from_user is not None
+            and self.bot_id is not None
+            and replied.from_user.id == self.bot_id
+        ):
+            return True
+        return (
+            bool(self.username)
+            and f"@{self.username}".casefold() in (message.text or "").casefold()
+        )
+
+    def _command(self, key: Key, group: bool, text: str) -> EngineEvent | None:
+        word = text.split(maxsplit=1)[0][1:]
+        name, _, target = word.partition("@")
+        if target and self.username and target.casefold() != self.username.casefold():
+            log.debug("ignoring /%s addressed to @%s", name, target)
+            return None
+        name = name.casefold()
+        if name == "start":
+            return functools.partial(self.scheduler.begin, key)
+        if name == "cancel":
+            return functools.partial(self.scheduler.cancel, key)
+        if name == "help":
+            return self._reply(key, self.help_text)
+        if not group or target:
+            return self._reply(key, UNKNOWN_COMMAND.format(command=f"/{name}"))
+        return None
+
+    def _not_text(self, key: Key, group: bool, kind: str | None) -> EngineEvent | None:
+        if kind not in NON_TEXT:
+            log.debug("ignoring a %s message", kind)
+            return None
+        if self.registry.is_active(key):
+            return self._reply(key, TEXT_PLEASE)
+        if not group:
+            return self._reply(key, NOTICES[Notice.NOT_STARTED])
+        return None
+
+    def on_press(self, press: types.CallbackQuery) -> EngineEvent | None:
+        """A button pressed: the answer to an open question, or one that is over."""
+        message = press.message
+        chat = getattr(message, "chat", None)
+        if message is None or chat is None:
+            self.outbox.put(AnswerCallback(0, callback_id=press.id, text=PRESS_ENDED))
+            return None
+        group = is_group(chat.type)
+        key = conversation_key(chat.id, press.from_user.id, group)
+        pressed: int = message.message_id
+
+        def answer(text: str | None) -> None:
+            self.outbox.put(AnswerCallback(chat.id, callback_id=press.id, text=text))
+
+        tag, number, owner = [*(press.data or "").split(":", 2), "", ""][:3]
+        if owner and owner != str(press.from_user.id):
+            name = self.registry.route(f"{chat.id}:{owner}").name if owner.isdigit() else None
+            answer(PRESS_NOT_YOURS.format(name=name or "someone else"))
+            return None
+        question = self.registry.question(key)
+        if (
+            question is None
+            or question.tag != tag
+            or not number.isdigit()
+            or int(number) >= len(question.options)
+        ):
+            answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
+            if getattr(message, "reply_markup", None) is not None:
+                retire_buttons(self.outbox, chat.id, lambda: pressed)
+            return None
+        option = question.options[int(number)]
+        self.registry.close(key)
+        answer(None)
+        if group:  # keep answering this person where they are
+            route = self.registry.route(key)
+            self.registry.saw(
+                key, Route(chat.id, press.from_user.id, route.reply_to, press.from_user.first_name)
+            )
+        # The pressed message shows the choice. (After a restart, or with an
+        # older copy of the same question, it need not be the latest one.)
+        retire_buttons(
+            self.outbox, chat.id, lambda: pressed, getattr(message, "text", None), option
+        )
+        if question.message_id not in (None, pressed):
+            retire_buttons(self.outbox, chat.id, lambda: question.message_id)
+        return functools.partial(self.scheduler.send, key, option)

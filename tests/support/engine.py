@@ -1,0 +1,54 @@
+"""Helpers for tests that run the engine's scheduler (used by ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from engine.scheduler import Scheduler
+from engine.testing import RecordingFrontend
+
+#: A started scheduler and the frontend it talks to.
+Engine = tuple[Scheduler, RecordingFrontend]
+
+
+def engine_threads() -> list[str]:
+    """Names of the engine's threads still alive (scheduler and workers)."""
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("engine-"))
+
+
+_HELD: dict[int, Any] = {}
+
+
+class Held:
+    """A live test object (an Event, a function) that a state can keep as a field.
+
+    A state's fields must be plain data, since they are saved at every state
+    boundary; a test that wants to steer its flow from outside keeps the
+    object here and the state holds this stand-in, which is saved by number
+    and passes attribute access and calls through.
+    """
+
+    def __init__(self, thing: Any) -> None:
+        self.number = id(thing)
+        _HELD[self.number] = thing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_HELD[self.__dict__["number"]], name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _HELD[self.number](*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_held, (self.number,))
+
+
+def _held(number: int) -> Any:
+    held = Held.__new__(Held)
+    held.number = number
+    return held
+
+
+def held(thing: Any) -> Any:
+    """`thing`, as something a state can keep as a field (see :class:`Held`)."""
+    return Held(thing)
