@@ -51,7 +51,7 @@ from engine.commands import (
     User,
     Who,
 )
-from engine.frontend import Frontend, Notice, Receipt, refusal
+from engine.frontend import Frontend, Receipt, refusal
 from engine.runner import Diverged, Runner, Snapshot, Step, fingerprint
 from engine.states import Flow, State, first_state
 
