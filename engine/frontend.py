@@ -7,6 +7,21 @@ other way, through the thread-safe :class:`engine.scheduler.Scheduler` API.
 
 A third frontend is a subclass that fills in :meth:`Frontend.deliver` and
 :meth:`Frontend.ask` (see :mod:`engine.hosting` for everything else it needs).
+
+What a full frontend supplies for the user-facing commands:
+
+* :meth:`Frontend.user` -- who a key's conversation is with (``Who``); its
+  `id` also keys the user's memory (``Recall``/``Remember``), so it must be
+  stable (Telegram: the user id, not the chat id). Set `start` from the
+  ``/start <payload>`` that began the conversation.
+* answers that are not text go in as values: ``Scheduler.send(key,
+  Location(lat, lon))`` for a shared location or venue, ``Photo(data)`` for a
+  photo. Offer what a question takes: ``takes(question, Location)`` asks for
+  a "Send my location" button.
+* ``Picture`` in `extra_commands`, shown by :meth:`Frontend.deliver`.
+* a ``/forget`` command calling ``Scheduler.forget(key)``.
+* wording for the hints in `notices` (``Notice.ANSWER_WITH_TEXT``,
+  ``SEND_LOCATION``, ``SEND_PHOTO``, ``NOT_ON_EARTH``) if the defaults do not fit.
 """
 
 from __future__ import annotations
