@@ -10,6 +10,8 @@ frozen, slotted dataclasses they compare by value, so a test can write::
 from __future__ import annotations
 
 import math
+import pickle
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,19 +41,112 @@ class Print(Output):
         _require_text("Print", "text", self.text)
 
 
+# -- answers that are not text ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Base class of answers that are not text: a shared location, a photo.
+
+    A question says which kinds it takes (``accepts=``); a frontend turns
+    what its user sent into one of these plain values, never a frontend
+    object, and hands it to ``Scheduler.send``. More kinds (a contact, a
+    document) are more subclasses: flows that do not ask for them never see
+    them.
+    """
+
+
+_COORDINATES = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*(?:[,;]\s*|\s+)([+-]?\d+(?:\.\d+)?)\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class Location(Answer):
+    """A point on Earth, in degrees: a shared location, or typed as ``51.5, -0.12``."""
+
+    latitude: float
+    longitude: float
+
+    def __post_init__(self) -> None:
+        for what, limit in (("latitude", 90), ("longitude", 180)):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(
+                    f"Location {what} must be a number, got {type(value).__name__} {value!r}"
+                )
+            if not (math.isfinite(value) and -limit <= value <= limit):
+                raise ValueError(f"Location {what} must be from -{limit} to {limit}, got {value}")
+            object.__setattr__(self, what, float(value))
+
+    @classmethod
+    def parse(cls, text: str) -> Location | None:
+        """The location typed as ``latitude, longitude`` in `text`, or ``None`` if it is not one.
+
+        Raises ``ValueError`` for two numbers that are not a point on Earth
+        (a latitude beyond 90, a longitude beyond 180).
+        """
+        found = _COORDINATES.fullmatch(text)
+        if found is None:
+            return None
+        return cls(float(found[1]), float(found[2]))
+
+    def __str__(self) -> str:
+        return f"{self.latitude!r}, {self.longitude!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class Photo(Answer):
+    """A photo the user sent: the image file's bytes (a ``Call`` can read them), and its caption."""
+
+    data: bytes = field(repr=False)
+    caption: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, bytes):
+            raise TypeError(f"Photo data must be bytes, got {type(self.data).__name__}")
+        if self.caption is not None:
+            _require_text("Photo", "caption", self.caption)
+
+    def __str__(self) -> str:
+        caption = f" {self.caption}" if self.caption else ""
+        return f"<photo{caption}, {len(self.data)} bytes>"
+
+
+#: What a question takes by default: text (``str``).
+TEXT: tuple[type, ...] = (str,)
+
+#: The kinds of answer a question may take: ``str`` and the :class:`Answer` kinds.
+AnswerKinds = tuple[type, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Input(Command):
-    """Ask for a line of text. Resumes with the ``str`` the user typed."""
+    """Ask for a line of text. Resumes with the ``str`` the user typed.
+
+    `accepts` names the kinds of answer it takes, e.g. ``accepts=(str,
+    Location)`` for a city name or a shared location; it then resumes with
+    whichever came (a typed ``51.5, -0.12`` comes as a :class:`Location`).
+    An answer of another kind gets a hint and the question stays pending.
+    """
 
     prompt: str | None = None
+    accepts: AnswerKinds = field(default=TEXT, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.prompt is not None:
             _require_text("Input", "prompt", self.prompt)
+        if self.accepts is not TEXT:
+            object.__setattr__(self, "accepts", _answer_kinds("Input", self.accepts, empty=False))
 
-    def accept(self, answer: str) -> str | None:
-        """The value an answer sends into the flow (any text), or ``None`` if refused."""
-        return answer
+    def __repr__(self) -> str:
+        # accepts only when not just text: the text is an Input's fingerprint in state files
+        accepts = "" if self.accepts is TEXT else f", accepts={_kinds_text(self.accepts)}"
+        return f"Input(prompt={self.prompt!r}{accepts})"
+
+    def accept(self, answer: object) -> Any:
+        """The value an answer sends into the flow, or ``None`` if refused."""
+        if self.accepts is TEXT:
+            return answer if isinstance(answer, str) else None
+        return _take(self.accepts, answer)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -60,12 +155,16 @@ class Choose(Command):
 
     The engine validates answers (see :meth:`match`) and re-asks on anything
     else, so a flow never sees an answer that is not one of its options.
+    `accepts` names kinds of answer taken besides the options: ``(str,)``
+    for any text ("or type a new city"), ``(Location,)`` for a shared
+    location; by default none.
     """
 
     prompt: str
     options: tuple[str, ...]
+    accepts: AnswerKinds
 
-    def __init__(self, prompt: str, options: Iterable[str]) -> None:
+    def __init__(self, prompt: str, options: Iterable[str], *, accepts: AnswerKinds = ()) -> None:
         _require_text("Choose", "prompt", prompt)
         if isinstance(options, str):
             raise TypeError(f"Choose takes a list of options, got the text {options!r}")
@@ -89,10 +188,15 @@ class Choose(Command):
             seen[folded] = option
         object.__setattr__(self, "prompt", prompt)
         object.__setattr__(self, "options", options)
+        object.__setattr__(self, "accepts", _answer_kinds("Choose", accepts, empty=True))
 
-    def accept(self, answer: str) -> str | None:
-        """The option an answer names, or ``None`` (see :meth:`match`)."""
-        return self.match(answer)
+    def accept(self, answer: object) -> Any:
+        """The option an answer names (see :meth:`match`), else one of `accepts`, else ``None``."""
+        if isinstance(answer, str):
+            option = self.match(answer)
+            if option is not None:
+                return option
+        return _take(self.accepts, answer) if self.accepts else None
 
     def match(self, answer: str) -> str | None:
         """The option `answer` names, or ``None``.
@@ -109,6 +213,11 @@ class Choose(Command):
             if number < len(self.options):
                 return self.options[number]
         return None
+
+    def __repr__(self) -> str:
+        # accepts only when given: the text is a Choose's fingerprint in state files
+        accepts = f", accepts={_kinds_text(self.accepts)}" if self.accepts else ""
+        return f"Choose(prompt={self.prompt!r}, options={self.options!r}{accepts})"
 
     def numbered(self) -> list[str]:
         """The options as a frontend shows them: ``0) continue``, ``1) quit``."""
@@ -171,6 +280,105 @@ class Sleep(Command):
             raise ValueError(f"Sleep takes a finite, non-negative number of seconds, got {seconds}")
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    """Who a conversation is with, as the frontend knows them (plain data).
+
+    `id` is stable per user (Telegram's user id, the terminal's login name);
+    `name` is for greeting; `language` an IETF code such as ``"en"`` or
+    ``"pt-BR"`` when known; `private` is false in a group chat; `start` the
+    payload of the deep link that started the conversation
+    (``t.me/<bot>?start=berlin`` gives ``"berlin"``), else ``None``.
+    """
+
+    id: str
+    name: str
+    language: str | None = None
+    private: bool = True
+    start: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_text("User", "id", self.id)
+        _require_text("User", "name", self.name)
+        for what in ("language", "start"):
+            value = getattr(self, what)
+            if value is not None:
+                _require_text("User", what, value)
+        if not isinstance(self.private, bool):
+            raise TypeError(f"User private must be True or False, got {self.private!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Command):
+    """Ask the frontend who the conversation is with. Resumes with a :class:`User`."""
+
+
+#: The most a user's memory may take, pickled: small data, not files.
+MEMORY_LIMIT = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Recall(Command):
+    """Read what was remembered for this user. Resumes with a ``dict`` (empty at first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Remember(Command):
+    """Keep `data` for this user, replacing what was kept; it outlives the conversation.
+
+    `data` is a ``dict`` of plain data (text, numbers, booleans, ``None``,
+    and lists, tuples and dicts of them), at most :data:`MEMORY_LIMIT`
+    bytes pickled: anything else fails right here, where it is built.
+    Resumes with ``None``.
+    """
+
+    data: dict[str, Any] = field(hash=False)
+    blob: bytes = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, dict):
+            raise TypeError(f"Remember takes a dict, got {type(self.data).__name__} {self.data!r}")
+        _require_plain(self.data, "data")
+        blob = pickle.dumps(self.data, pickle.HIGHEST_PROTOCOL)
+        if len(blob) > MEMORY_LIMIT:
+            raise ValueError(
+                f"Remember takes at most {MEMORY_LIMIT} bytes of data per user, got "
+                f"{len(blob)}: keep less (the last few places, not every one)"
+            )
+        object.__setattr__(self, "blob", blob)
+
+
+@dataclass(frozen=True, slots=True)
+class Forget(Command):
+    """Forget everything remembered for this user. Resumes with ``None``."""
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Picture(Output):
+    """Show an image: `png` is a PNG file's bytes, `caption` optional text under it.
+
+    Like a message, it is sent again after a crash until the frontend
+    confirms it. Resumes with ``None``.
+    """
+
+    png: bytes = field(repr=False)
+    caption: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.png, bytes):
+            raise TypeError(f"Picture png must be bytes, got {type(self.png).__name__}")
+        if not self.png.startswith(_PNG_SIGNATURE):
+            raise ValueError("Picture png must be a PNG file's bytes (it lacks the PNG signature)")
+        if self.caption is not None:
+            _require_text("Picture", "caption", self.caption)
+
+    def __repr__(self) -> str:
+        return f"Picture({len(self.png)} bytes, caption={self.caption!r})"
+
+
 class UnsupportedCommand(TypeError):
     """A flow yielded a command the running frontend cannot fulfil."""
 
@@ -197,3 +405,77 @@ def _require_text(command: str, what: str, value: object) -> None:
             f"{command} {what} must be text (a str), got {type(value).__name__} {value!r}; "
             f"write str(...) or an f-string"
         )
+
+
+def _answer_kinds(command: str, accepts: object, *, empty: bool) -> AnswerKinds:
+    """`accepts` as a tuple of answer kinds (one kind alone is allowed), checked."""
+    kinds = (accepts,) if isinstance(accepts, type) else accepts
+    if not isinstance(kinds, (tuple, list)):
+        raise TypeError(
+            f"{command} accepts takes answer kinds such as (str, Location), got {accepts!r}"
+        )
+    result: list[type] = []
+    for kind in kinds:
+        answer_kind = isinstance(kind, type) and issubclass(kind, Answer) and kind is not Answer
+        if not (kind is str or answer_kind):
+            raise TypeError(
+                f"{command} accepts str or kinds of Answer (Location, Photo), got {kind!r}"
+            )
+        if kind not in result:
+            result.append(kind)
+    if not result and not empty:
+        raise ValueError(f"{command} must accept at least one kind of answer")
+    return TEXT if result == [str] else tuple(result)
+
+
+def _kinds_text(kinds: AnswerKinds) -> str:
+    """``(str, Location)``: answer kinds by name."""
+    names = [kind.__name__ for kind in kinds]
+    return f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
+
+
+def _take(accepts: AnswerKinds, answer: object) -> Any:
+    """`answer` as the value a question taking `accepts` sends in, or ``None``."""
+    if isinstance(answer, str):
+        if Location in accepts:
+            try:
+                location = Location.parse(answer)
+            except ValueError:  # two numbers, but not a point on Earth
+                return None
+            if location is not None:
+                return location
+        return answer if str in accepts else None
+    return answer if isinstance(answer, accepts) else None
+
+
+def takes(question: Command, kind: type) -> bool:
+    """Whether `question` (an Input or Choose) takes answers of `kind`.
+
+    A frontend asks this to offer the right thing: ``takes(question,
+    Location)`` shows a "Send my location" button.
+    """
+    accepts: AnswerKinds = getattr(question, "accepts", ())
+    return kind in accepts
+
+
+_PLAIN_LEAVES = (str, int, float, bool, type(None))
+
+
+def _require_plain(value: object, where: str) -> None:
+    """Fail unless `value` is plain data: what survives any change to a flow's code."""
+    if isinstance(value, _PLAIN_LEAVES):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"Remember {where} has a key that is not text: {key!r}")
+            _require_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for number, item in enumerate(value):
+            _require_plain(item, f"{where}[{number}]")
+        return
+    raise TypeError(
+        f"Remember keeps plain data (text, numbers, lists, dicts); {where} is "
+        f"{type(value).__name__} {value!r}"
+    )

@@ -7,6 +7,21 @@ other way, through the thread-safe :class:`engine.scheduler.Scheduler` API.
 
 A third frontend is a subclass that fills in :meth:`Frontend.deliver` and
 :meth:`Frontend.ask` (see :mod:`engine.hosting` for everything else it needs).
+
+What a full frontend supplies for the user-facing commands:
+
+* :meth:`Frontend.user` -- who a key's conversation is with (``Who``); its
+  `id` also keys the user's memory (``Recall``/``Remember``), so it must be
+  stable (Telegram: the user id, not the chat id). Set `start` from the
+  ``/start <payload>`` that began the conversation.
+* answers that are not text go in as values: ``Scheduler.send(key,
+  Location(lat, lon))`` for a shared location or venue, ``Photo(data)`` for a
+  photo. Offer what a question takes: ``takes(question, Location)`` asks for
+  a "Send my location" button.
+* ``Picture`` in `extra_commands`, shown by :meth:`Frontend.deliver`.
+* a ``/forget`` command calling ``Scheduler.forget(key)``.
+* wording for the hints in `notices` (``Notice.ANSWER_WITH_TEXT``,
+  ``SEND_LOCATION``, ``SEND_PHOTO``, ``NOT_ON_EARTH``) if the defaults do not fit.
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ import enum
 from collections.abc import Callable
 from typing import ClassVar
 
-from engine.commands import Choose, Command, Input, Print
+from engine.commands import Choose, Command, Input, Location, Photo, Print, User
 
 #: A conversation's key: chosen by the frontend, opaque to the engine.
 Key = str
@@ -40,6 +55,16 @@ class Notice(enum.Enum):
     ALREADY_RUNNING = "Already running"
     CANCELLED = "Exiting..."
     RESTARTED = "This conversation could not go on after an update, so it starts over."
+    # An answer of a kind the question does not take (see refusal()).
+    ANSWER_WITH_TEXT = "Please answer with text."
+    SEND_LOCATION = (
+        "Please share a location, or type it as latitude, longitude (for example 51.5, -0.12)."
+    )
+    SEND_PHOTO = "Please send a photo."
+    NOT_ON_EARTH = (
+        "Those coordinates are not on Earth: latitude goes from -90 to 90, "
+        "longitude from -180 to 180."
+    )
 
     @classmethod
     def _missing_(cls, value: object) -> Notice | None:
@@ -48,6 +73,38 @@ class Notice(enum.Enum):
 
 #: Texts that were a Notice's value in earlier releases (kept in old state files).
 _FORMER_TEXTS = {"The bot was updated, so this conversation starts over.": Notice.RESTARTED}
+
+
+def refusal(question: Input | Choose, answer: object) -> Notice:
+    """What to tell a user whose `answer` `question` refused (it then stays pending).
+
+    Text a Choose does not know gets "Try again"; coordinates off the Earth
+    say so; an answer of a kind the question does not take says which kind
+    it wants, text first.
+    """
+    accepts = question.accepts
+    if isinstance(answer, str):
+        if Location in accepts and _looks_like_coordinates(answer):
+            return Notice.NOT_ON_EARTH
+        if str in accepts or isinstance(question, Choose):
+            return Notice.TRY_AGAIN
+    elif isinstance(answer, accepts):
+        return Notice.TRY_AGAIN
+    if str in accepts or isinstance(question, Choose):
+        return Notice.ANSWER_WITH_TEXT
+    if Location in accepts:
+        return Notice.SEND_LOCATION
+    if Photo in accepts:
+        return Notice.SEND_PHOTO
+    return Notice.TRY_AGAIN
+
+
+def _looks_like_coordinates(text: str) -> bool:
+    try:
+        Location.parse(text)
+    except ValueError:
+        return True
+    return False
 
 
 class Delivery(enum.Enum):
@@ -112,6 +169,17 @@ class Frontend:
             self.deliver(key, Print(text), receipt)
         else:
             self.sent(receipt)
+
+    def user(self, key: Key) -> User:
+        """Who `key`'s conversation is with (a flow's ``yield Who()``). Override it.
+
+        Called on the scheduler's thread, so it must not block: answer from
+        what the frontend already knows (the last update from that chat).
+        The engine journals the answer, so replay gets the same one. The
+        user's `id` also keys their memory (``Recall``/``Remember``); this
+        default, for frontends that know nobody, is the key itself.
+        """
+        return User(id=key, name=key)
 
     def restored(self, key: Key, question: Input | Choose) -> None:
         """After a restart, `key` waits on `question`, already asked before. Optional.

@@ -12,6 +12,8 @@ The pieces:
 
 * :class:`Frontend`, :class:`Notice`, :class:`Delivery`, :data:`Key`,
   :data:`Receipt`: the interface the engine calls, on its thread;
+  :func:`takes` says what a question takes (offer a location button),
+  :func:`refusal` what the engine says to an answer it refuses;
 * :class:`Scheduler`: many conversations on one thread, one handler table;
   ``sources=`` takes the frontend's rule for which update ids are new;
 * :class:`Journal`, :class:`SqliteJournal`, :class:`JournalError`: what
@@ -21,7 +23,8 @@ The pieces:
 * :func:`load_flow`, :data:`Flow`: flows by name.
 """
 
-from engine.frontend import Delivery, Frontend, Key, Notice, Receipt
+from engine.commands import takes
+from engine.frontend import Delivery, Frontend, Key, Notice, Receipt, refusal
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.runner import Diverged, NotSaveable, Runner, Snapshot
 from engine.scheduler import DEFAULT_IDLE_TIMEOUT, Scheduler, SourcePolicy, increasing
@@ -46,4 +49,6 @@ __all__ = [
     "SqliteJournal",
     "increasing",
     "load_flow",
+    "refusal",
+    "takes",
 ]

@@ -32,7 +32,7 @@ class Saved:
     key: str
     snapshot: Snapshot
     steps: list[Step] = field(default_factory=list)
-    mailbox: list[str] = field(default_factory=list)
+    mailbox: list[Any] = field(default_factory=list)  # answers: text or Answer values
 
 
 class Journal:
@@ -49,8 +49,8 @@ class Journal:
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """`value` (or `error`) is about to be sent in, answering `command`."""
 
-    def queued(self, key: str, text: str) -> None:
-        """A message arrived while `key` was busy; it waits in its mailbox."""
+    def queued(self, key: str, text: Any) -> None:
+        """A message (text or an Answer) arrived while `key` was busy; it waits in its mailbox."""
 
     def dequeued(self, key: str) -> None:
         """The oldest message in `key`'s mailbox was taken."""
@@ -67,6 +67,24 @@ class Journal:
     def undelivered(self) -> list[tuple[int, str, Delivery, Any]]:
         """Outputs handed over but never confirmed, in order: to hand over again."""
         return []
+
+    def recall(self, user: str) -> bytes | None:
+        """What was remembered for `user` (pickled), or ``None``.
+
+        This base journal keeps memory in the process only, so it lasts as
+        long as the program does.
+        """
+        memory: dict[str, bytes] = getattr(self, "_memory", {})
+        return memory.get(user)
+
+    def remember(self, user: str, data: bytes | None) -> None:
+        """Keep `data` (pickled) for `user` from this batch on; ``None`` forgets it."""
+        if not hasattr(self, "_memory"):
+            self._memory: dict[str, bytes] = {}
+        if data is None:
+            self._memory.pop(user, None)
+        else:
+            self._memory[user] = data
 
     def commit(self, source: int | None) -> None:
         """Make the batch durable; `source` is the highest update id it took."""
@@ -96,16 +114,22 @@ class JournalError(Exception):
 
 #: The file format this code writes. A file with a higher number was written
 #: by a newer version and is refused rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: How a file of each older format is brought up to date, in order. Format 1
 #: (the first release) named output kinds after frontend methods.
+#: Flows' memory per user (``Remember``): one pickled dict per user id.
+_MEMORY_TABLE = """
+CREATE TABLE IF NOT EXISTS memory (user TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
 _MIGRATIONS = {
     1: """
         UPDATE outgoing SET kind = CASE kind
             WHEN 'deliver' THEN 'message' WHEN 'ask' THEN 'question'
             WHEN 'notify' THEN 'notice' ELSE kind END;
     """,
+    2: _MEMORY_TABLE,  # format 3: flows' memory per user (Recall/Remember/Forget)
 }
 
 _SCHEMA = """
@@ -119,7 +143,7 @@ CREATE TABLE IF NOT EXISTS mailbox (key TEXT PRIMARY KEY, texts BLOB NOT NULL) W
 CREATE TABLE IF NOT EXISTS outgoing (
     receipt INTEGER PRIMARY KEY, key TEXT NOT NULL, kind TEXT NOT NULL, item BLOB NOT NULL
 );
-"""
+""" + _MEMORY_TABLE
 
 _SAVE_STATE = "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?)"
 _DROP_CONVERSATION = "DELETE FROM conversations WHERE key = ?"
@@ -129,6 +153,8 @@ _ADD_BATCH = "INSERT INTO batches VALUES (?, ?)"
 _DROP_BATCH = "DELETE FROM batches WHERE id = ?"
 _ADD_OUTGOING = "INSERT INTO outgoing VALUES (?, ?, ?, ?)"
 _DROP_OUTGOING = "DELETE FROM outgoing WHERE receipt = ?"
+_SAVE_MEMORY = "INSERT OR REPLACE INTO memory VALUES (?, ?)"
+_DROP_MEMORY = "DELETE FROM memory WHERE user = ?"
 _SAVE_SOURCE = "INSERT OR REPLACE INTO meta VALUES ('last_source', ?)"
 _UNREADABLE = "(a value that could not be saved or read back)"
 #: Values SQLite's pickle-free path can keep as they are.
@@ -157,8 +183,10 @@ class SqliteJournal(Journal):
         self._batch = 1  # the id the current batch will get
         self._needed: dict[int, int] = {}  # batch id -> steps in it still needed
         self._held: dict[str, list[int]] = {}  # key -> batch ids holding its steps
-        self._mailboxes: dict[str, list[str]] = {}
+        self._mailboxes: dict[str, list[Any]] = {}
         self._changed_mailboxes: set[str] = set()
+        # Memory written in this batch, not yet committed: read back before the file.
+        self._memory_written: dict[str, bytes | None] = {}
         self._closing = threading.Lock()
         self._connection = self._open()
 
@@ -253,7 +281,7 @@ class SqliteJournal(Journal):
             return (key, self._seq, _UNREADABLE, None, None)
         return (key, self._seq, fingerprint(command), kept, kept_error)
 
-    def queued(self, key: str, text: str) -> None:
+    def queued(self, key: str, text: Any) -> None:
         """Keep a waiting message."""
         self._mailboxes.setdefault(key, []).append(text)
         self._changed_mailboxes.add(key)
@@ -296,9 +324,27 @@ class SqliteJournal(Journal):
                 self._ops.append((_DROP_OUTGOING, (receipt,)))
         return outputs
 
+    def recall(self, user: str) -> bytes | None:
+        """What the file (or this batch) keeps for `user`."""
+        if user in self._memory_written:
+            return self._memory_written[user]
+        row = self._connection.execute(
+            "SELECT data FROM memory WHERE user = ?", (user,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def remember(self, user: str, data: bytes | None) -> None:
+        """Replace (or with ``None`` delete) `user`'s memory, with this batch."""
+        self._memory_written[user] = data
+        if data is None:
+            self._ops.append((_DROP_MEMORY, (user,)))
+        else:
+            self._ops.append((_SAVE_MEMORY, (user, data)))
+
     def commit(self, source: int | None) -> None:
         """Write this batch in one transaction and commit it."""
         ops, self._ops = self._ops, []
+        self._memory_written.clear()
         for key in self._changed_mailboxes:
             texts = self._mailboxes.get(key)
             if texts:

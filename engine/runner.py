@@ -24,7 +24,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from engine.commands import Call, Command, Input, Output
+from engine.commands import TEXT, Call, Command, Input, Output, Remember
 from engine.states import Conversation, Entered, State, conversation
 
 __all__ = ["Diverged", "NotSaveable", "Runner", "Snapshot", "Step", "fingerprint"]
@@ -122,13 +122,15 @@ def fingerprint(command: Command) -> str:
     arguments: an argument such as a session object has no stable text, and
     the function says enough.
     """
-    if type(command) is Input:  # the commonest: one string per prompt, made once
+    if type(command) is Input and command.accepts is TEXT:  # the commonest: made once
         known = _INPUT_FINGERPRINTS.get(command.prompt)
         if known is None:
             if len(_INPUT_FINGERPRINTS) >= 4096:  # prompts made up on the fly
                 _INPUT_FINGERPRINTS.clear()
             known = _INPUT_FINGERPRINTS[command.prompt] = f"Input {command.prompt!r}"
         return known
+    if isinstance(command, Remember):  # its data may be long; the steps before decide it
+        return "Remember"
     if isinstance(command, Call):
         module = getattr(command.fn, "__module__", None) or "?"
         return f"Call {module}.{command.name}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import pickle
 import queue
 import threading
 import time
@@ -33,17 +34,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.commands import (
+    TEXT,
+    Answer,
     Call,
     Cancelled,
     Choose,
     Command,
+    Forget,
     Input,
     Output,
     Print,
+    Recall,
+    Remember,
     Sleep,
     UnsupportedCommand,
+    User,
+    Who,
 )
-from engine.frontend import Delivery, Frontend, Key, Notice, Receipt
+from engine.frontend import Delivery, Frontend, Key, Notice, Receipt, refusal
 from engine.journal import Journal, JournalError, Saved
 from engine.runner import Diverged, Runner, Snapshot
 from engine.states import Flow, State, first_state
@@ -89,16 +97,24 @@ class Begin:
 
 @dataclass(slots=True)
 class Message:
-    """A user's message for `key`'s conversation."""
+    """A user's message for `key`'s conversation: text, or an :class:`Answer` (a location)."""
 
     key: Key
-    text: str
+    text: Any
     source: int | None = None
 
 
 @dataclass(slots=True)
 class Cancel:
     """End `key`'s conversation."""
+
+    key: Key
+    source: int | None = None
+
+
+@dataclass(slots=True)
+class ForgetUser:
+    """Delete the memory of the user of `key`'s conversation."""
 
     key: Key
     source: int | None = None
@@ -160,7 +176,7 @@ class Stop:
 _Shown = tuple[Delivery, Callable[[Key, Any, Receipt], None]]
 
 #: Events that may carry a source (an update id): taken once.
-_SOURCED = frozenset((Begin, Message, Cancel, Post))
+_SOURCED = frozenset((Begin, Message, Cancel, Post, ForgetUser))
 
 
 class _Chat(Runner):
@@ -171,7 +187,7 @@ class _Chat(Runner):
     def __init__(self, key: Key, start: State, now: float) -> None:
         super().__init__(start)
         self.key = key
-        self.mailbox: deque[str] | None = None  # made on first use: most never need one
+        self.mailbox: deque[Any] | None = None  # made on first use: most never need one
         self.ticket = 0  # which Call/Sleep result it waits for; older ones are stale
         self.last_active = now
         self.replaying = False  # rebuilt after a restart: its outputs were shown before
@@ -232,6 +248,10 @@ class Scheduler:
             Choose: self._ask,
             Call: self._call,
             Sleep: self._sleep,
+            Who: self._who,
+            Recall: self._recall,
+            Remember: self._remember,
+            Forget: self._forget_memory,
             Begin: self._begin,
             Message: self._message,
             Cancel: self._cancel,
@@ -241,6 +261,7 @@ class Scheduler:
             Expire: self._expire,
             Sent: self._sent,
             Broken: self._broken,
+            ForgetUser: self._forget_user,
         }
         for extra in frontend.extra_commands:
             self._table[extra] = self._output
@@ -266,9 +287,24 @@ class Scheduler:
         """Start a conversation for `key` (tells the user if one is running)."""
         self._inbox.put(Begin(key, source))
 
-    def send(self, key: Key, text: str, *, source: int | None = None) -> None:
-        """Hand a user's message to `key`'s conversation, in order."""
+    def send(self, key: Key, text: str | Answer, *, source: int | None = None) -> None:
+        """Hand a user's message to `key`'s conversation, in order.
+
+        `text` is what they typed, or an :class:`~engine.commands.Answer` such
+        as a shared :class:`~engine.commands.Location`. A question that does
+        not take that kind of answer says so (a hint) and stays pending.
+        """
+        if not isinstance(text, (str, Answer)):
+            raise TypeError(f"send takes text or an Answer (a Location), got {text!r}")
         self._inbox.put(Message(key, text, source))
+
+    def forget(self, key: Key, *, source: int | None = None) -> None:
+        """Delete what flows remembered for the user of `key` (a ``/forget`` command).
+
+        The user is ``frontend.user(key).id``. In order with everything else:
+        a reply posted after it (``post``) goes out once it is deleted.
+        """
+        self._inbox.put(ForgetUser(key, source))
 
     def cancel(self, key: Key, *, source: int | None = None) -> None:
         """End `key`'s conversation: its flow sees :class:`Cancelled` at its ``yield``."""
@@ -438,22 +474,28 @@ class Scheduler:
             return
         chat.last_active = self._clock()
         waiting = chat.command
-        if type(waiting) is Input and not chat.mailbox:  # the common case, inlined
-            self.journal.step(key, waiting, event.text, None)
-            self._resume(chat, event.text)
+        text = event.text
+        if (  # the common case, inlined: text for a question taking any text
+            type(waiting) is Input
+            and waiting.accepts is TEXT
+            and type(text) is str
+            and not chat.mailbox
+        ):
+            self.journal.step(key, waiting, text, None)
+            self._resume(chat, text)
         elif isinstance(waiting, (Input, Choose)) and not chat.mailbox:
-            self._answer(chat, waiting, event.text)
+            self._answer(chat, waiting, text)
         else:
             if chat.mailbox is None:
                 chat.mailbox = deque()
-            chat.mailbox.append(event.text)
-            self.journal.queued(key, event.text)
+            chat.mailbox.append(text)
+            self.journal.queued(key, text)
 
-    def _answer(self, chat: _Chat, question: Input | Choose, text: str) -> None:
+    def _answer(self, chat: _Chat, question: Input | Choose, text: Any) -> None:
         """Send an answer in, or re-ask when the question refuses it."""
         value = question.accept(text)
         if value is None:
-            self._notify(chat.key, Notice.TRY_AGAIN)
+            self._notify(chat.key, refusal(question, text))
             self._show(self._as_question, chat.key, question)
         else:
             self.journal.step(chat.key, question, value, None)
@@ -621,7 +663,7 @@ class Scheduler:
             if value is not None:
                 self.journal.step(chat.key, question, value, None)
                 return value
-            self._notify(chat.key, Notice.TRY_AGAIN)
+            self._notify(chat.key, refusal(question, text))
         if chat.replaying:  # asked before the restart: don't ask twice
             self._later(self.frontend.restored, chat.key, question)
         else:
@@ -639,6 +681,45 @@ class Scheduler:
         self._later(self.frontend.working, chat.key, sleep)
         self._push_timer(self._clock() + sleep.seconds, Wake(chat, ticket))
         return _PARK
+
+    def _who(self, chat: _Chat, who: Who) -> Any:
+        return self._recorded(chat, who, lambda: self._user(chat.key))
+
+    def _recall(self, chat: _Chat, recall: Recall) -> Any:
+        def recalled() -> dict[str, Any]:
+            kept = self.journal.recall(self._user(chat.key).id)
+            return {} if kept is None else pickle.loads(kept)  # a fresh copy each time
+
+        return self._recorded(chat, recall, recalled)
+
+    def _remember(self, chat: _Chat, remember: Remember) -> Any:
+        return self._recorded(
+            chat, remember, lambda: self.journal.remember(self._user(chat.key).id, remember.blob)
+        )
+
+    def _forget_memory(self, chat: _Chat, forget: Forget) -> Any:
+        return self._recorded(
+            chat, forget, lambda: self.journal.remember(self._user(chat.key).id, None)
+        )
+
+    def _recorded(self, chat: _Chat, command: Command, fulfil: Callable[[], Any]) -> Any:
+        """Fulfil `command` at once, journaling its value (or error) so replay sends the same."""
+        try:
+            value = fulfil()
+        except Exception as error:
+            self.journal.step(chat.key, command, None, error)
+            raise
+        self.journal.step(chat.key, command, value, None)
+        return value
+
+    def _user(self, key: Key) -> User:
+        user = self.frontend.user(key)
+        if not isinstance(user, User):
+            raise TypeError(f"the {self.frontend.name} frontend's user() gave {user!r}, not a User")
+        return user
+
+    def _forget_user(self, event: ForgetUser) -> None:
+        self.journal.remember(self._user(event.key).id, None)
 
     def _call_ended(
         self, ticket: tuple[_Chat, int], value: Any, error: BaseException | None

@@ -35,8 +35,23 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine.commands import Call, Choose, Command, Input, Output, Print, Sleep
-from engine.frontend import Frontend, Notice, Receipt
+from engine.commands import (
+    Answer,
+    Call,
+    Choose,
+    Command,
+    Forget,
+    Input,
+    Output,
+    Picture,
+    Print,
+    Recall,
+    Remember,
+    Sleep,
+    User,
+    Who,
+)
+from engine.frontend import Frontend, Receipt, refusal
 from engine.runner import Diverged, Runner, Snapshot, Step, fingerprint
 from engine.states import Flow, State, first_state
 
@@ -61,7 +76,20 @@ def render(command: Command) -> list[str]:
         return [f"call: {_short_name(command)}({', '.join(arguments)})"]
     if isinstance(command, Sleep):
         return [f"sleep: {command.seconds:g}"]
+    if isinstance(command, Picture):
+        caption = f"{command.caption} " if command.caption else ""
+        return [f"picture: {caption}({len(command.png)} bytes)"]
+    if isinstance(command, Remember):
+        return [f"remember: {command.data!r}"]
+    if isinstance(command, Forget):
+        return ["forget"]
+    if isinstance(command, (Who, Recall)):  # reads: what they give shows in what follows
+        return []
     return [f"bot: {command!r}"]
+
+
+#: Commands a test must answer with a value (``resume()`` is not enough).
+_ANSWERED = (Input, Choose, Call, Who, Recall)
 
 
 class FlowTest:
@@ -69,12 +97,16 @@ class FlowTest:
 
     `command` is what the flow is waiting on now (``None`` once it ended);
     `state` is the state it is in; `transcript` is the dialogue so far, as
-    the lines :func:`check_transcript` uses. The conversation runs on the
+    the lines :func:`check_transcript` uses; `memory` is what the user has
+    remembered (`memory=` to start with some), as ``Remember`` and
+    ``Forget`` leave it. The conversation runs on the
     engine's own :class:`~engine.runner.Runner`, so every state is snapshotted
     as the journal would, and :meth:`check_replay` rebuilds it as recovery does.
     """
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, *, memory: Mapping[str, Any] | None = None) -> None:
+        #: What ``Recall`` gives when not told otherwise; ``Remember``/``Forget`` change it.
+        self.memory: dict[str, Any] = dict(memory or {})
         #: Every command answered so far, with what was sent in: (command, value, error).
         self.history: list[tuple[Command, Any, BaseException | None]] = []
         self.command: Command | None = None
@@ -98,22 +130,38 @@ class FlowTest:
 
     # -- answering the current command ---------------------------------
 
-    def answer(self, text: str) -> Command | None:
-        """Answer the pending ``Input`` or ``Choose`` as a user would type it.
+    def answer(self, text: str | Answer) -> Command | None:
+        """Answer the pending ``Input`` or ``Choose`` as a user would: text, or an Answer.
 
-        The answer is checked the way the engine does it: one a ``Choose``
-        refuses adds ``Try again`` to the transcript and the same question
-        stays pending.
+        ``answer(Location(51.5, -0.12))`` is a shared location (the
+        transcript says ``you: 51.5, -0.12``). The answer is checked the way
+        the engine does it: one the question refuses adds the engine's hint
+        (``Try again``, ``Please answer with text.``) to the transcript and
+        the same question stays pending.
         """
         question = self._require(Input, Choose)
         assert isinstance(question, (Input, Choose))
         self.transcript.append(f"you: {text}")
         value = question.accept(text)
         if value is None:
-            self.transcript.append(f"bot: {Notice.TRY_AGAIN.value}")
+            self.transcript.append(f"bot: {refusal(question, text).value}")
             self.transcript.extend(render(question))
             return self.command
         return self._advance(value, None)
+
+    def user(self, user: User) -> Command | None:
+        """Answer the pending ``Who`` with `user`, as a frontend would."""
+        self._require(Who)
+        if not isinstance(user, User):
+            self._fail(f"Who is answered with a User, not {user!r}")
+        return self._advance(user, None)
+
+    def recall(self, data: Mapping[str, Any] | None = None) -> Command | None:
+        """Answer the pending ``Recall`` with `data`, or by default with `memory`."""
+        self._require(Recall)
+        if data is not None:
+            self.memory = dict(data)
+        return self._advance(_kept(self.memory), None)
 
     def returns(self, value: Any) -> Command | None:
         """Answer the pending ``Call`` with `value`, as if the function returned it."""
@@ -127,9 +175,9 @@ class FlowTest:
         return self._advance(None, error)
 
     def resume(self) -> Command | None:
-        """Let a pending ``Print``, ``Sleep`` (or other output) complete."""
+        """Let a pending ``Print``, ``Sleep``, ``Remember`` (or other output) complete."""
         self._require(Command)
-        if isinstance(self.command, (Input, Choose, Call)):
+        if isinstance(self.command, _ANSWERED):
             self._fail(f"{type(self.command).__name__} needs an answer, not resume()")
         return self._advance(None, None)
 
@@ -137,7 +185,7 @@ class FlowTest:
         """Check the pending command equals `command`; resume it if it is output."""
         if self.command != command:
             self._fail(f"expected {command!r}")
-        if isinstance(command, (Input, Choose, Call)):
+        if isinstance(command, _ANSWERED):
             return self.command
         return self.resume()
 
@@ -226,6 +274,10 @@ class FlowTest:
     def _advance(self, value: Any, error: BaseException | None) -> Command | None:
         if self.command is not None:
             self.history.append((self.command, value, error))
+            if isinstance(self.command, Remember) and error is None:
+                self.memory = _kept(self.command.data)
+            elif isinstance(self.command, Forget) and error is None:
+                self.memory = {}
         runner = self._runner
         step = runner.throw(error) if error is not None else runner.send(value)
         self.command = step
@@ -259,6 +311,8 @@ def check_transcript(
     *,
     finished: bool = True,
     replay: bool = True,
+    user: User | None = None,
+    memory: Mapping[str, Any] | None = None,
 ) -> FlowTest:
     """Run `flow` against a dialogue written as text; fail on any difference.
 
@@ -271,11 +325,16 @@ def check_transcript(
     With `replay` (the default) the dialogue is then replayed into a fresh
     conversation, as the journal would after a restart, and must go exactly
     the same way (see :meth:`FlowTest.check_replay`).
-    Returns the :class:`FlowTest`, to look further.
+    A ``Who`` is answered with `user`; a ``Recall`` with `memory` (nothing
+    remembered by default), which ``Remember``/``Forget`` change: they show
+    as ``remember: {...}`` and ``forget`` lines, a ``Picture`` as
+    ``picture: <caption> (N bytes)``; ``you: 51.5, -0.12`` answers a
+    question taking a location with a :class:`~engine.commands.Location`.
+    Returns the :class:`FlowTest`, to look further (``.memory``).
     """
     expected = _script_lines(script)
     fakes = dict(calls or {})
-    test = FlowTest(flow)
+    test = FlowTest(flow, memory=memory)
     checked = 0
     while True:
         said = [line for line in test.transcript if not line.startswith("  ")]
@@ -327,6 +386,15 @@ def check_transcript(
                 test.raises(error)
             else:
                 test.returns(result)
+        elif isinstance(command, Who):
+            if user is None:
+                raise FlowMismatch(
+                    "the flow asks Who it talks to: pass user=User(...)"
+                    f"\n{_show_dialogue(test.transcript)}"
+                )
+            test.user(user)
+        elif isinstance(command, Recall):
+            test.recall()
         else:
             test.resume()
 
@@ -362,8 +430,11 @@ class RecordingFrontend(Frontend):
     """
 
     name = "recording"
+    extra_commands: tuple[type[Command], ...] = (Picture,)
 
     def __init__(self) -> None:
+        #: Who each key's conversation is with (``Who``); by default a user named after the key.
+        self.users: dict[str, User] = {}
         self.log: dict[str, list[str]] = {}
         self.asked: dict[str, Input | Choose] = {}
         self._changed = threading.Condition()
@@ -376,6 +447,10 @@ class RecordingFrontend(Frontend):
         """Write the question down; it stays in `asked` until the next one."""
         self.asked[key] = question
         self._write(key, render(question))
+
+    def user(self, key: str) -> User:
+        """The user set in `users`, else one whose id and name are `key`."""
+        return self.users.get(key) or User(id=key, name=key)
 
     def restored(self, key: str, question: Input | Choose) -> None:
         """Note the question that a rebuilt conversation waits on."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import io
 import logging
 import os
@@ -34,7 +35,7 @@ import threading
 from collections.abc import Sequence
 from typing import ClassVar, TextIO
 
-from engine.commands import Choose, Command, Input, Print
+from engine.commands import Choose, Command, Input, Picture, Print, User
 from engine.frontend import Frontend, Key, Notice, Receipt
 from engine.journal import Journal
 from engine.scheduler import Scheduler
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: The one conversation's key.
 KEY: Key = "terminal"
+#: Where pictures are saved without ``--pictures``: beside the user, easy to find.
+DEFAULT_PICTURES = "weather-pictures"
 #: Shown after a Choose's options, and for an Input without a prompt.
 ANSWER_PROMPT = "> "
 
@@ -82,6 +85,7 @@ class TerminalFrontend(Frontend):
     """
 
     name = "terminal"
+    extra_commands: tuple[type[Command], ...] = (Picture,)
     notices: ClassVar[dict[Notice, str]] = {
         Notice.TRY_AGAIN: "Try again",
         Notice.CANCELLED: "",  # the user ended it: there is nobody to tell
@@ -90,8 +94,14 @@ class TerminalFrontend(Frontend):
         Notice.RESTARTED: "The saved conversation no longer fits this program, so it starts over.",
     }
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(
+        self, out: TextIO, *, start: str | None = None, pictures: str = DEFAULT_PICTURES
+    ) -> None:
         self.out = out
+        #: The ``--start`` payload, as a deep link would give it.
+        self.start = start
+        #: The directory pictures are saved in (made when the first one comes).
+        self.pictures = pictures
         self.events: queue.Queue[str] = queue.Queue()
         #: Set once the conversation is over (finished, cancelled or failed).
         self.finished = threading.Event()
@@ -109,7 +119,9 @@ class TerminalFrontend(Frontend):
         """Print a ``Print``'s text on its own line(s)."""
         if isinstance(command, Print):
             self.write(command.text + "\n")
-        else:  # no extra_commands: the engine never sends anything else
+        elif isinstance(command, Picture):
+            self.write(self._save(command) + "\n")
+        else:  # the engine sends nothing else
             self.write(f"{command!r}\n")
 
     def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
@@ -120,6 +132,34 @@ class TerminalFrontend(Frontend):
         else:
             self.write(question.prompt or ANSWER_PROMPT)
         self.events.put(ASK)
+
+    def user(self, key: Key) -> User:
+        """The local user: the login name, the language of the locale, ``--start``."""
+        try:
+            login = getpass.getuser()
+        except (OSError, KeyError):  # no login name anywhere (a bare container)
+            login = "user"
+        return User(id=login, name=login, language=_locale_language(), start=self.start)
+
+    def _save(self, picture: Picture) -> str:
+        """Save `picture` as the next free ``picture-N.png``; say where (or why not)."""
+        try:
+            os.makedirs(self.pictures, exist_ok=True)
+            for number in range(1, 100_000):
+                path = os.path.join(self.pictures, f"picture-{number}.png")
+                try:
+                    with open(path, "xb") as file:  # never overwrite an earlier one
+                        file.write(picture.png)
+                except FileExistsError:
+                    continue
+                break
+            else:
+                raise OSError(f"{self.pictures} is full of pictures")
+        except OSError as error:
+            log.warning("cannot save a picture in %s: %s", self.pictures, error)
+            return f"Could not save a picture in {self.pictures}: {error.strerror or error}"
+        caption = f": {picture.caption}" if picture.caption else ""
+        return f"Picture saved to {path}{caption}"
 
     def restored(self, key: Key, question: Input | Choose) -> None:
         """A conversation from ``--state`` waits on `question`: ask it again here."""
@@ -175,6 +215,16 @@ class TerminalFrontend(Frontend):
             self.events.put(GONE)
 
 
+def _locale_language() -> str | None:
+    """The user's language from the locale (``LANG=en_GB.UTF-8`` gives ``en-GB``), if any."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            code = value.split(".")[0].split("@")[0]
+            return None if code in ("C", "POSIX") else code.replace("_", "-")
+    return None
+
+
 def run(
     flow: Flow,
     stdin: TextIO,
@@ -182,15 +232,18 @@ def run(
     *,
     journal: Journal | None = None,
     echo: bool = False,
+    start: str | None = None,
+    pictures: str = DEFAULT_PICTURES,
 ) -> int:
     """Hold one conversation of `flow` on `stdin`/`stdout`; return the exit status.
 
     With `echo`, each line read is written back after its prompt, so that a
     piped session reads as a dialogue. With a `journal`, a conversation left
     by Ctrl-C (or a crash) goes on at the next run; end of input always ends
-    it. ``KeyboardInterrupt`` gives 130.
+    it. ``KeyboardInterrupt`` gives 130. `start` is the flow's start
+    payload (``User.start``); pictures are saved in `pictures`.
     """
-    frontend = TerminalFrontend(stdout)
+    frontend = TerminalFrontend(stdout, start=start, pictures=pictures)
     scheduler = Scheduler(
         frontend,
         flow,
@@ -289,6 +342,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         verbose_help="log debugging details (engine steps, HTTP requests, warnings) to stderr; "
         "without it only errors are logged",
     )
+    parser.add_argument(
+        "--start",
+        metavar="PAYLOAD",
+        help="start the conversation as a deep link with this payload would "
+        "(t.me/<bot>?start=PAYLOAD); the flow sees it as User.start",
+    )
+    parser.add_argument(
+        "--pictures",
+        metavar="DIR",
+        default=DEFAULT_PICTURES,
+        help="save pictures the flow shows (charts) in DIR, as picture-N.png "
+        f"(default: ./{DEFAULT_PICTURES}, made when the first one comes)",
+    )
     return parser
 
 
@@ -353,7 +419,15 @@ def _main(argv: Sequence[str] | None) -> int:
     _reconfigure(stdin)
     _reconfigure(sys.stdout)
     try:
-        status = run(flow, stdin, sys.stdout, journal=journal, echo=not stdin.isatty())
+        status = run(
+            flow,
+            stdin,
+            sys.stdout,
+            journal=journal,
+            echo=not stdin.isatty(),
+            start=args.start,
+            pictures=args.pictures,
+        )
     finally:
         if journal is not None:
             journal.close()

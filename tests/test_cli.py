@@ -32,6 +32,7 @@ from engine.journal import JournalError, SqliteJournal
 from engine.states import State, Steps
 from flows.weather import WeatherFlow
 from frontends.cli import ASK, ENDED, TerminalFrontend, run
+from tests.support.flows import tiny_png
 from tests.support.openmeteo_server import FakeOpenMeteo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -493,7 +494,10 @@ def test_help_says_what_it_does() -> None:
     assert result.returncode == 0
     assert result.stderr == ""
     help_text = result.stdout
-    assert help_text.startswith(f"usage: {PROG} [-h] [--flow MODULE:ATTR] [--state PATH] [-v]")
+    assert " ".join(help_text.split("\n\n")[0].split()) == (
+        f"usage: {PROG} [-h] [--flow MODULE:ATTR] [--state PATH] [-v] [--start PAYLOAD] "
+        "[--pictures DIR]"
+    )
     for words in [
         "Hold a conversation in the terminal",
         "name a city",  # the default flow's help
@@ -501,6 +505,9 @@ def test_help_says_what_it_does() -> None:
         "--flow MODULE:ATTR",
         "flows.weather:WeatherFlow",
         "--state PATH",
+        "--start PAYLOAD",
+        "--pictures DIR",
+        "(default: ./weather-pictures",
         "-v, --verbose",
         "OPEN_METEO_GEOCODING_URL",
         "OPEN_METEO_FORECAST_URL",
@@ -643,3 +650,97 @@ def test_a_state_file_that_fails_while_running_ends_the_program_with_status_1(
     assert status == 1
     assert any("disk is full" in r.getMessage() for r in caplog.records)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("engine-")]
+
+
+# -- who, typed coordinates, pictures -------------------------------------------------
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment, as a user "alice" with a British English locale."""
+    env = cli_env(LOGNAME="alice", LANG="en_GB.UTF-8", **extra)
+    env.pop("LC_ALL", None)
+    env.pop("LC_MESSAGES", None)
+    return env
+
+
+def test_the_flow_meets_the_local_user_takes_coordinates_and_saves_a_picture(
+    tmp_path: Path,
+) -> None:
+    pictures = tmp_path / "charts"
+    result = run_cli(
+        "--flow",
+        "tests.support.flows:Visitor",
+        "--start",
+        "berlin",
+        "--pictures",
+        str(pictures),
+        input="51.5, -0.12\n",
+        env=user_env(),
+    )
+    saved = pictures / "picture-1.png"
+    assert result.stdout == (
+        "Hello alice\n"
+        "language en-GB, private, start berlin\n"
+        "Where?51.5, -0.12\n"
+        "You said point 51.5, -0.12\n"
+        f"Picture saved to {saved}: Map of point 51.5, -0.12\n"
+    )
+    assert saved.read_bytes() == tiny_png()
+    assert_quiet(result.stderr)
+    assert result.returncode == 0
+
+
+def test_memory_kept_in_the_state_file_between_runs(tmp_path: Path) -> None:
+    state = str(tmp_path / "state.sqlite3")
+    options = ["--flow", "tests.support.flows:Visitor", "--state", state]
+    options += ["--pictures", str(tmp_path)]
+    first = run_cli(*options, input="Paris\n", env=user_env())
+    assert first.returncode == 0, first.stderr
+    second = run_cli(*options, input="-33.9 151.2\n", env=user_env())
+    assert second.stdout.splitlines()[:5] == [
+        "Hello alice",
+        "language en-GB, private, start None",
+        "Last time: Paris",
+        "Where?-33.9 151.2",
+        "You said point -33.9, 151.2",
+    ]
+    assert second.stdout.endswith(f"Picture saved to {tmp_path / 'picture-2.png'}: "
+                                  "Map of point -33.9, 151.2\n")
+    assert second.returncode == 0
+
+
+def test_a_location_question_hints_until_coordinates_come(tmp_path: Path) -> None:
+    result = run_cli(
+        "--flow",
+        "tests.support.flows:Pin",
+        "--pictures",
+        str(tmp_path),
+        input="Paris\n91, 0\n48.85, 2.35\n",
+    )
+    assert result.stdout == (
+        "Share a locationParis\n"
+        f"{Notice.SEND_LOCATION.value}\n"
+        "Share a location91, 0\n"
+        f"{Notice.NOT_ON_EARTH.value}\n"
+        "Share a location48.85, 2.35\n"
+        "Pinned 48.85 2.35\n"
+        f"Picture saved to {tmp_path / 'picture-1.png'}\n"
+    )
+    assert result.returncode == 0
+
+
+def test_a_picture_that_cannot_be_saved_is_said_in_one_line(tmp_path: Path) -> None:
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("not a directory", encoding="utf-8")
+    result = run_cli(
+        "--flow",
+        "tests.support.flows:Pin",
+        "--pictures",
+        str(in_the_way),
+        input="1, 2\n",
+    )
+    assert result.stdout.splitlines()[-1] == (
+        f"Could not save a picture in {in_the_way}: File exists"
+    )
+    assert_quiet(result.stderr)
+    assert result.returncode == 0

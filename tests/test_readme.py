@@ -7,8 +7,9 @@ import sys
 import types
 from pathlib import Path
 
-from engine import Input, Print
-from engine.testing import FlowTest
+from engine import Input, Print, User
+from engine.testing import FlowTest, check_transcript
+from tests.support.flows import tiny_png
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -37,6 +38,39 @@ def test_the_flow_example_runs_and_recovers_from_bad_input() -> None:
     flow.expect(Print("Current temperature is 12.5 °C"))
     flow.answer("quit")
     assert flow.finished
+
+
+def test_the_example_with_who_a_location_memory_and_a_picture_runs() -> None:
+    example = next(block for block in _python_blocks() if "class Greet" in block)
+    names = _run_block(example, "greet")
+    png = tiny_png()
+    test = check_transcript(
+        names["Greet"](),  # type: ignore[operator]
+        f"""
+        bot: Hello Ann!
+        bot: Last time: Rome
+        bot: Name a city or share a location:
+        you: 48.8566, 2.3522
+        remember: {{'places': ['48.86, 2.35', 'Rome']}}
+        call: draw_chart('48.86, 2.35')
+        picture: Weather at 48.86, 2.35 ({len(png)} bytes)
+        """,
+        calls={"draw_chart": lambda place: png},
+        user=User("7", "Ann"),
+        memory={"places": ["Rome"]},
+    )
+    assert test.memory == {"places": ["48.86, 2.35", "Rome"]}
+    check_transcript(
+        names["Greet"](),  # type: ignore[operator]
+        """
+        bot: Hello Ann!
+        remember: {'places': ['berlin']}
+        call: draw_chart
+        picture: Weather at berlin (69 bytes)
+        """,
+        calls={"draw_chart": lambda place: png},
+        user=User("7", "Ann", start="berlin"),
+    )
 
 
 def test_the_testing_examples_pass() -> None:

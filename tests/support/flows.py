@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 
-from engine.commands import Call, Input, Print, Sleep
+from engine.commands import (
+    Call,
+    Forget,
+    Input,
+    Location,
+    Picture,
+    Print,
+    Recall,
+    Remember,
+    Sleep,
+    Who,
+)
 from engine.states import State, Steps
 
 
@@ -97,3 +110,57 @@ class Hold(State):
         yield Print("bye")
         return None
 
+
+def tiny_png() -> bytes:
+    """A real 1x1 PNG image (one red pixel): what a Picture shows in the tests."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8 bits, RGB
+    pixels = zlib.compress(b"\x00\xff\x00\x00")  # filter byte, then one red pixel
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(
+        b"IEND", b""
+    )
+
+
+@dataclass(frozen=True)
+class Visitor(State):
+    """Who, Recall, a question taking a place name or a location, Remember, Picture.
+
+    Greets the user by name, says what it knows of them and the places they
+    named before, asks where (``forget`` forgets them), remembers the last
+    three places and shows a picture captioned with the place.
+    """
+
+    def run(self) -> Steps:
+        who = yield Who()
+        memory = yield Recall()
+        places: list[str] = memory.get("places", [])
+        yield Print(f"Hello {who.name}")
+        private = "private" if who.private else "group"
+        yield Print(f"language {who.language}, {private}, start {who.start}")
+        if places:
+            yield Print(f"Last time: {', '.join(places)}")
+        where = yield Input("Where?", accepts=(str, Location))
+        if where == "forget":
+            yield Forget()
+            yield Print("Forgotten")
+            return None
+        place = f"point {where}" if isinstance(where, Location) else where
+        yield Print(f"You said {place}")
+        yield Remember({"places": [place, *places][:3]})
+        yield Picture(tiny_png(), caption=f"Map of {place}")
+        return None
+
+
+@dataclass(frozen=True)
+class Pin(State):
+    """A question that takes only a location, then a picture without a caption."""
+
+    def run(self) -> Steps:
+        where = yield Input("Share a location", accepts=Location)
+        yield Print(f"Pinned {where.latitude} {where.longitude}")
+        yield Picture(tiny_png())
+        return None
