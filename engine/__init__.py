@@ -2,7 +2,7 @@
 
 What a flow author uses, all of it::
 
-    from engine import State, Steps, Print, Input, Choose, Call, Sleep, Cancelled
+    from engine import State, Steps, Print, Input, Choose, Call, Sleep, Cancelled, Timeout
 
 A frontend (a terminal, a bot) needs more: see :mod:`engine.hosting`.
 """
@@ -14,6 +14,7 @@ from engine.commands import (
     Input,
     Print,
     Sleep,
+    Timeout,
     UnsupportedCommand,
 )
 from engine.states import State, Steps
@@ -27,5 +28,6 @@ __all__ = [
     "Sleep",
     "State",
     "Steps",
+    "Timeout",
     "UnsupportedCommand",
 ]

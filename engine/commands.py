@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -41,17 +41,30 @@ class Print(Output):
 
 @dataclass(frozen=True, slots=True)
 class Input(Command):
-    """Ask for a line of text. Resumes with the ``str`` the user typed."""
+    """Ask for a line of text. Resumes with the ``str`` the user typed.
+
+    With a `timeout` (seconds), the ``yield`` raises :class:`Timeout` when
+    that much time passes with no answer.
+    """
 
     prompt: str | None = None
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.prompt is not None:
             _require_text("Input", "prompt", self.prompt)
+        _check_timeout("Input", self.timeout)
 
     def accept(self, answer: str) -> str | None:
         """The value an answer sends into the flow (any text), or ``None`` if refused."""
         return answer
+
+    def __repr__(self) -> str:
+        timed = "" if self.timeout is None else f", timeout={self.timeout!r}"
+        return f"Input(prompt={self.prompt!r}{timed})"
+
+    def __setstate__(self, state: list[Any]) -> None:
+        _set_fields(self, state)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -64,9 +77,13 @@ class Choose(Command):
 
     prompt: str
     options: tuple[str, ...]
+    timeout: float | None = None
 
-    def __init__(self, prompt: str, options: Iterable[str]) -> None:
+    def __init__(
+        self, prompt: str, options: Iterable[str], timeout: float | None = None
+    ) -> None:
         _require_text("Choose", "prompt", prompt)
+        _check_timeout("Choose", timeout)
         if isinstance(options, str):
             raise TypeError(f"Choose takes a list of options, got the text {options!r}")
         options = tuple(options)
@@ -89,6 +106,14 @@ class Choose(Command):
             seen[folded] = option
         object.__setattr__(self, "prompt", prompt)
         object.__setattr__(self, "options", options)
+        object.__setattr__(self, "timeout", timeout)
+
+    def __repr__(self) -> str:
+        timed = "" if self.timeout is None else f", timeout={self.timeout!r}"
+        return f"Choose(prompt={self.prompt!r}, options={self.options!r}{timed})"
+
+    def __setstate__(self, state: list[Any]) -> None:
+        _set_fields(self, state)
 
     def accept(self, answer: str) -> str | None:
         """The option an answer names, or ``None`` (see :meth:`match`)."""
@@ -171,6 +196,21 @@ class Sleep(Command):
             raise ValueError(f"Sleep takes a finite, non-negative number of seconds, got {seconds}")
 
 
+class Timeout(Exception):
+    """Raised inside a flow, at a question's ``yield``, when its `timeout` passed unanswered.
+
+    An ordinary ``Exception``: the flow catches it to remind and ask again,
+    take a default, or end. `seconds` is the question's timeout.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"no answer within {self.seconds:g} s"
+
+
 class UnsupportedCommand(TypeError):
     """A flow yielded a command the running frontend cannot fulfil."""
 
@@ -189,6 +229,31 @@ class Cancelled(BaseException):
     flow's ``except Exception`` does not swallow it, while its ``finally`` and
     ``with`` blocks still run.
     """
+
+
+def _check_timeout(command: str, timeout: object) -> None:
+    """A question's timeout is ``None`` or a finite number of seconds above zero."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"{command} timeout takes a number of seconds, got {type(timeout).__name__} "
+            f"{timeout!r}"
+        )
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"{command} timeout must be a finite number of seconds above 0, "
+                         f"got {timeout}")
+
+
+def _set_fields(command: Command, state: list[Any]) -> None:
+    """Unpickle `command`'s fields; fields added since it was pickled take their defaults.
+
+    Questions are kept pickled in the state file (unsent outputs), so one
+    pickled before a field such as ``timeout`` existed must still load.
+    """
+    for index, spec in enumerate(fields(command)):
+        value = state[index] if index < len(state) else spec.default
+        object.__setattr__(command, spec.name, value)
 
 
 def _require_text(command: str, what: str, value: object) -> None:
