@@ -164,6 +164,12 @@ class SqliteJournal(Journal):
     are the later ones. A batch row is deleted as soon as none of its steps
     is needed any more (every conversation in it moved on to a new state or
     ended), so a conversation looping for ever keeps the file small.
+
+    Each state row and batch row also holds the wall-clock time it was
+    written (see :meth:`stamp`): a conversation's last activity, for idle
+    expiry after a restart. `deadlines` holds, per conversation waiting on a
+    ``Sleep`` or a question's timeout, when it is due; the row goes with the
+    conversation's next step.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
