@@ -299,6 +299,28 @@ def test_a_sleep_wakes_at_its_original_moment_after_a_restart(
     assert second.advance(0.5) == ["bot: woke", "bot: Done?"]
 
 
+def _deadlines(engine: Engine) -> list[tuple[str, float]]:
+    assert engine.journal is not None
+    rows = engine.journal._connection.execute("SELECT key, due FROM deadlines ORDER BY key")
+    return [(key, due) for key, due in rows]
+
+
+def test_a_deadline_is_kept_while_it_is_pending_and_forgotten_after(
+    engines: list[Engine], state_file: Path
+) -> None:
+    clocks = Clocks()
+    engine = start(engines, Ask, clocks, path=state_file)
+    begun = clocks.wall
+    engine.scheduler.begin("ann")
+    engine.advance(0)
+    assert _deadlines(engine) == [("ann", begun + 60)]  # absolute: read from the clock once
+    engine.scheduler.send("ann", "Ann")
+    engine.advance(0)
+    assert _deadlines(engine) == []
+    engine.scheduler.send("ann", "bye")
+    assert engine.advance(0)[-1] == "ended"
+
+
 def test_a_question_deadline_keeps_its_remaining_time_after_a_restart(
     engines: list[Engine], state_file: Path
 ) -> None:
