@@ -33,9 +33,15 @@ The rows:
 * ``scheduler + SQLite journal``: when the engine has one (see
   :func:`find_sqlite_journal`), the scheduler writing to a temporary file.
 
+* ``scheduler+timers``: the ``scheduler`` row on a scheduler that also holds
+  ``--timers`` conversations (100,000) parked on ``Sleep(3600)``.
+
 Memory: tracemalloc's traced total before and after N conversations park on
 their first question, divided by N, with the keys made beforehand (they
-belong to the frontend).
+belong to the frontend); and the same for ``--timers`` conversations parked
+on a ``Sleep``, whose timer entry (a heap tuple and its ``Wake`` event) is
+measured on its own too. Then how fast those timers fire when all fall due at
+once (the clock is a fake one, moved past them).
 
 asyncio lives here only: the engine never imports it.
 """
@@ -49,6 +55,7 @@ import functools
 import gc
 import importlib
 import io
+import itertools
 import pstats
 import sys
 import tempfile
@@ -63,11 +70,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `engine` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.commands import Choose, Command, Input, Print
+from engine.commands import Choose, Command, Input, Print, Sleep
 from engine.frontend import Frontend, Key, Notice
 from engine.journal import Journal
-from engine.scheduler import Scheduler
-from engine.states import Flow, State, Steps, conversation
+from engine.scheduler import Scheduler, Wake
+from engine.states import Flow, State, Steps, conversation, first_state
 
 #: What every user answers (one shared string: the feeders allocate nothing).
 ANSWER = "a"
@@ -102,6 +109,29 @@ class AnswerMany(State):
 def make_flow(answers: int, prints: bool) -> Flow:
     """A flow making a fresh state per conversation, as real flows do."""
     return functools.partial(AnswerMany, answers, prints)
+
+
+#: How long the parked timers sleep: far beyond any run.
+NAP_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class Nap(State):
+    """Sleeps (a timer, no thread), then ends."""
+
+    def run(self) -> Steps:
+        yield Sleep(NAP_SECONDS)
+        return None
+
+
+def naps_first(naps: int, then: Flow) -> Flow:
+    """A flow whose first `naps` conversations are a :class:`Nap`, the rest `then`'s."""
+    made = itertools.count()
+
+    def make() -> State:
+        return Nap() if next(made) < naps else first_state(then)
+
+    return make
 
 
 def make_keys(conversations: int) -> list[str]:
@@ -232,18 +262,25 @@ def run_scheduler(
     journal: Journal | None = None,
     name: str | None = None,
     profiler: cProfile.Profile | None = None,
+    timers: int = 0,
 ) -> Result:
     """Begin every conversation, then feed the answers from this thread, round-robin.
 
-    With `profiler`, the scheduler's thread runs under it.
+    With `profiler`, the scheduler's thread runs under it. With `timers`,
+    that many conversations are parked on a ``Sleep`` first, and stay so.
     """
     frontend = CountingFrontend(conversations)
-    scheduler = Scheduler(frontend, make_flow(answers, prints), workers=1, journal=journal)
+    flow = naps_first(timers, make_flow(answers, prints))
+    scheduler = Scheduler(frontend, flow, workers=1, journal=journal)
     if profiler is not None:
         scheduler.run = _profiled(scheduler.run, profiler)  # type: ignore[method-assign]
     keys = make_keys(conversations)
     scheduler.start()
     try:
+        for number in range(timers):
+            scheduler.begin(f"nap{number}")
+        if timers:
+            _scheduler_barrier(scheduler, frontend)
         for key in keys:
             scheduler.begin(key)
         _wait(frontend.parked, "every conversation to ask its first question")
@@ -257,7 +294,7 @@ def run_scheduler(
         seconds = time.perf_counter() - start
     finally:
         scheduler.stop(timeout=5.0)
-    name = name or "scheduler" + (" +Print" if prints else "")
+    name = name or "scheduler" + ("+timers" if timers else "") + (" +Print" if prints else "")
     return Result(
         name, conversations, answers, conversations * answers, seconds,
         frontend.asked, frontend.delivered, frontend.ended_count,
@@ -540,6 +577,88 @@ def memory_scheduler(conversations: int, top: int = 0) -> Memory:
     return Memory("scheduler (_Chat + generators)", conversations, parked, per, lines)
 
 
+def memory_timers(conversations: int, top: int = 0) -> Memory:
+    """Bytes per conversation the scheduler holds while it waits on a ``Sleep``."""
+    frontend = CountingFrontend(conversations)
+    scheduler = Scheduler(frontend, Nap, workers=1)
+    keys = make_keys(conversations)
+    tracemalloc.start()
+    try:
+        scheduler.start()
+        _scheduler_barrier(scheduler, frontend)
+        threads = threading.active_count()
+        before, first = _traced(top)
+        for key in keys:
+            scheduler.begin(key)
+        _scheduler_barrier(scheduler, frontend)  # every begin is handled: all asleep
+        after, second = _traced(top)
+        parked = scheduler.running()
+        if threading.active_count() != threads:
+            raise AssertionError("parking on a timer started a thread")
+    finally:
+        tracemalloc.stop()
+        scheduler.stop(timeout=5.0)
+    lines = _top_lines(first, second, conversations, top)
+    per = (after - before) / conversations
+    return Memory("scheduler on a Sleep (+ its timer)", conversations, parked, per, lines)
+
+
+def timer_entry_bytes(count: int = 10_000) -> float:
+    """Bytes one timer costs: a heap entry ``(when, order, Wake(chat, ticket))``, as queued."""
+    order = itertools.count(10**6)  # past the small ints Python shares
+    heap: list[tuple[float, int, Wake]] = []
+    tracemalloc.start()
+    try:
+        before, _ = _traced(0)
+        for number in range(count):
+            heap.append((time.monotonic() + NAP_SECONDS, next(order), Wake(None, 10**6 + number)))  # type: ignore[arg-type]
+        after, _ = _traced(0)
+    finally:
+        tracemalloc.stop()
+    return (after - before) / count
+
+
+@dataclass
+class Firing:
+    """How fast timers that all fall due at once fire (each wakes its flow, which ends)."""
+
+    timers: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.timers / self.seconds if self.seconds > 0 else float("inf")
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fire_timers(timers: int) -> Firing:
+    """Park `timers` conversations on a Sleep, move the clock past them, time until all end."""
+    frontend = CountingFrontend(timers)
+    clock = _FakeClock()
+    scheduler = Scheduler(frontend, Nap, workers=1, clock=clock)
+    scheduler.start()
+    try:
+        for key in make_keys(timers):
+            scheduler.begin(key)
+        _scheduler_barrier(scheduler, frontend)
+        _fresh()
+        start = time.perf_counter()
+        clock.now += NAP_SECONDS
+        scheduler.post(None)  # wake the loop now rather than at its next one-second check
+        _wait(frontend.all_ended, "every timer to fire")
+        seconds = time.perf_counter() - start
+    finally:
+        scheduler.stop(timeout=5.0)
+    return Firing(timers, seconds)
+
+
 def _scheduler_barrier(scheduler: Scheduler, frontend: CountingFrontend) -> None:
     """Return once the scheduler has handled everything posted before (via a notice)."""
     frontend.noticed.clear()
@@ -575,7 +694,7 @@ def memory_asyncio(conversations: int, top: int = 0) -> Memory:
 
 
 def run_all(
-    conversations: int, answers: int, repeat: int, journaled: bool = True
+    conversations: int, answers: int, repeat: int, journaled: bool = True, timers: int = 0
 ) -> tuple[dict[str, Result], str | None]:
     """Every timed row, `repeat` times interleaved; the best run of each, by name."""
     runners: list[Callable[[], Result | str]] = [
@@ -590,6 +709,8 @@ def run_all(
     ]
     if journaled:
         runners.append(functools.partial(run_journaled, conversations, answers))
+    if timers:
+        runners.append(functools.partial(run_scheduler, conversations, answers, timers=timers))
     best: dict[str, Result] = {}
     skipped: str | None = None
     for _ in range(repeat):
@@ -623,7 +744,11 @@ def _row(result: Result, baseline: Result | None) -> str:
 
 
 def report(
-    results: dict[str, Result], skipped: str | None, memories: list[Memory], repeat: int
+    results: dict[str, Result],
+    skipped: str | None,
+    memories: list[Memory],
+    repeat: int,
+    timers: Timers | None = None,
 ) -> Iterator[str]:
     """The lines the benchmark prints."""
     any_result = next(iter(results.values()))
@@ -636,7 +761,10 @@ def report(
     yield f"{'name':<24}{'steps/s':>12}{'us/step':>10}{'vs asyncio':>12}"
     for suffix in ("", " +Print"):
         baseline = results.get("asyncio" + suffix)
-        names = ("gen.send floor", "scheduler", "asyncio", "asyncio batch-fed", "scheduler+SQLite")
+        names = (
+            "gen.send floor", "scheduler", "scheduler+timers", "asyncio", "asyncio batch-fed",
+            "scheduler+SQLite",
+        )
         for name in names:
             result = results.get(name + suffix)
             if result is not None:
@@ -647,6 +775,13 @@ def report(
         yield f"SQLite journal: {ratio:.2f}x the in-memory scheduler's throughput"
     elif skipped:
         yield f"SQLite journal: skipped, {skipped}"
+    with_timers = results.get("scheduler+timers")
+    if with_timers is not None and timers is not None:
+        ratio = with_timers.steps_per_second / results["scheduler"].steps_per_second
+        yield (
+            f"{timers.parked.conversations:,} conversations parked on Sleep({NAP_SECONDS:g}) "
+            f"beside: {ratio:.2f}x the scheduler's throughput"
+        )
     for memory in memories:
         yield (
             f"memory per parked conversation, {memory.name}: "
@@ -671,6 +806,49 @@ def report(
                 f"  scheduler <= {MEMORY_TARGET} B per parked conversation: "
                 f"{per:,.0f} B  {verdict}"
             )
+    if timers is not None:
+        yield from timers.lines()
+
+
+@dataclass
+class Timers:
+    """What conversations parked on timers cost, beside the same number parked on a question."""
+
+    parked: Memory
+    asking: Memory
+    entry: float
+    firing: Firing
+
+    def lines(self) -> Iterator[str]:
+        """The report's lines about timers (after the other targets)."""
+        n = self.parked.conversations
+        yield (
+            f"timers: {n:,} parked on Sleep: {self.parked.bytes_per_conversation:,.0f} B each, "
+            f"{n:,} parked on a question: {self.asking.bytes_per_conversation:,.0f} B each, "
+            f"one timer entry: {self.entry:,.0f} B; no thread each"
+        )
+        yield from (f"    {line}" for line in self.parked.top)
+        yield (
+            f"timers: {self.firing.timers:,} falling due at once fired in "
+            f"{self.firing.seconds:.2f} s ({self.firing.per_second:,.0f}/s)"
+        )
+        budget = self.asking.bytes_per_conversation + self.entry
+        per = self.parked.bytes_per_conversation
+        verdict = "PASS" if per <= budget else "FAIL"
+        yield (
+            f"  parked on a timer <= parked on a question + a timer entry ({budget:,.0f} B): "
+            f"{per:,.0f} B  {verdict}"
+        )
+
+
+def measure_timers(timers: int, top: int = 0) -> Timers:
+    """Memory of `timers` conversations parked on a Sleep and on a question; firing speed."""
+    return Timers(
+        memory_timers(timers, top),
+        memory_scheduler(timers),
+        timer_entry_bytes(),
+        fire_timers(timers),
+    )
 
 
 def profile_scheduler(conversations: int, answers: int, prints: bool, top: int = 30) -> str:
@@ -687,20 +865,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--answers", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; best is shown")
-    parser.add_argument("--quick", action="store_true", help="1,000 x 5, once")
+    parser.add_argument("--timers", type=int, default=100_000,
+                        help="conversations parked on a Sleep for the timer rows (0: none)")
+    parser.add_argument("--quick", action="store_true", help="1,000 x 5, once, 2,000 timers")
     parser.add_argument("--memory-detail", type=int, default=0, metavar="N",
                         help="show the N source lines holding the most memory per conversation")
     parser.add_argument("--profile", action="store_true",
                         help="also print a cProfile of the scheduler's thread")
     args = parser.parse_args(argv)
     if args.quick:
-        args.conversations, args.answers, args.repeat = 1_000, 5, 1
-    results, skipped = run_all(args.conversations, args.answers, args.repeat)
+        args.conversations, args.answers, args.repeat, args.timers = 1_000, 5, 1, 2_000
+    results, skipped = run_all(
+        args.conversations, args.answers, args.repeat, timers=args.timers
+    )
     memories = [
         memory_scheduler(args.conversations, args.memory_detail),
         memory_asyncio(args.conversations, args.memory_detail),
     ]
-    for line in report(results, skipped, memories, args.repeat):
+    timers = measure_timers(args.timers, args.memory_detail) if args.timers else None
+    for line in report(results, skipped, memories, args.repeat, timers):
         print(line)
     if args.profile:
         print(profile_scheduler(args.conversations, args.answers, prints=False))

@@ -2,7 +2,7 @@
 
 What a flow author uses, all of it::
 
-    from engine import State, Steps, Print, Input, Choose, Call, Sleep, Cancelled
+    from engine import State, Steps, Print, Input, Choose, Call, Sleep, Cancelled, Timeout
     from engine import Who, User, Location, Photo, Recall, Remember, Forget, Picture
 
 A frontend (a terminal, a bot) needs more: see :mod:`engine.hosting`.
@@ -23,6 +23,7 @@ from engine.commands import (
     Recall,
     Remember,
     Sleep,
+    Timeout,
     UnsupportedCommand,
     User,
     Who,
@@ -46,6 +47,7 @@ __all__ = [
     "Sleep",
     "State",
     "Steps",
+    "Timeout",
     "UnsupportedCommand",
     "User",
     "Who",

@@ -13,7 +13,7 @@ import math
 import pickle
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -126,27 +126,35 @@ class Input(Command):
     Location)`` for a city name or a shared location; it then resumes with
     whichever came (a typed ``51.5, -0.12`` comes as a :class:`Location`).
     An answer of another kind gets a hint and the question stays pending.
+    With a `timeout` (seconds), the ``yield`` raises :class:`Timeout` when
+    that much time passes with no answer.
     """
 
     prompt: str | None = None
+    timeout: float | None = None
     accepts: AnswerKinds = field(default=TEXT, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.prompt is not None:
             _require_text("Input", "prompt", self.prompt)
+        _check_timeout("Input", self.timeout)
         if self.accepts is not TEXT:
             object.__setattr__(self, "accepts", _answer_kinds("Input", self.accepts, empty=False))
 
     def __repr__(self) -> str:
-        # accepts only when not just text: the text is an Input's fingerprint in state files
+        # accepts and timeout only when given: the text is an Input's fingerprint in state files
         accepts = "" if self.accepts is TEXT else f", accepts={_kinds_text(self.accepts)}"
-        return f"Input(prompt={self.prompt!r}{accepts})"
+        timed = "" if self.timeout is None else f", timeout={self.timeout!r}"
+        return f"Input(prompt={self.prompt!r}{accepts}{timed})"
 
     def accept(self, answer: object) -> Any:
         """The value an answer sends into the flow, or ``None`` if refused."""
         if self.accepts is TEXT:
             return answer if isinstance(answer, str) else None
         return _take(self.accepts, answer)
+
+    def __setstate__(self, state: list[Any]) -> None:
+        _set_fields(self, state)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -162,10 +170,19 @@ class Choose(Command):
 
     prompt: str
     options: tuple[str, ...]
-    accepts: AnswerKinds
+    timeout: float | None = None
+    accepts: AnswerKinds = ()
 
-    def __init__(self, prompt: str, options: Iterable[str], *, accepts: AnswerKinds = ()) -> None:
+    def __init__(
+        self,
+        prompt: str,
+        options: Iterable[str],
+        timeout: float | None = None,
+        *,
+        accepts: AnswerKinds = (),
+    ) -> None:
         _require_text("Choose", "prompt", prompt)
+        _check_timeout("Choose", timeout)
         if isinstance(options, str):
             raise TypeError(f"Choose takes a list of options, got the text {options!r}")
         options = tuple(options)
@@ -188,7 +205,11 @@ class Choose(Command):
             seen[folded] = option
         object.__setattr__(self, "prompt", prompt)
         object.__setattr__(self, "options", options)
+        object.__setattr__(self, "timeout", timeout)
         object.__setattr__(self, "accepts", _answer_kinds("Choose", accepts, empty=True))
+
+    def __setstate__(self, state: list[Any]) -> None:
+        _set_fields(self, state)
 
     def accept(self, answer: object) -> Any:
         """The option an answer names (see :meth:`match`), else one of `accepts`, else ``None``."""
@@ -215,9 +236,10 @@ class Choose(Command):
         return None
 
     def __repr__(self) -> str:
-        # accepts only when given: the text is a Choose's fingerprint in state files
+        # accepts and timeout only when given: the text is a Choose's fingerprint in state files
         accepts = f", accepts={_kinds_text(self.accepts)}" if self.accepts else ""
-        return f"Choose(prompt={self.prompt!r}, options={self.options!r}{accepts})"
+        timed = "" if self.timeout is None else f", timeout={self.timeout!r}"
+        return f"Choose(prompt={self.prompt!r}, options={self.options!r}{accepts}{timed})"
 
     def numbered(self) -> list[str]:
         """The options as a frontend shows them: ``0) continue``, ``1) quit``."""
@@ -379,6 +401,21 @@ class Picture(Output):
         return f"Picture({len(self.png)} bytes, caption={self.caption!r})"
 
 
+class Timeout(Exception):
+    """Raised inside a flow, at a question's ``yield``, when its `timeout` passed unanswered.
+
+    An ordinary ``Exception``: the flow catches it to remind and ask again,
+    take a default, or end. `seconds` is the question's timeout.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"no answer within {self.seconds:g} s"
+
+
 class UnsupportedCommand(TypeError):
     """A flow yielded a command the running frontend cannot fulfil."""
 
@@ -397,6 +434,31 @@ class Cancelled(BaseException):
     flow's ``except Exception`` does not swallow it, while its ``finally`` and
     ``with`` blocks still run.
     """
+
+
+def _check_timeout(command: str, timeout: object) -> None:
+    """A question's timeout is ``None`` or a finite number of seconds above zero."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"{command} timeout takes a number of seconds, got {type(timeout).__name__} "
+            f"{timeout!r}"
+        )
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"{command} timeout must be a finite number of seconds above 0, "
+                         f"got {timeout}")
+
+
+def _set_fields(command: Command, state: list[Any]) -> None:
+    """Unpickle `command`'s fields; fields added since it was pickled take their defaults.
+
+    Questions are kept pickled in the state file (unsent outputs), so one
+    pickled before a field such as ``timeout`` existed must still load.
+    """
+    for index, spec in enumerate(fields(command)):
+        value = state[index] if index < len(state) else spec.default
+        object.__setattr__(command, spec.name, value)
 
 
 def _require_text(command: str, what: str, value: object) -> None:

@@ -33,6 +33,10 @@ class Saved:
     snapshot: Snapshot
     steps: list[Step] = field(default_factory=list)
     mailbox: list[Any] = field(default_factory=list)  # answers: text or Answer values
+    #: The wall-clock time its pending Sleep or question is due, if it has one.
+    deadline: float | None = None
+    #: The wall-clock time of its last recorded step or state (``None``: not known).
+    last_active: float | None = None
 
 
 class Journal:
@@ -57,6 +61,16 @@ class Journal:
 
     def ended(self, key: str) -> None:
         """`key` is over: forget it."""
+
+    def deadline(self, key: str, when: float) -> None:
+        """`key` waits on a timer (a Sleep, a question's timeout) due at wall-clock `when`.
+
+        Kept until `key` takes its next step, enters a state or ends, so after
+        a restart the timer fires at its original moment.
+        """
+
+    def stamp(self, when: float) -> None:
+        """The wall-clock time of the batch being recorded: the last activity it shows."""
 
     def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
         """An output of `kind` is handed to the frontend; not yet confirmed."""
@@ -116,45 +130,56 @@ class JournalError(Exception):
 #: by a newer version and is refused rather than misread.
 SCHEMA_VERSION = 3
 
-#: How a file of each older format is brought up to date, in order. Format 1
-#: (the first release) named output kinds after frontend methods.
 #: Flows' memory per user (``Remember``): one pickled dict per user id.
 _MEMORY_TABLE = """
 CREATE TABLE IF NOT EXISTS memory (user TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
+#: How a file of each older format is brought up to date, in order. Format 1
+#: (the first release) named output kinds after frontend methods. Format 2
+#: kept no times: format 3 adds when each state and batch was recorded (a
+#: conversation's last activity), a table of timer deadlines and the flows'
+#: memory per user (tables created by ``_SCHEMA``); rows from before have no
+#: time (``NULL``: not known).
 _MIGRATIONS = {
     1: """
         UPDATE outgoing SET kind = CASE kind
             WHEN 'deliver' THEN 'message' WHEN 'ask' THEN 'question'
             WHEN 'notify' THEN 'notice' ELSE kind END;
     """,
-    2: _MEMORY_TABLE,  # format 3: flows' memory per user (Recall/Remember/Forget)
+    2: """
+        ALTER TABLE conversations ADD COLUMN at REAL;
+        ALTER TABLE batches ADD COLUMN at REAL;
+    """
+    + _MEMORY_TABLE,  # format 3: times, timer deadlines and flows' memory per user
 }
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conversations (
     key TEXT PRIMARY KEY, state_class TEXT NOT NULL, state_fields BLOB NOT NULL,
-    since INTEGER NOT NULL
+    since INTEGER NOT NULL, at REAL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, steps BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, steps BLOB NOT NULL, at REAL);
+CREATE TABLE IF NOT EXISTS deadlines (key TEXT PRIMARY KEY, due REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mailbox (key TEXT PRIMARY KEY, texts BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outgoing (
     receipt INTEGER PRIMARY KEY, key TEXT NOT NULL, kind TEXT NOT NULL, item BLOB NOT NULL
 );
 """ + _MEMORY_TABLE
 
-_SAVE_STATE = "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?)"
+_SAVE_STATE = "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?)"
 _DROP_CONVERSATION = "DELETE FROM conversations WHERE key = ?"
 _SAVE_MAILBOX = "INSERT OR REPLACE INTO mailbox VALUES (?, ?)"
 _DROP_MAILBOX = "DELETE FROM mailbox WHERE key = ?"
-_ADD_BATCH = "INSERT INTO batches VALUES (?, ?)"
+_ADD_BATCH = "INSERT INTO batches VALUES (?, ?, ?)"
 _DROP_BATCH = "DELETE FROM batches WHERE id = ?"
 _ADD_OUTGOING = "INSERT INTO outgoing VALUES (?, ?, ?, ?)"
 _DROP_OUTGOING = "DELETE FROM outgoing WHERE receipt = ?"
 _SAVE_MEMORY = "INSERT OR REPLACE INTO memory VALUES (?, ?)"
 _DROP_MEMORY = "DELETE FROM memory WHERE user = ?"
+_SET_DEADLINE = "INSERT OR REPLACE INTO deadlines VALUES (?, ?)"
+_DROP_DEADLINE = "DELETE FROM deadlines WHERE key = ?"
 _SAVE_SOURCE = "INSERT OR REPLACE INTO meta VALUES ('last_source', ?)"
 _UNREADABLE = "(a value that could not be saved or read back)"
 #: Values SQLite's pickle-free path can keep as they are.
@@ -173,6 +198,12 @@ class SqliteJournal(Journal):
     are the later ones. A batch row is deleted as soon as none of its steps
     is needed any more (every conversation in it moved on to a new state or
     ended), so a conversation looping for ever keeps the file small.
+
+    Each state row and batch row also holds the wall-clock time it was
+    written (see :meth:`stamp`): a conversation's last activity, for idle
+    expiry after a restart. `deadlines` holds, per conversation waiting on a
+    ``Sleep`` or a question's timeout, when it is due; the row goes with the
+    conversation's next step.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -187,6 +218,8 @@ class SqliteJournal(Journal):
         self._changed_mailboxes: set[str] = set()
         # Memory written in this batch, not yet committed: read back before the file.
         self._memory_written: dict[str, bytes | None] = {}
+        self._timed: set[str] = set()  # keys with a row in `deadlines`
+        self._at: float | None = None  # this batch's wall-clock time (see stamp)
         self._closing = threading.Lock()
         self._connection = self._open()
 
@@ -254,11 +287,17 @@ class SqliteJournal(Journal):
     def entered(self, key: str, snapshot: Snapshot) -> None:
         """Save the new state; the steps before it are no longer needed."""
         self._release(key)
-        self._ops.append((_SAVE_STATE, (key, snapshot.state_class, snapshot.fields, self._seq)))
+        if key in self._timed:
+            self._drop_deadline(key)
+        self._ops.append(
+            (_SAVE_STATE, (key, snapshot.state_class, snapshot.fields, self._seq, self._at))
+        )
 
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """Record the value about to be sent in."""
         self._seq += 1
+        if key in self._timed:  # the timer it waited on is done with
+            self._drop_deadline(key)
         if error is None and type(value) in _PLAIN:  # most answers: kept as they are
             self._steps.append((key, self._seq, fingerprint(command), value, None))
         else:
@@ -294,9 +333,24 @@ class SqliteJournal(Journal):
     def ended(self, key: str) -> None:
         """Forget the conversation."""
         self._release(key)
+        if key in self._timed:
+            self._drop_deadline(key)
         self._ops.append((_DROP_CONVERSATION, (key,)))
         if self._mailboxes.pop(key, None) is not None:
             self._changed_mailboxes.add(key)
+
+    def deadline(self, key: str, when: float) -> None:
+        """Keep the deadline until `key` moves on."""
+        self._timed.add(key)
+        self._ops.append((_SET_DEADLINE, (key, when)))
+
+    def _drop_deadline(self, key: str) -> None:
+        self._timed.discard(key)
+        self._ops.append((_DROP_DEADLINE, (key,)))
+
+    def stamp(self, when: float) -> None:
+        """Record `when` with this batch's steps and states."""
+        self._at = when
 
     def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
         """Keep the output until it is confirmed."""
@@ -354,7 +408,8 @@ class SqliteJournal(Journal):
                 ops.append((_DROP_MAILBOX, (key,)))
         self._changed_mailboxes.clear()
         if self._needed.get(self._batch):
-            ops.append((_ADD_BATCH, (self._batch, pickle.dumps(self._steps, _PROTOCOL))))
+            steps = pickle.dumps(self._steps, _PROTOCOL)
+            ops.append((_ADD_BATCH, (self._batch, steps, self._at)))
             self._batch += 1
         else:  # every step of it is already obsolete: nothing to keep
             self._needed.pop(self._batch, None)
@@ -408,21 +463,26 @@ class SqliteJournal(Journal):
         return None if row is None else int(row[0])
 
     def unfinished(self) -> Iterator[Saved]:
-        """Every saved conversation, with its steps and waiting messages in order."""
+        """Every saved conversation, with its steps, waiting messages and deadline."""
         query = self._connection.execute
         saved: dict[str, Saved] = {}
         since: dict[str, int] = {}
-        for key, class_path, fields, seq in query("SELECT * FROM conversations"):
-            saved[key] = Saved(key, Snapshot(class_path, fields))
+        for key, class_path, fields, seq, at in query(
+            "SELECT key, state_class, state_fields, since, at FROM conversations"
+        ):
+            saved[key] = Saved(key, Snapshot(class_path, fields), last_active=at)
             since[key] = seq
             self._seq = max(self._seq, seq)
-        for batch, blob in query("SELECT * FROM batches ORDER BY id"):
+        for batch, blob, at in query("SELECT id, steps, at FROM batches ORDER BY id"):
             self._batch = batch + 1
             self._needed[batch] = 0
             for key, seq, print_, value, error in pickle.loads(blob):
                 self._seq = max(self._seq, seq)
                 if key in saved and seq > since[key]:
-                    saved[key].steps.append(_read_step(print_, value, error))
+                    conversation = saved[key]
+                    conversation.steps.append(_read_step(print_, value, error))
+                    if at is not None:  # batches only get later
+                        conversation.last_active = at
                     self._held.setdefault(key, []).append(batch)
                     self._needed[batch] += 1
             if not self._needed[batch]:
@@ -432,6 +492,12 @@ class SqliteJournal(Journal):
             if key in saved:
                 saved[key].mailbox = pickle.loads(texts)
                 self._mailboxes[key] = list(saved[key].mailbox)
+        for key, due in query("SELECT key, due FROM deadlines"):
+            if key in saved:
+                saved[key].deadline = due
+                self._timed.add(key)
+            else:
+                self._ops.append((_DROP_DEADLINE, (key,)))
         return iter(saved.values())
 
     def close(self) -> None:

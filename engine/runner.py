@@ -120,7 +120,7 @@ def fingerprint(command: Command) -> str:
 
     A ``Call`` is recognised by its function's module and name, not its
     arguments: an argument such as a session object has no stable text, and
-    the function says enough.
+    the function says enough. A question's ``timeout`` is left out.
     """
     if type(command) is Input and command.accepts is TEXT:  # the commonest: made once
         known = _INPUT_FINGERPRINTS.get(command.prompt)
@@ -134,6 +134,10 @@ def fingerprint(command: Command) -> str:
     if isinstance(command, Call):
         module = getattr(command.fn, "__module__", None) or "?"
         return f"Call {module}.{command.name}"
+    if getattr(command, "timeout", None) is not None:
+        # How long a question waits is not what it asks: a recorded answer
+        # still answers it after its timeout is changed.
+        command = dataclasses.replace(command, timeout=None)  # type: ignore[call-arg]
     return repr(command)
 
 

@@ -47,6 +47,7 @@ from engine.commands import (
     Recall,
     Remember,
     Sleep,
+    Timeout,
     UnsupportedCommand,
     User,
     Who,
@@ -140,7 +141,7 @@ class Done:
 
 @dataclass(slots=True)
 class Wake:
-    """A ``Sleep`` is over (a timer event)."""
+    """A ``Sleep`` is over, or a question's timeout passed (a timer event)."""
 
     chat: _Chat
     ticket: int
@@ -202,7 +203,11 @@ class Scheduler:
     """Runs conversations of `flow` for a `frontend`, on one thread.
 
     ``begin``, ``send``, ``cancel`` and ``post`` are safe to call from any
-    thread; they only post an event. `source` is an optional id of what caused
+    thread; they only post an event. Timers (``Sleep``, a question's
+    ``timeout``, idle expiry) run on the monotonic `clock` and are journaled
+    as deadlines of the `wall_clock`, so after a restart each fires at its
+    original moment (at once, if that passed while the engine was down).
+    `source` is an optional id of what caused
     the event (Telegram's update id): with a journal, an event whose source
     `sources` says was taken already is skipped, so a redelivered update is
     taken once.
@@ -217,6 +222,7 @@ class Scheduler:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         journal: Journal | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         sources: SourcePolicy = increasing,
     ) -> None:
         self.frontend = frontend
@@ -224,11 +230,18 @@ class Scheduler:
         self.idle_timeout = idle_timeout
         self.journal = journal or Journal()
         self._clock = clock
+        # Timers run on `clock`, which never jumps; what must outlive the
+        # process (deadlines, last activity) is journaled in wall-clock time,
+        # read once when the timer is set.
+        self._wall_clock = wall_clock
         self._is_new = sources
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._chats: dict[Key, _Chat] = {}
         self._expired: set[Key] = set()
         self._timers: list[tuple[float, int, Any]] = []
+        #: During recovery: the journaled deadline of each rebuilt conversation's timer.
+        self._due_after_restart: dict[Key, float] = {}
+        self._wall_to_clock = 0.0  # during recovery: clock time = wall time + this
         self._timer_order = itertools.count()
         self._tickets = itertools.count(1)
         self._outbox: list[tuple[Any, ...]] = []
@@ -376,8 +389,12 @@ class Scheduler:
         table = self._table
         while True:
             batch = self._take_batch()
+            self.journal.stamp(self._wall_clock())
             stopping = False
             self._batch_source = None
+            # Timers due by now go first: an answer taken after its question's
+            # deadline goes to what the flow asks next, not to that question.
+            self._fire_timers()
             for event in batch:
                 if type(event) is Stop:
                     stopping = True
@@ -526,10 +543,21 @@ class Scheduler:
 
     def _wake(self, event: Wake) -> None:
         chat = event.chat
-        if self._current(chat, event.ticket):
-            assert chat.command is not None
-            self.journal.step(chat.key, chat.command, None, None)
+        if not self._current(chat, event.ticket):
+            return
+        command = chat.command
+        if type(command) is Sleep:
+            self.journal.step(chat.key, command, None, None)
             self._resume(chat, None)
+            return
+        seconds = getattr(command, "timeout", None)
+        if seconds is None:  # answered, and now on a question with no timeout
+            return
+        log.debug("conversation %s: no answer within %g s", chat.key, seconds)
+        assert command is not None
+        timeout = Timeout(seconds)
+        self.journal.step(chat.key, command, None, timeout)
+        self._resume(chat, None, timeout)
 
     def _expire(self, event: Expire) -> None:
         chat = event.chat
@@ -664,6 +692,10 @@ class Scheduler:
                 self.journal.step(chat.key, question, value, None)
                 return value
             self._notify(chat.key, refusal(question, text))
+        seconds = getattr(question, "timeout", None)
+        if seconds is not None:
+            ticket = chat.ticket = next(self._tickets)
+            self._set_timer(chat, seconds, Wake(chat, ticket))
         if chat.replaying:  # asked before the restart: don't ask twice
             self._later(self.frontend.restored, chat.key, question)
         else:
@@ -679,7 +711,7 @@ class Scheduler:
     def _sleep(self, chat: _Chat, sleep: Sleep) -> Any:
         ticket = chat.ticket = next(self._tickets)
         self._later(self.frontend.working, chat.key, sleep)
-        self._push_timer(self._clock() + sleep.seconds, Wake(chat, ticket))
+        self._set_timer(chat, sleep.seconds, Wake(chat, ticket))
         return _PARK
 
     def _who(self, chat: _Chat, who: Who) -> Any:
@@ -729,6 +761,20 @@ class Scheduler:
         self._inbox.put(Done(chat, number, value, error))
 
     # -- timers: events posted at a time ---------------------------------------------
+
+    def _set_timer(self, chat: _Chat, seconds: float, event: Any) -> None:
+        """Post `event` `seconds` from now, the deadline journaled for after a restart.
+
+        A conversation rebuilt after a restart keeps the deadline it had, so
+        its timer fires at the original moment, not `seconds` after the restart.
+        """
+        if chat.replaying:
+            due = self._due_after_restart.pop(chat.key, None)
+            if due is not None:  # still in the journal
+                self._push_timer(due + self._wall_to_clock, event)
+                return
+        self.journal.deadline(chat.key, self._wall_clock() + seconds)
+        self._push_timer(self._clock() + seconds, event)
 
     def _push_timer(self, when: float, event: Any) -> None:
         heapq.heappush(self._timers, (when, next(self._timer_order), event))
@@ -809,6 +855,9 @@ class Scheduler:
         for receipt, key, kind, item in unsent:  # lost in the crash: out first, in order
             self._outbox.append((self._shown[kind][1], key, item, receipt))
         count = 0
+        self.journal.stamp(self._wall_clock())
+        # One reading of both clocks for all: overdue timers keep their order.
+        self._wall_to_clock = self._clock() - self._wall_clock()
         for saved in self.journal.unfinished():
             try:
                 self._rebuild(saved)
@@ -818,11 +867,17 @@ class Scheduler:
                 self._notify(saved.key, Notice.RESTARTED)
                 self._launch(saved.key)
             count += 1
+        self._due_after_restart.clear()
         self._commit()
         return count
 
     def _rebuild(self, saved: Saved) -> None:
-        chat = _Chat(saved.key, Runner.restored(saved.snapshot), self._clock())
+        now = self._clock()
+        if saved.last_active is not None:  # idle since then, restart or not
+            now = min(now, saved.last_active + self._wall_to_clock)
+        if saved.deadline is not None:
+            self._due_after_restart[saved.key] = saved.deadline
+        chat = _Chat(saved.key, Runner.restored(saved.snapshot), now)
         chat.replay(saved.steps)
         chat.entered = self._on_enter
         chat.replaying = True

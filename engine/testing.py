@@ -25,6 +25,12 @@ Two styles, for two needs (after redux-saga's advice):
 
 Both are strict: an unexpected command, or a missing one, fails with the
 dialogue so far and what was expected next.
+
+A question asked with a ``timeout`` is let pass unanswered by
+``flow.times_out()``, or by a ``timeout:`` line in a transcript (written
+``timeout: 600`` in the dialogue so far); the flow sees
+:class:`~engine.commands.Timeout` at its ``yield``, as when the engine's
+timer fires.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from engine.commands import (
     Recall,
     Remember,
     Sleep,
+    Timeout,
     User,
     Who,
 )
@@ -173,6 +180,20 @@ class FlowTest:
         self._require(Call)
         self.transcript.append(f"  raised {error!r}")
         return self._advance(None, error)
+
+    def times_out(self) -> Command | None:
+        """Let the pending question's ``timeout`` pass with no answer.
+
+        The flow sees :class:`~engine.commands.Timeout` at its ``yield``, as it
+        does when the engine's timer fires; the transcript says ``timeout: <seconds>``.
+        """
+        question = self._require(Input, Choose)
+        seconds = getattr(question, "timeout", None)
+        if seconds is None:
+            self._fail(f"{question!r} has no timeout, so it cannot time out")
+        assert seconds is not None
+        self.transcript.append(f"timeout: {seconds:g}")
+        return self._advance(None, Timeout(seconds))
 
     def resume(self) -> Command | None:
         """Let a pending ``Print``, ``Sleep``, ``Remember`` (or other output) complete."""
@@ -318,7 +339,9 @@ def check_transcript(
 
     Lines are ``bot: <text>`` (a Print, an Input's prompt, a Choose's prompt
     and its numbered options), ``you: <answer>``, ``call: <name>`` or
-    ``call: <name>(<args as repr>)``, and ``sleep: <seconds>``. Each Call is
+    ``call: <name>(<args as repr>)``, ``sleep: <seconds>``, and ``timeout:``
+    (or ``timeout: <seconds>``) where a question with a ``timeout`` goes
+    unanswered (see :meth:`FlowTest.times_out`). Each Call is
     answered by the fake in `calls` of that function's name: a plain function
     taking the same arguments, whose return value or exception goes back into
     the flow. With `finished` the flow must end where the script ends.
@@ -367,6 +390,9 @@ def check_transcript(
             )
         if isinstance(command, (Input, Choose)):
             line = expected[checked]
+            if line.startswith("timeout:"):
+                test.times_out()
+                continue
             if not line.startswith("you:"):
                 raise FlowMismatch(
                     f"transcript line {checked + 1}: expected {line!r}, but the flow waits "
@@ -411,6 +437,8 @@ def _script_lines(script: str) -> list[str]:
 def _same_line(actual: str, wanted: str) -> bool:
     if actual.startswith("call: ") and "(" not in wanted:
         return actual.split("(", 1)[0] == wanted.rstrip()
+    if actual.startswith("timeout: ") and wanted.rstrip() == "timeout:":
+        return True
     if actual.startswith("you: ") and wanted.startswith("you:"):
         return actual[4:].strip() == wanted[4:].strip()
     return actual.rstrip() == wanted.rstrip()

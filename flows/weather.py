@@ -10,7 +10,8 @@ States, in order:
   ``ShowWeather``.
 * ``ShowWeather``: say where it is and read its weather; service
   unavailable -> ``AskCity``, else -> ``AskAgain``.
-* ``AskAgain``: ``continue`` -> ``AskCity``; ``quit`` -> the end.
+* ``AskAgain``: ``continue`` -> ``AskCity``; ``quit`` -> the end; no answer
+  for ``WEATHER_IDLE_MINUTES`` (default 30) -> says so, the end.
 
 All HTTP happens in ``Call(search_places, city)`` and
 ``Call(current_weather, latitude, longitude)``, so tests answer those calls
@@ -21,10 +22,12 @@ the parentheses: ``Found Antarctica at latitude -78.15856 and longitude
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from engine.commands import Call, Choose, Input, Print
+from engine.commands import Call, Choose, Input, Print, Timeout
 from engine.states import State, Steps
 from flows.openmeteo import (
     DEFAULT_FORECAST_URL,
@@ -40,6 +43,7 @@ from flows.openmeteo import (
 
 __all__ = [
     "CITY_PROMPT",
+    "IDLE_MINUTES",
     "MAX_CHOICES",
     "NAME_TOO_LONG",
     "NEXT_PROMPT",
@@ -54,7 +58,9 @@ __all__ = [
     "WeatherFlow",
     "conditions",
     "found",
+    "idle_minutes",
     "place_labels",
+    "stopped",
 ]
 
 CITY_PROMPT = "Name a city: "
@@ -66,6 +72,34 @@ UNAVAILABLE = "The weather service is unavailable right now, please try again la
 TERMINATING = "Terminating"
 #: How many places a user is offered when a name is ambiguous.
 MAX_CHOICES = 5
+
+
+def idle_minutes(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
+    """How long "What next?" waits for an answer: ``WEATHER_IDLE_MINUTES``, default 30.
+
+    Raises ``ValueError`` with a one-line reason for anything but a positive number.
+    """
+    text = environ.get("WEATHER_IDLE_MINUTES", "").strip()
+    if not text:
+        return 30.0
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"WEATHER_IDLE_MINUTES must be a positive number of minutes, got {text!r}")
+    return minutes
+
+
+#: Read once, when the flow is loaded: a restart with another value changes
+#: how long the next "What next?" waits, never what a conversation did.
+IDLE_MINUTES = idle_minutes()
+
+
+def stopped(minutes: float) -> str:
+    """``No answer for 30 minutes, so I stopped here. Goodbye!``."""
+    unit = "minute" if minutes == 1 else "minutes"
+    return f"No answer for {minutes:g} {unit}, so I stopped here. Goodbye!"
 
 
 def found(place: Place) -> str:
@@ -183,10 +217,15 @@ class ShowWeather(State):
 
 @dataclass(frozen=True)
 class AskAgain(State):
-    """Another city, or the end."""
+    """Another city, or the end (also when left unanswered for `IDLE_MINUTES`)."""
 
     def run(self) -> Steps:
-        choice = yield Choose(NEXT_PROMPT, ["continue", "quit"])
+        minutes = IDLE_MINUTES
+        try:
+            choice = yield Choose(NEXT_PROMPT, ["continue", "quit"], timeout=minutes * 60)
+        except Timeout:
+            yield Print(stopped(minutes))
+            return None
         if choice == "quit":
             yield Print(TERMINATING)
             return None

@@ -41,15 +41,33 @@ def test_memory_is_measured_with_every_conversation_parked() -> None:
 
 
 def test_the_report_has_every_row_and_target(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--conversations", "40", "--answers", "2", "--repeat", "1"]) == 0
+    argv = ["--conversations", "40", "--answers", "2", "--repeat", "1", "--timers", "30"]
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
     for suffix in ("", " +Print"):
         for row in ("gen.send floor", "scheduler", "asyncio", "asyncio batch-fed"):
             assert f"\n{row}{suffix} " in out
+    assert "\nscheduler+timers " in out
     assert "SQLite journal:" in out
     assert "memory per parked conversation, scheduler" in out
     assert "memory per parked conversation, asyncio" in out
-    assert out.count("PASS") + out.count("FAIL") == 3
+    assert "timers: 30 parked on Sleep: " in out
+    assert "timers: 30 falling due at once fired in " in out
+    assert out.count("PASS") + out.count("FAIL") == 4
+
+
+def test_timers_are_measured_parked_and_firing() -> None:
+    timers = bench.measure_timers(CONVERSATIONS, top=2)
+    assert timers.parked.parked == timers.asking.parked == CONVERSATIONS
+    assert timers.parked.bytes_per_conversation > 0 and timers.entry > 0
+    assert len(timers.parked.top) == 2
+    assert timers.firing.timers == CONVERSATIONS and timers.firing.seconds > 0
+
+
+def test_parked_timers_leave_every_answer_taken() -> None:
+    result = bench.run_scheduler(CONVERSATIONS, ANSWERS, timers=20)
+    assert result.name == "scheduler+timers"
+    assert (result.steps, result.asked, result.ended) == (STEPS, STEPS, CONVERSATIONS)
 
 
 def test_a_miscount_is_caught() -> None:

@@ -8,6 +8,7 @@ but never confirmed (their kind stored as the method name ``ask``).
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import sqlite3
 from contextlib import closing
@@ -16,12 +17,15 @@ from typing import Any
 
 import pytest
 
+from engine.commands import Choose, Input
 from engine.frontend import Delivery
 from engine.journal import SCHEMA_VERSION, JournalError, SqliteJournal
+from engine.runner import Snapshot, fingerprint
 from engine.scheduler import Scheduler
 from engine.testing import RecordingFrontend
 from tests import flows_for_tests
 from tests.flows_for_tests import Park
+from tests.support.engine import FORMAT_2
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 
@@ -118,3 +122,49 @@ def test_a_state_file_belongs_to_the_flow_that_wrote_it(tmp_path: Path) -> None:
     with pytest.raises(JournalError):
         reopened.claim("tests.flows_for_tests:Echo")
     reopened.close()
+
+
+def test_questions_pickled_before_timeouts_existed_load_without_one(old_file: Path) -> None:
+    journal = SqliteJournal(old_file)
+    try:
+        questions = [item for _, _, _, item in journal.undelivered()]
+    finally:
+        journal.close()
+    assert len(questions) == 6
+    for question in questions:
+        assert isinstance(question, (Input, Choose))
+        assert question.timeout is None
+        again = Input(question.prompt) if isinstance(question, Input) else Choose(
+            question.prompt, question.options
+        )
+        assert question == again
+        assert fingerprint(question) == fingerprint(again)
+
+
+
+
+def test_a_format_2_file_is_upgraded_and_its_conversations_resume(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    snapshot = Snapshot.of(Park())
+    steps = [("ann", 1, fingerprint(Input("Park where?")), "sleep", None)]
+    with closing(sqlite3.connect(path)) as connection:
+        connection.executescript(FORMAT_2)
+        connection.execute(
+            "INSERT INTO conversations VALUES (?, ?, ?, ?)",
+            ("ann", snapshot.state_class, snapshot.fields, 0),
+        )
+        connection.execute("INSERT INTO batches VALUES (1, ?)", (pickle.dumps(steps),))
+        connection.commit()
+    journal = SqliteJournal(path)
+    try:
+        [saved] = list(journal.unfinished())
+    finally:
+        journal.close()
+    assert saved.key == "ann"
+    assert [step.value for step in saved.steps] == ["sleep"]
+    assert saved.deadline is None and saved.last_active is None  # format 2 kept no times
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(batches)")}
+        assert columns == {"id", "steps", "at"}
+        assert connection.execute("SELECT count(*) FROM deadlines").fetchone()[0] == 0

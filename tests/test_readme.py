@@ -92,3 +92,20 @@ def test_the_first_lines_are_the_two_commands() -> None:
     assert commands[0].endswith("weather-cli")
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert commands[1] in ci, "CI must run the README's test command"
+
+
+def test_the_reminder_example_reminds_then_ends() -> None:
+    example = next(block for block in _python_blocks() if "class AskName" in block)
+    names = _run_block(example, "reminder")
+    flow = FlowTest(names["AskName"]())  # type: ignore[operator]
+    assert flow.command == Input("What is your name?", timeout=600)
+    flow.times_out()
+    flow.expect(Print("Still there? I would like to know your name."))
+    flow.times_out()
+    flow.expect(Print("No answer, so I stopped here. Goodbye!"))
+    assert flow.finished
+    flow.check_replay()
+    answered = FlowTest(names["AskName"]())  # type: ignore[operator]
+    answered.answer("Ann")
+    answered.expect(Print("Hello, Ann!"))
+    assert answered.finished

@@ -41,6 +41,7 @@ from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
 from tests.conftest import Engine
+from tests.support.engine import FORMAT_2
 from tests.support.flows import Echo, Pin, Visitor, tiny_png
 
 StartEngine = Callable[..., Engine]
@@ -521,10 +522,8 @@ def test_a_location_waiting_in_the_mailbox_survives_a_restart(state_file: Path) 
 
 
 def test_a_format_2_file_gets_the_memory_table(state_file: Path) -> None:
-    SqliteJournal(state_file).close()
     with closing(sqlite3.connect(state_file)) as connection:  # as format 2 left it
-        connection.execute("DROP TABLE memory")
-        connection.execute("PRAGMA user_version = 2")
+        connection.executescript(FORMAT_2)
         connection.commit()
     journal = SqliteJournal(state_file)
     try:

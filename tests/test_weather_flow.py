@@ -16,6 +16,7 @@ import pytest
 from engine.commands import Call, Choose, Input, Print
 from engine.states import Entered, State, conversation, load_flow, restore, snapshot
 from engine.testing import FlowTest, check_transcript
+from flows import weather
 from flows.openmeteo import (
     MAX_NAME_LENGTH,
     NameTooLong,
@@ -40,7 +41,7 @@ from flows.weather import (
 from tests.support.openmeteo_server import FailureKind, FakeOpenMeteo
 
 ASK = Input("Name a city: ")
-AGAIN = Choose(NEXT_PROMPT, ["continue", "quit"])
+AGAIN = Choose(NEXT_PROMPT, ["continue", "quit"], timeout=30 * 60)
 
 LONDON_UK = Place("London", 51.50853, -0.12574, "United Kingdom", "England")
 LONDON_CA = Place("London", 42.98339, -81.23304, "Canada", "Ontario")
@@ -546,3 +547,57 @@ def test_each_generated_city_gets_its_own_temperature(openmeteo: FakeOpenMeteo) 
             finished=False,
         )
         assert test.command == AGAIN
+
+
+# -- "What next?" left unanswered --------------------------------------------------
+
+
+def test_what_next_left_unanswered_for_30_minutes_ends_politely() -> None:
+    check_transcript(
+        WeatherFlow(),
+        """
+        bot: Name a city:
+        you: london
+        call: search_places('london')
+        bot: Which one do you mean?
+        bot: 0) London, England, United Kingdom
+        bot: 1) London, Ontario, Canada
+        bot: 2) London, Ohio, United States
+        bot: 3) London, Kentucky, United States
+        bot: 4) London, Arkansas, United States
+        you: 1
+        bot: Found London (Canada) at latitude 42.98339 and longitude -81.23304
+        call: current_weather(42.98339, -81.23304)
+        bot: Current temperature is 10.7 °C
+        bot: Slight rain, wind 11.2 km/h from the west
+        bot: What next?
+        bot: 0) continue
+        bot: 1) quit
+        timeout: 1800
+        bot: No answer for 30 minutes, so I stopped here. Goodbye!
+        """,
+        calls=FAKES,
+    )
+
+
+def test_how_long_what_next_waits_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weather, "IDLE_MINUTES", 1.0)
+    flow = FlowTest(AskAgain())
+    assert flow.command == Choose(NEXT_PROMPT, ["continue", "quit"], timeout=60)
+    flow.times_out()
+    flow.expect(Print("No answer for 1 minute, so I stopped here. Goodbye!"))
+    assert flow.finished
+
+
+@pytest.mark.parametrize(
+    ("environ", "minutes"),
+    [({}, 30.0), ({"WEATHER_IDLE_MINUTES": " "}, 30.0), ({"WEATHER_IDLE_MINUTES": "2.5"}, 2.5)],
+)
+def test_idle_minutes_come_from_the_environment(environ: dict[str, str], minutes: float) -> None:
+    assert weather.idle_minutes(environ) == minutes
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "soon", "inf", "nan"])
+def test_a_bad_idle_minutes_is_one_line_error(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^WEATHER_IDLE_MINUTES must be a positive number"):
+        weather.idle_minutes({"WEATHER_IDLE_MINUTES": text})

@@ -52,3 +52,19 @@ def _held(number: int) -> Any:
 def held(thing: Any) -> Any:
     """`thing`, as something a state can keep as a field (see :class:`Held`)."""
     return Held(thing)
+
+
+#: The tables of format 2, the format before timers had deadlines.
+FORMAT_2 = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE conversations (
+    key TEXT PRIMARY KEY, state_class TEXT NOT NULL, state_fields BLOB NOT NULL,
+    since INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE batches (id INTEGER PRIMARY KEY, steps BLOB NOT NULL);
+CREATE TABLE mailbox (key TEXT PRIMARY KEY, texts BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE outgoing (
+    receipt INTEGER PRIMARY KEY, key TEXT NOT NULL, kind TEXT NOT NULL, item BLOB NOT NULL
+);
+PRAGMA user_version = 2;
+"""
