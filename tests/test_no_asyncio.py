@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CHECK = (
-    "import engine, engine.scheduler, engine.testing, engine.journal, sys; "
+    "import engine, engine.scheduler, engine.testing, engine.journal, engine.journals, sys; "
     "assert 'asyncio' not in sys.modules, sorted(m for m in sys.modules if 'asyncio' in m)"
 )
 
