@@ -468,7 +468,8 @@ def _connect_options(url: str, label: str) -> dict[str, Any]:
 
 def _explain(error: psycopg.Error, url: str) -> str:
     """The reason in `error`, on one line, in an operator's words where they are known."""
-    text = " ".join(str(error).split())
+    lines = str(error).replace(url, redact(url)).splitlines()  # libpq may quote the URL
+    text = ". ".join(" ".join(line.split()).rstrip(".") for line in lines if line.strip())
     password = _password(url)
     if password:
         text = text.replace(password, "***")
@@ -488,4 +489,5 @@ def _password(url: str) -> str | None:
     try:
         return urlsplit(url).password
     except ValueError:
-        return None
+        found = re.search(r"//[^:/@]*:([^@]*)@", url)
+        return found.group(1) if found else None

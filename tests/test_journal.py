@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from engine import Call, Choose, Input, Print, Sleep, State
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.journals import open_journal
-from engine.postgres_journal import PostgresJournal
+from engine.postgres_journal import PostgresJournal, redact
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import RecordingFrontend
+from tests.postgres_server import PostgresServer, closed_port
 
 CALLS: list[int] = []
 
@@ -361,6 +363,108 @@ def test_another_programs_database_is_refused(state_file: Path) -> None:
         assert connection.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
 
 
+# -- bad PostgreSQL databases ---------------------------------------------------------
+
+
+def _refusal(url: str, **options: Any) -> str:
+    """The one-line JournalError opening `url` gives."""
+    with pytest.raises(JournalError) as refused:
+        PostgresJournal(url, **options)
+    message = str(refused.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_malformed_url_is_refused_without_showing_its_password() -> None:
+    message = _refusal("postgresql://ann:s3cret@db.example:notaport/bot")
+    assert message == (
+        "postgresql://ann:***@db.example:notaport/bot: not a valid PostgreSQL URL "
+        "(port 'notaport' is not a number)"
+    )
+    message = _refusal("postgresql://ann:s3cret@[db.example/bot")  # libpq quotes the URL
+    assert "not a valid PostgreSQL URL" in message
+    assert "s3cret" not in message
+
+
+def test_a_wrong_password_is_refused(postgres_server: PostgresServer, postgres_url: str) -> None:
+    database = postgres_url.rpartition("/")[2]
+    url = postgres_server.url(database, password="not-the-password")
+    message = _refusal(url)
+    assert message.startswith(f"{redact(url)}: login refused (password authentication failed")
+    assert "not-the-password" not in message
+
+
+def test_an_unreachable_server_is_refused_at_once() -> None:
+    url = f"postgresql://ann:pw@127.0.0.1:{closed_port()}/bot"
+    assert "cannot reach the server (Connection refused" in _refusal(url)
+
+
+def test_a_missing_database_is_refused(postgres_server: PostgresServer) -> None:
+    message = _refusal(postgres_server.url("no_such_database"))
+    assert message.endswith('database "no_such_database" does not exist')
+
+
+def test_a_user_without_permissions_is_refused(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    database = postgres_url.rpartition("/")[2]
+    postgres_server.execute(f"CREATE ROLE {database}_reader LOGIN PASSWORD 'pw'")
+    reader = postgres_server.url(database, user=f"{database}_reader", password="pw")
+    # On an empty database: it may not create the journal's schema.
+    assert "missing permissions (permission denied for database" in _refusal(reader)
+    # On one set up by its owner: it may not use the tables.
+    PostgresJournal(postgres_url).close()
+    assert "missing permissions (permission denied for schema yielded)" in _refusal(reader)
+
+
+def test_a_database_from_a_newer_version_is_refused_and_left_alone(postgres_url: str) -> None:
+    PostgresJournal(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("UPDATE yielded.meta SET value = '99' WHERE name = 'schema_version'")
+    assert "written by a newer version (schema 99, this one reads up to 1)" in _refusal(
+        postgres_url
+    )
+    with psycopg.connect(postgres_url) as connection:
+        tables = connection.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'yielded'"
+        ).fetchone()
+    assert tables == (6,)
+
+
+def test_a_bot_in_use_by_another_instance_is_refused_until_it_stops(postgres_url: str) -> None:
+    first = PostgresJournal(postgres_url)
+    try:
+        assert "bot 'default' is in use by another running instance" in _refusal(postgres_url)
+        PostgresJournal(postgres_url, bot="another").close()  # other bots share the database
+    finally:
+        first.close()
+    PostgresJournal(postgres_url).close()
+
+
+def test_bots_sharing_a_database_keep_their_own_update_ids(postgres_url: str) -> None:
+    for bot, source in (("first", 10), ("second", 20)):
+        journal = PostgresJournal(postgres_url, bot=bot)
+        journal.commit(source)
+        journal.close()
+    for bot, source in (("first", 10), ("second", 20)):
+        journal = PostgresJournal(postgres_url, bot=bot)
+        try:
+            assert journal.last_source() == source
+        finally:
+            journal.close()
+
+
+def test_open_journal_picks_the_backend_from_the_spec(tmp_path: Path, postgres_url: str) -> None:
+    assert isinstance(open_journal(str(tmp_path / "state.sqlite3")), SqliteJournal)
+    postgres_style = "postgres://" + postgres_url.removeprefix("postgresql://")
+    for url in (postgres_url, postgres_style):
+        journal = open_journal(url)
+        try:
+            assert isinstance(journal, PostgresJournal)
+        finally:
+            journal.close()
+
+
 def test_a_result_that_cannot_be_saved_restarts_that_conversation(state: str) -> None:
     @dataclass
     class Lock(State):
@@ -516,4 +620,5 @@ def test_confirmed_outputs_do_not_go_out_again(state: str) -> None:
 
 
 def _count_outgoing(journal: Journal) -> int:
-    return _count(journal, "yielded.outgoing" if isinstance(journal, PostgresJournal) else "outgoing")
+    postgres = isinstance(journal, PostgresJournal)
+    return _count(journal, "yielded.outgoing" if postgres else "outgoing")
