@@ -372,7 +372,7 @@ class PostgresJournal(Journal):
         database: copying over live state would lose or mix conversations.
         Returns how many conversations were written.
         """
-        if self.last_source() is not None or self._has_rows():
+        if self.holds_state():
             raise JournalError(
                 f"{self.label}: bot {self.bot!r} already has conversations or update ids "
                 "in this database; not overwriting them"
@@ -397,8 +397,9 @@ class PostgresJournal(Journal):
         self.commit(last_source)
         return count
 
-    def _has_rows(self) -> bool:
-        return any(
+    def holds_state(self) -> bool:
+        """Whether this bot has conversations, unsent outputs or a last update id here."""
+        return self.last_source() is not None or any(
             self._read(f"SELECT 1 FROM {_N}.{table} WHERE bot = %s LIMIT 1", (self.bot,))
             for table in ("conversations", "outgoing")
         )
