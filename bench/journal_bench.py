@@ -6,21 +6,29 @@ Run from the repository root::
 
 It prints, from one run, side by side:
 
-* the scheduler's cost per step in memory and with the SQLite journal, on
-  the engine benchmark's workload (N conversations x M answers fed from
-  another thread), and their ratio (target: the journal keeps at least half
-  the in-memory throughput);
-* the time to rebuild N conversations from the journal after a restart,
+* the scheduler's cost per step in memory, with the SQLite journal and with
+  the PostgreSQL journal, on the engine benchmark's workload (N
+  conversations x M answers fed from another thread), and the SQLite
+  journal's ratio to memory (target: the journal keeps at least half the
+  in-memory throughput);
+* the time to rebuild N conversations from each journal after a restart,
   each parked on a question after a ``Call`` (target: under 5 seconds).
+
+PostgreSQL is a local server started for the run from the binaries of the
+`pgserver` test dependency (as the tests do), with fsync on, as production
+would run; ``--postgres-url URL`` uses an existing database instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +38,7 @@ from engine import Call, Choose, Input, Print, State
 from engine.commands import Command
 from engine.frontend import Frontend
 from engine.journal import Journal, SqliteJournal
+from engine.postgres_journal import PostgresJournal
 from engine.scheduler import Scheduler
 from engine.states import Steps
 
@@ -116,12 +125,14 @@ def throughput(conversations: int, answers: int, journal: Journal | None) -> flo
     elapsed = time.perf_counter() - started
     feeder.join(10)
     scheduler.stop()
+    if journal is not None:
+        journal.close()
     return conversations * answers / elapsed
 
 
-def recovery(conversations: int, path: Path) -> tuple[float, int]:
-    """Seconds to rebuild `conversations` parked conversations from `path`."""
-    journal = SqliteJournal(path)
+def recovery(conversations: int, open_journal: Callable[[], Journal]) -> tuple[float, int]:
+    """Seconds to rebuild `conversations` parked conversations from `open_journal()`'s."""
+    journal = open_journal()
     frontend = Counting(conversations)
     scheduler = Scheduler(frontend, Parked, journal=journal)
     scheduler.start()
@@ -136,7 +147,7 @@ def recovery(conversations: int, path: Path) -> tuple[float, int]:
     journal.close()
 
     started = time.perf_counter()
-    journal = SqliteJournal(path)
+    journal = open_journal()
     frontend = Counting(conversations)
     scheduler = Scheduler(frontend, Parked, journal=journal)
     rebuilt = scheduler.recover()
@@ -147,34 +158,80 @@ def recovery(conversations: int, path: Path) -> tuple[float, int]:
     return elapsed, rebuilt
 
 
+#: Where a journal is opened (again, for recovery): a function that opens it.
+Place = Callable[[], Journal]
+
+
+@contextlib.contextmanager
+def postgres_places(url: str | None) -> Iterator[Callable[[], Place]]:
+    """Yields a maker of empty PostgreSQL journals.
+
+    Each is a new database on a server started here, or, given `url`, a new
+    bot in that database (whose rows are left there).
+    """
+    if url is not None:
+        bots = itertools.count(1)
+        prefix = f"bench-{time.time_ns()}"
+
+        def new_bot() -> Place:
+            bot = f"{prefix}-{next(bots)}"
+            return lambda: PostgresJournal(url, bot=bot)
+
+        yield new_bot
+        return
+    from tests.support.postgres_server import PostgresServer
+
+    with PostgresServer(durable=True) as server:
+        print(f"(a local PostgreSQL 16 started in {server.start_seconds:.2f} s)")
+
+        def new_database() -> Place:
+            database = server.create_database()
+            return lambda: PostgresJournal(database)
+
+        yield new_database
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run both measurements and print them."""
+    """Run the measurements and print them."""
     global ANSWERS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--answers", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    parser.add_argument("--postgres-url", help="use this database instead of a local server")
     options = parser.parse_args(argv)
     ANSWERS = options.answers
     n, m = options.conversations, options.answers
-    memory = journaled = 0.0
-    with tempfile.TemporaryDirectory() as folder:
-        for run in range(options.repeat):  # interleaved, so both see the same machine
+    memory = sqlite = postgres = 0.0
+    with tempfile.TemporaryDirectory() as folder, postgres_places(options.postgres_url) as place:
+        for run in range(options.repeat):  # interleaved, so all see the same machine
             memory = max(memory, throughput(n, m, None))
             path = Path(folder) / f"throughput-{run}.sqlite3"
-            journaled = max(journaled, throughput(n, m, SqliteJournal(path)))
-        seconds, rebuilt = recovery(n, Path(folder) / "recovery.sqlite3")
+            sqlite = max(sqlite, throughput(n, m, SqliteJournal(path)))
+            postgres = max(postgres, throughput(n, m, place()()))
+        recovery_file = Path(folder) / "recovery.sqlite3"
+        recoveries = {
+            "SQLite": recovery(n, lambda: SqliteJournal(recovery_file)),
+            "PostgreSQL": recovery(n, place()),
+        }
     print(
         f"journal benchmark: {n} conversations x {m} answers, fed from another thread; "
         f"best of {options.repeat}"
     )
-    print(f"  in memory      {memory:>10,.0f} steps/s  {1e6 / memory:6.2f} µs/step")
-    print(f"  SQLite journal {journaled:>10,.0f} steps/s  {1e6 / journaled:6.2f} µs/step")
-    ratio = journaled / memory
+    for name, rate in (
+        ("in memory", memory), ("SQLite journal", sqlite), ("PostgreSQL journal", postgres)
+    ):
+        print(f"  {name:<18} {rate:>10,.0f} steps/s  {1e6 / rate:7.2f} µs/step")
+    ratio = sqlite / memory
     verdict = "PASS" if ratio >= 0.5 else "FAIL"
-    print(f"  journaled / in memory: {ratio:.2f}  (target >= 0.50: {verdict})")
-    verdict = "PASS" if seconds < 5 else "FAIL"
-    print(f"  recovery of {rebuilt} conversations: {seconds:.2f} s  (target < 5 s: {verdict})")
+    print(f"  SQLite journaled / in memory: {ratio:.2f}  (target >= 0.50: {verdict})")
+    print(f"  PostgreSQL journaled / in memory: {postgres / memory:.2f}  (no target)")
+    for name, (seconds, rebuilt) in recoveries.items():
+        verdict = "PASS" if seconds < 5 else "FAIL"
+        print(
+            f"  recovery of {rebuilt} conversations from {name}: {seconds:.2f} s  "
+            f"(target < 5 s: {verdict})"
+        )
 
 
 if __name__ == "__main__":

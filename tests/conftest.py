@@ -15,6 +15,7 @@ from engine.testing import RecordingFrontend
 from tests.support.engine import Engine, engine_threads
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.openmeteo_server import FakeOpenMeteo
+from tests.support.postgres_server import PostgresServer, ServerError
 
 
 @pytest.fixture
@@ -108,3 +109,30 @@ def telegram() -> Iterator[FakeTelegram]:
     """
     with FakeTelegram() as server:
         yield server
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session (see ``tests/postgres_server.py``).
+
+    Started the first time a test asks for it, stopped and deleted at the end.
+    Never skipped: if it cannot start, every test that needs it fails, saying why.
+    """
+    server = PostgresServer()
+    try:
+        server.start()
+    except (ServerError, OSError) as error:
+        pytest.fail(f"cannot start PostgreSQL for the tests: {error}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's server (as its superuser)."""
+    return postgres_server.create_database()

@@ -75,3 +75,18 @@ def test_a_miscount_is_caught() -> None:
     result.ended -= 1
     with pytest.raises(AssertionError, match="ended"):
         bench._check_counts(result)
+
+
+def test_the_journal_benchmark_has_a_row_per_journal(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import journal_bench
+
+    journal_bench.main(
+        ["--conversations", "30", "--answers", "2", "--repeat", "1", "--postgres-url", postgres_url]
+    )
+    out = capsys.readouterr().out
+    for row in ("in memory", "SQLite journal", "PostgreSQL journal"):
+        assert f"\n  {row} " in out
+    assert "recovery of 30 conversations from SQLite" in out
+    assert "recovery of 30 conversations from PostgreSQL" in out

@@ -1,8 +1,10 @@
-"""The SQLite journal: conversations survive a restart of the scheduler.
+"""The journals: conversations survive a restart of the scheduler.
 
-These tests run the real scheduler on a real state file, stop it in the
-middle of conversations (as a crash would leave them: nothing is ended), and
-start a new scheduler on the same file.
+These tests run the real scheduler on a real state file, or a real
+PostgreSQL database, stop it in the middle of conversations (as a crash would
+leave them: nothing is ended), and start a new scheduler on the same state.
+Tests taking `state` run on both backends; those taking `state_file` are
+about SQLite files only.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from engine import Call, Choose, Input, Print, Sleep, State
-from engine.journal import JournalError, SqliteJournal
+from engine.journal import Journal, JournalError, SqliteJournal
+from engine.journals import open_journal
+from engine.postgres_journal import PostgresJournal, redact
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import RecordingFrontend
+from tests.support.postgres_server import PostgresServer, closed_port
 
 CALLS: list[int] = []
 
@@ -67,9 +73,9 @@ class Napping(State):
 class Running:
     """A scheduler on a state file, stopped without ending its conversations."""
 
-    def __init__(self, path: Path, flow: Any = Round) -> None:
+    def __init__(self, state: str | Path, flow: Any = Round) -> None:
         self.frontend = RecordingFrontend()
-        self.journal = SqliteJournal(path)
+        self.journal = open_journal(str(state))
         self.scheduler = Scheduler(self.frontend, flow, journal=self.journal)
         self.scheduler.start()
 
@@ -84,14 +90,24 @@ def state_file(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "state.sqlite3"
 
 
-def test_a_question_pending_at_a_restart_is_simply_answered(state_file: Path) -> None:
-    first = Running(state_file)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a journal keeps its state: a SQLite file, or a fresh PostgreSQL database."""
+    CALLS.clear()
+    if request.param == "sqlite":
+        return str(tmp_path / "state.sqlite3")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def test_a_question_pending_at_a_restart_is_simply_answered(state: str) -> None:
+    first = Running(state)
     first.scheduler.begin("ann", source=1)
     first.scheduler.send("ann", "21", source=2)
     first.frontend.wait_for("ann", "bot: 1) quit")
     first.crash()
 
-    second = Running(state_file)
+    second = Running(state)
     try:
         second.scheduler.send("ann", "quit", source=3)
         lines = second.frontend.wait_for("ann", "ended")
@@ -101,14 +117,14 @@ def test_a_question_pending_at_a_restart_is_simply_answered(state_file: Path) ->
     assert CALLS == [21]  # the Call was not run again
 
 
-def test_an_update_already_taken_is_not_taken_again(state_file: Path) -> None:
-    first = Running(state_file)
+def test_an_update_already_taken_is_not_taken_again(state: str) -> None:
+    first = Running(state)
     first.scheduler.begin("ann", source=10)
     first.scheduler.send("ann", "1", source=11)
     first.frontend.wait_for("ann", "bot: 1) quit")
     first.crash()
 
-    second = Running(state_file)
+    second = Running(state)
     try:
         assert second.scheduler.last_source == 11
         second.scheduler.send("ann", "1", source=11)  # Telegram delivers it again
@@ -119,7 +135,7 @@ def test_an_update_already_taken_is_not_taken_again(state_file: Path) -> None:
     assert lines == ["(restored)", "bot: round 1", "bot: Number?"]
 
 
-def test_a_pending_call_runs_again_after_a_restart(state_file: Path) -> None:
+def test_a_pending_call_runs_again_after_a_restart(state: str) -> None:
     release = threading.Event()
     entered = threading.Event()
 
@@ -137,14 +153,14 @@ def test_a_pending_call_runs_again_after_a_restart(state_file: Path) -> None:
             return None
 
     _register(Waits)
-    first = Running(state_file, Waits)
+    first = Running(state, Waits)
     first.scheduler.begin("ann")
     first.scheduler.send("ann", "7")
     assert entered.wait(5)
     first.crash()  # the call is still running: abandoned
     release.set()
 
-    second = Running(state_file, Waits)
+    second = Running(state, Waits)
     try:
         lines = second.frontend.wait_for("ann", "ended")
     finally:
@@ -152,13 +168,13 @@ def test_a_pending_call_runs_again_after_a_restart(state_file: Path) -> None:
     assert lines == ["bot: got 7", "ended"]
 
 
-def test_a_pending_sleep_is_slept_after_a_restart(state_file: Path) -> None:
-    first = Running(state_file, Napping)
+def test_a_pending_sleep_is_slept_after_a_restart(state: str) -> None:
+    first = Running(state, Napping)
     first.scheduler.begin("ann")
     first.scheduler.send("ann", "one")
     first.crash()
 
-    second = Running(state_file, Napping)
+    second = Running(state, Napping)
     try:
         lines = second.frontend.wait_for("ann", "bot: Second?")
     finally:
@@ -166,7 +182,7 @@ def test_a_pending_sleep_is_slept_after_a_restart(state_file: Path) -> None:
     assert lines == ["bot: woke up", "bot: Second?"]
 
 
-def test_messages_waiting_in_a_mailbox_survive_a_restart(state_file: Path) -> None:
+def test_messages_waiting_in_a_mailbox_survive_a_restart(state: str) -> None:
     release = threading.Event()
 
     def slow(text: str) -> str:
@@ -183,7 +199,7 @@ def test_messages_waiting_in_a_mailbox_survive_a_restart(state_file: Path) -> No
             return None
 
     _register(Echo)
-    first = Running(state_file, Echo)
+    first = Running(state, Echo)
     first.scheduler.begin("ann")
     for text in ["a", "b", "c"]:  # b and c wait while the call runs
         first.scheduler.send("ann", text)
@@ -191,7 +207,7 @@ def test_messages_waiting_in_a_mailbox_survive_a_restart(state_file: Path) -> No
     first.crash()
     release.set()
 
-    second = Running(state_file, Echo)
+    second = Running(state, Echo)
     try:
         lines = second.frontend.wait_for("ann", "ended")
     finally:
@@ -199,8 +215,8 @@ def test_messages_waiting_in_a_mailbox_survive_a_restart(state_file: Path) -> No
     assert lines == ["bot: a", "bot: then b", "bot: and c", "ended"]
 
 
-def test_a_conversation_that_loops_keeps_a_small_journal(state_file: Path) -> None:
-    running = Running(state_file)
+def test_a_conversation_that_loops_keeps_a_small_journal(state: str) -> None:
+    running = Running(state)
     scheduler = running.scheduler
     try:
         scheduler.begin("ann")
@@ -211,12 +227,13 @@ def test_a_conversation_that_loops_keeps_a_small_journal(state_file: Path) -> No
         rows = _count_rows(running.journal)
     finally:
         running.crash()
-    assert rows == {"conversations": 1, "batches": 0, "mailbox": 0}
-    assert state_file.stat().st_size < 64 * 1024
+    assert rows == {"conversations": 1, "steps": 0, "mailbox": 0}
+    if not state.startswith("postgresql:"):
+        assert Path(state).stat().st_size < 64 * 1024
 
 
-def test_ended_conversations_are_removed(state_file: Path) -> None:
-    running = Running(state_file)
+def test_ended_conversations_are_removed(state: str) -> None:
+    running = Running(state)
     try:
         running.scheduler.begin("ann")
         running.scheduler.send("ann", "1")
@@ -228,7 +245,7 @@ def test_ended_conversations_are_removed(state_file: Path) -> None:
         rows = _count_rows(running.journal)
     finally:
         running.crash()
-    assert rows == {"conversations": 0, "batches": 0, "mailbox": 0}
+    assert rows == {"conversations": 0, "steps": 0, "mailbox": 0}
 
 
 # -- changed code ------------------------------------------------------------
@@ -249,8 +266,8 @@ class After(State):
         return None
 
 
-def test_a_changed_flow_starts_over_and_says_so(state_file: Path) -> None:
-    first = Running(state_file, Before)
+def test_a_changed_flow_starts_over_and_says_so(state: str) -> None:
+    first = Running(state, Before)
     first.scheduler.begin("ann")
     first.scheduler.send("ann", "Ann")
     first.frontend.wait_for("ann", "bot: Your city?")
@@ -258,7 +275,7 @@ def test_a_changed_flow_starts_over_and_says_so(state_file: Path) -> None:
 
     Before.run = After.run  # type: ignore[method-assign]  # the code is edited
     try:
-        second = Running(state_file, After)
+        second = Running(state, After)
         try:
             lines = second.frontend.wait_for("ann", "bot: Tea or coffee?")
             second.scheduler.send("ann", "Ann")  # not fed to the new question
@@ -273,7 +290,7 @@ def test_a_changed_flow_starts_over_and_says_so(state_file: Path) -> None:
 _BEFORE_RUN = Before.run
 
 
-def test_a_removed_state_class_starts_over(state_file: Path) -> None:
+def test_a_removed_state_class_starts_over(state: str) -> None:
     @dataclass
     class Doomed(State):
         def run(self) -> Steps:
@@ -281,13 +298,13 @@ def test_a_removed_state_class_starts_over(state_file: Path) -> None:
             return None
 
     _register(Doomed)
-    first = Running(state_file, Doomed)
+    first = Running(state, Doomed)
     first.scheduler.begin("ann")
     first.frontend.wait_for("ann", "bot: Still there?")
     first.crash()
     del sys.modules[__name__].__dict__["Doomed"]  # the class is deleted from the code
 
-    second = Running(state_file, Round)
+    second = Running(state, Round)
     try:
         lines = second.frontend.wait_for("ann", "bot: Number?")
     finally:
@@ -346,7 +363,109 @@ def test_another_programs_database_is_refused(state_file: Path) -> None:
         assert connection.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
 
 
-def test_a_result_that_cannot_be_saved_restarts_that_conversation(state_file: Path) -> None:
+# -- bad PostgreSQL databases ---------------------------------------------------------
+
+
+def _refusal(url: str, **options: Any) -> str:
+    """The one-line JournalError opening `url` gives."""
+    with pytest.raises(JournalError) as refused:
+        PostgresJournal(url, **options)
+    message = str(refused.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_malformed_url_is_refused_without_showing_its_password() -> None:
+    message = _refusal("postgresql://ann:s3cret@db.example:notaport/bot")
+    assert message == (
+        "postgresql://ann:***@db.example:notaport/bot: not a valid PostgreSQL URL "
+        "(port 'notaport' is not a number)"
+    )
+    message = _refusal("postgresql://ann:s3cret@[db.example/bot")  # libpq quotes the URL
+    assert "not a valid PostgreSQL URL" in message
+    assert "s3cret" not in message
+
+
+def test_a_wrong_password_is_refused(postgres_server: PostgresServer, postgres_url: str) -> None:
+    database = postgres_url.rpartition("/")[2]
+    url = postgres_server.url(database, password="not-the-password")
+    message = _refusal(url)
+    assert message.startswith(f"{redact(url)}: login refused (password authentication failed")
+    assert "not-the-password" not in message
+
+
+def test_an_unreachable_server_is_refused_at_once() -> None:
+    url = f"postgresql://ann:pw@127.0.0.1:{closed_port()}/bot"
+    assert "cannot reach the server (Connection refused" in _refusal(url)
+
+
+def test_a_missing_database_is_refused(postgres_server: PostgresServer) -> None:
+    message = _refusal(postgres_server.url("no_such_database"))
+    assert message.endswith('database "no_such_database" does not exist')
+
+
+def test_a_user_without_permissions_is_refused(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    database = postgres_url.rpartition("/")[2]
+    postgres_server.execute(f"CREATE ROLE {database}_reader LOGIN PASSWORD 'pw'")
+    reader = postgres_server.url(database, user=f"{database}_reader", password="pw")
+    # On an empty database: it may not create the journal's schema.
+    assert "missing permissions (permission denied for database" in _refusal(reader)
+    # On one set up by its owner: it may not use the tables.
+    PostgresJournal(postgres_url).close()
+    assert "missing permissions (permission denied for schema yielded)" in _refusal(reader)
+
+
+def test_a_database_from_a_newer_version_is_refused_and_left_alone(postgres_url: str) -> None:
+    PostgresJournal(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("UPDATE yielded.meta SET value = '99' WHERE name = 'schema_version'")
+    assert "written by a newer version (schema 99, this one reads up to 1)" in _refusal(
+        postgres_url
+    )
+    with psycopg.connect(postgres_url) as connection:
+        tables = connection.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'yielded'"
+        ).fetchone()
+    assert tables == (6,)
+
+
+def test_a_bot_in_use_by_another_instance_is_refused_until_it_stops(postgres_url: str) -> None:
+    first = PostgresJournal(postgres_url)
+    try:
+        assert "bot 'default' is in use by another running instance" in _refusal(postgres_url)
+        PostgresJournal(postgres_url, bot="another").close()  # other bots share the database
+    finally:
+        first.close()
+    PostgresJournal(postgres_url).close()
+
+
+def test_bots_sharing_a_database_keep_their_own_update_ids(postgres_url: str) -> None:
+    for bot, source in (("first", 10), ("second", 20)):
+        journal = PostgresJournal(postgres_url, bot=bot)
+        journal.commit(source)
+        journal.close()
+    for bot, source in (("first", 10), ("second", 20)):
+        journal = PostgresJournal(postgres_url, bot=bot)
+        try:
+            assert journal.last_source() == source
+        finally:
+            journal.close()
+
+
+def test_open_journal_picks_the_backend_from_the_spec(tmp_path: Path, postgres_url: str) -> None:
+    assert isinstance(open_journal(str(tmp_path / "state.sqlite3")), SqliteJournal)
+    postgres_style = "postgres://" + postgres_url.removeprefix("postgresql://")
+    for url in (postgres_url, postgres_style):
+        journal = open_journal(url)
+        try:
+            assert isinstance(journal, PostgresJournal)
+        finally:
+            journal.close()
+
+
+def test_a_result_that_cannot_be_saved_restarts_that_conversation(state: str) -> None:
     @dataclass
     class Lock(State):
         def run(self) -> Steps:
@@ -355,12 +474,12 @@ def test_a_result_that_cannot_be_saved_restarts_that_conversation(state_file: Pa
             return None
 
     _register(Lock)
-    first = Running(state_file, Lock)
+    first = Running(state, Lock)
     first.scheduler.begin("ann")
     first.frontend.wait_for("ann", "bot: Got lock. Name?")
     first.crash()
 
-    second = Running(state_file, Lock)
+    second = Running(state, Lock)
     try:
         lines = second.frontend.wait_for("ann", "bot: Got lock. Name?")
     finally:
@@ -374,16 +493,23 @@ def _register(cls: type) -> None:
     setattr(sys.modules[__name__], cls.__name__, cls)
 
 
-def _count_rows(journal: SqliteJournal) -> dict[str, int]:
-    connection = journal._connection
-    return {
-        table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        for table in ("conversations", "batches", "mailbox")
-    }
+def _count_rows(journal: Journal) -> dict[str, int]:
+    """Rows per table; "steps" are the rows holding steps (SQLite keeps them in batches)."""
+    tables = {"conversations": "conversations", "steps": "batches", "mailbox": "mailbox"}
+    if isinstance(journal, PostgresJournal):
+        tables = {name: f"yielded.{name}" for name in tables}
+    return {name: _count(journal, table) for name, table in tables.items()}
 
 
-def test_steps_kept_for_a_waiting_user_survive_while_others_move_on(state_file: Path) -> None:
-    first = Running(state_file)
+def _count(journal: Journal, table: str) -> int:
+    assert isinstance(journal, (SqliteJournal, PostgresJournal))
+    row = journal._connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_steps_kept_for_a_waiting_user_survive_while_others_move_on(state: str) -> None:
+    first = Running(state)
     first.scheduler.begin("ann")
     first.scheduler.send("ann", "500")  # ann's steps wait in early batches
     first.frontend.wait_for("ann", "bot: 1) quit")
@@ -392,13 +518,13 @@ def test_steps_kept_for_a_waiting_user_survive_while_others_move_on(state_file: 
         first.scheduler.send("bob", str(number))
         first.scheduler.send("bob", "continue")
     first.frontend.wait_for("bob", "bot: round 50")
-    batches = _count_rows(first.journal)["batches"]
+    batches = _count_rows(first.journal)["steps"]
     first.crash()
     # Only the batches holding ann's two steps: her answer, and the Call's
     # result, which came back in a later batch. Bob's 100 steps are gone.
     assert batches == 2
 
-    second = Running(state_file)
+    second = Running(state)
     try:
         second.scheduler.send("ann", "quit")
         lines = second.frontend.wait_for("ann", "ended")
@@ -436,16 +562,16 @@ class Confirming(RecordingFrontend):
         self.receipts.clear()
 
 
-def _run_confirming(path: Path) -> tuple[Confirming, SqliteJournal, Scheduler]:
+def _run_confirming(state: str) -> tuple[Confirming, Journal, Scheduler]:
     frontend = Confirming()
-    journal = SqliteJournal(path)
+    journal = open_journal(state)
     scheduler = Scheduler(frontend, Round, journal=journal)
     scheduler.start()
     return frontend, journal, scheduler
 
 
-def test_outputs_not_confirmed_before_a_crash_go_out_again(state_file: Path) -> None:
-    frontend, journal, scheduler = _run_confirming(state_file)
+def test_outputs_not_confirmed_before_a_crash_go_out_again(state: str) -> None:
+    frontend, journal, scheduler = _run_confirming(state)
     scheduler.begin("ann")
     scheduler.send("ann", "4")
     frontend.wait_for("ann", "bot: 1) quit")
@@ -455,7 +581,7 @@ def test_outputs_not_confirmed_before_a_crash_go_out_again(state_file: Path) -> 
     scheduler.stop()
     journal.close()
 
-    frontend, journal, scheduler = _run_confirming(state_file)
+    frontend, journal, scheduler = _run_confirming(state)
     try:
         lines = frontend.wait_for("ann", "bot: Number?")
         frontend.confirm_all()
@@ -468,8 +594,8 @@ def test_outputs_not_confirmed_before_a_crash_go_out_again(state_file: Path) -> 
     assert lines[:4] == ["bot: round 1", "bot: Number?", "(restored)", "bot: doubled: 10"]
 
 
-def test_confirmed_outputs_do_not_go_out_again(state_file: Path) -> None:
-    frontend, journal, scheduler = _run_confirming(state_file)
+def test_confirmed_outputs_do_not_go_out_again(state: str) -> None:
+    frontend, journal, scheduler = _run_confirming(state)
     scheduler.begin("ann")
     frontend.wait_for("ann", "bot: Number?")
     frontend.confirm_all()
@@ -483,7 +609,7 @@ def test_confirmed_outputs_do_not_go_out_again(state_file: Path) -> None:
     scheduler.stop()
     journal.close()
 
-    frontend, journal, scheduler = _run_confirming(state_file)
+    frontend, journal, scheduler = _run_confirming(state)
     try:
         scheduler.send("ann", "quit")
         lines = frontend.wait_for("ann", "ended")
@@ -493,6 +619,6 @@ def test_confirmed_outputs_do_not_go_out_again(state_file: Path) -> None:
     assert lines == ["(restored)", "bot: bye", "ended"]
 
 
-def _count_outgoing(journal: SqliteJournal) -> int:
-    count: int = journal._connection.execute("SELECT COUNT(*) FROM outgoing").fetchone()[0]
-    return count
+def _count_outgoing(journal: Journal) -> int:
+    postgres = isinstance(journal, PostgresJournal)
+    return _count(journal, "yielded.outgoing" if postgres else "outgoing")

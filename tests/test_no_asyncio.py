@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: What must import without asyncio: the engine, the flows, and both programs
 #: with all they use (``frontends.telegram`` pulls in pyTelegramBotAPI, urllib3 and requests).
 MODULES = {
-    "the engine": "engine, engine.scheduler, engine.testing, engine.journal",
+    "the engine": "engine, engine.scheduler, engine.testing, engine.journal, engine.journals",
     "the flows": "flows.weather, flows.openmeteo",
     "the terminal": "frontends.cli",
     "the bot": "frontends.telegram, frontends.telegram.program",

@@ -1,0 +1,509 @@
+"""The journal in a PostgreSQL database: what the SQLite journal keeps, on a server.
+
+Same guarantees as :class:`engine.journal.SqliteJournal`: each scheduler
+batch is one transaction; the highest update id taken is committed with it,
+so a redelivered update is taken once; outputs are kept until the frontend
+confirms them; the journal stays bounded (a conversation's steps are deleted
+as soon as it enters a new state or ends); a database written by a newer
+version is refused; and every way of failing at start (bad URL, refused
+login, missing permissions, unreachable server, another instance using it)
+is one line naming the database (its password masked) and why.
+
+The tables live in their own schema, ``yielded``, so the database can be
+shared with other programs. Every row carries the bot it belongs to (the
+`bot` argument), so several bots can share one database and update ids are
+unique per bot. A conversation is keyed by ``(bot, key)`` and its steps by
+``(bot, key, seq)``, ``seq`` counting from its latest snapshot: all of one
+conversation's rows are found from its key alone, so conversations can later
+be split into shards by a hash of the key and handed between instances. For
+now one instance owns a bot: a second one is refused (an advisory lock that
+the server releases if the first instance's connection dies).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import conninfo, errors
+
+from engine.commands import Command
+from engine.journal import Journal, JournalError, Saved, Step, fingerprint
+from engine.states import State, snapshot
+
+log = logging.getLogger(__name__)
+
+#: The schema version this code writes. A database with a higher number was
+#: written by a newer version and is refused rather than misread.
+SCHEMA_VERSION = 1
+#: The PostgreSQL schema (namespace) holding the journal's tables.
+NAMESPACE = "yielded"
+#: The bot a journal belongs to unless told otherwise.
+DEFAULT_BOT = "default"
+#: Seconds to wait for the server at start, unless the URL sets connect_timeout.
+CONNECT_TIMEOUT = 10
+
+# Copied from engine.journal (private there) until the two journals share a base.
+_UNREADABLE = "(a value that could not be saved or read back)"
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+_SCHEMA = f"""
+CREATE SCHEMA IF NOT EXISTS {NAMESPACE};
+CREATE TABLE IF NOT EXISTS {NAMESPACE}.meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS {NAMESPACE}.bots (bot TEXT PRIMARY KEY, last_source BIGINT);
+CREATE TABLE IF NOT EXISTS {NAMESPACE}.conversations (
+    bot TEXT NOT NULL, key TEXT NOT NULL,
+    state_class TEXT NOT NULL, state_fields BYTEA NOT NULL,
+    PRIMARY KEY (bot, key)
+);
+CREATE TABLE IF NOT EXISTS {NAMESPACE}.steps (
+    bot TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL, answer BYTEA NOT NULL,
+    PRIMARY KEY (bot, key, seq)
+);
+CREATE TABLE IF NOT EXISTS {NAMESPACE}.mailbox (
+    bot TEXT NOT NULL, key TEXT NOT NULL, texts TEXT[] NOT NULL,
+    PRIMARY KEY (bot, key)
+);
+CREATE TABLE IF NOT EXISTS {NAMESPACE}.outgoing (
+    bot TEXT NOT NULL, receipt BIGINT NOT NULL,
+    key TEXT NOT NULL, kind TEXT NOT NULL, item BYTEA NOT NULL,
+    PRIMARY KEY (bot, receipt)
+);
+"""
+
+_N = NAMESPACE
+_DROP_STEPS = f"DELETE FROM {_N}.steps WHERE bot = %s AND key = ANY(%s)"
+_DROP_CONVERSATIONS = f"DELETE FROM {_N}.conversations WHERE bot = %s AND key = ANY(%s)"
+# Rows go in as one array per column, unnested by the server: one statement
+# per table and batch, which costs a fraction of a statement per row.
+_SAVE_STATES = (
+    f"INSERT INTO {_N}.conversations "
+    "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[]) ON CONFLICT (bot, key) "
+    "DO UPDATE SET state_class = EXCLUDED.state_class, state_fields = EXCLUDED.state_fields"
+)
+_ADD_STEPS = (
+    f"INSERT INTO {_N}.steps "
+    "SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bytea[])"
+)
+_SAVE_MAILBOX = (
+    f"INSERT INTO {_N}.mailbox VALUES (%s, %s, %s) "
+    "ON CONFLICT (bot, key) DO UPDATE SET texts = EXCLUDED.texts"
+)
+_DROP_MAILBOXES = f"DELETE FROM {_N}.mailbox WHERE bot = %s AND key = ANY(%s)"
+_ADD_OUTGOING = (
+    f"INSERT INTO {_N}.outgoing "
+    "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[])"
+)
+_DROP_OUTGOING = f"DELETE FROM {_N}.outgoing WHERE bot = %s AND receipt = ANY(%s)"
+_SAVE_SOURCE = (
+    f"UPDATE {_N}.bots SET last_source = GREATEST(last_source, %s) WHERE bot = %s"
+)
+
+
+class PostgresJournal(Journal):
+    """A journal in a PostgreSQL database at `url`, for one `bot` (see the module docstring).
+
+    Raises :class:`JournalError` (one line) if the database cannot be used.
+    """
+
+    def __init__(self, url: str, *, bot: str = DEFAULT_BOT) -> None:
+        self.url = url
+        self.bot = bot
+        self.label = redact(url)
+        # This batch, as the scheduler reports it; written by commit().
+        self._snapshots: dict[str, tuple[str, bytes] | None] = {}  # None: ended
+        self._new_steps: dict[str, list[tuple[Any, ...]]] = {}
+        self._clear_steps: set[str] = set()
+        self._outputs: dict[int, tuple[Any, ...]] = {}
+        self._delivered: list[int] = []
+        self._changed_mailboxes: set[str] = set()
+        # What the database holds, as far as this (the only) writer knows.
+        self._stored_steps: set[str] = set()
+        self._counts: dict[str, int] = {}  # key -> steps since its snapshot
+        self._mailboxes: dict[str, list[str]] = {}
+        self._closing = threading.Lock()
+        self._connection = self._open()
+
+    # -- opening, with a one-line reason for every way it can fail ----------
+
+    def _open(self) -> psycopg.Connection[Any]:
+        options = _connect_options(self.url, self.label)
+        try:
+            connection = psycopg.connect(self.url, autocommit=True, **options)
+        except psycopg.Error as error:
+            raise JournalError(f"{self.label}: {_explain(error, self.url)}") from None
+        try:
+            self._prepare(connection)
+        except psycopg.Error as error:
+            connection.close()
+            raise JournalError(f"{self.label}: {_explain(error, self.url)}") from None
+        except JournalError:
+            connection.close()
+            raise
+        return connection
+
+    def _prepare(self, connection: psycopg.Connection[Any]) -> None:
+        # Two instances starting at once must not both create the tables.
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_N,))
+            version = _stored_version(connection)
+            if version is not None and version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"{self.label}: written by a newer version (schema {version}, "
+                    f"this one reads up to {SCHEMA_VERSION}); not touching it"
+                )
+            if version is None:
+                connection.execute(_SCHEMA.encode())
+                connection.execute(
+                    f"INSERT INTO {_N}.meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),)
+                )
+            connection.execute(
+                f"INSERT INTO {_N}.bots VALUES (%s, NULL) ON CONFLICT DO NOTHING", (self.bot,)
+            )
+        # Held for the connection's life: a second instance of the bot is refused
+        # instead of both answering the same users; a dead one's is released.
+        owned = connection.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"{_N}:bot:{self.bot}",)
+        ).fetchone()
+        if not (owned and owned[0]):
+            raise JournalError(
+                f"{self.label}: bot {self.bot!r} is in use by another running instance"
+            )
+
+    # -- recording ------------------------------------------------------------
+
+    def entered(self, key: str, state: State) -> None:
+        """Save the new state; the steps before it are no longer needed."""
+        class_path, fields = snapshot(state)
+        self._release(key)
+        self._counts[key] = 0
+        self._snapshots[key] = (class_path, pickle.dumps(fields, _PROTOCOL))
+
+    def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
+        """Record the value about to be sent in."""
+        seq = self._counts[key] = self._counts.get(key, 0) + 1
+        try:
+            row = (key, seq, fingerprint(command), pickle.dumps((value, error), _PROTOCOL))
+        except Exception as failure:
+            log.warning("conversation %s: cannot save %r (%s)", key, command, failure)
+            row = (key, seq, _UNREADABLE, _NOTHING)
+        steps = self._new_steps.get(key)
+        if steps is None:
+            self._new_steps[key] = [row]
+        else:
+            steps.append(row)
+
+    def queued(self, key: str, text: str) -> None:
+        """Keep a waiting message."""
+        self._mailboxes.setdefault(key, []).append(text)
+        self._changed_mailboxes.add(key)
+
+    def dequeued(self, key: str) -> None:
+        """Drop the oldest waiting message."""
+        self._mailboxes[key].pop(0)
+        self._changed_mailboxes.add(key)
+
+    def ended(self, key: str) -> None:
+        """Forget the conversation."""
+        self._release(key)
+        self._counts.pop(key, None)
+        self._snapshots[key] = None
+        if self._mailboxes.pop(key, None) is not None:
+            self._changed_mailboxes.add(key)
+
+    def outgoing(self, receipt: int, key: str, kind: str, item: Any) -> None:
+        """Keep the output until it is confirmed."""
+        try:
+            blob = pickle.dumps(item, _PROTOCOL)
+        except Exception as failure:
+            log.warning("conversation %s: cannot keep %r until sent (%s)", key, item, failure)
+            return
+        self._outputs[receipt] = (receipt, key, kind, blob)
+
+    def delivered(self, receipt: int) -> None:
+        """Forget the output."""
+        if self._outputs.pop(receipt, None) is None:  # else it was never written
+            self._delivered.append(receipt)
+
+    def _release(self, key: str) -> None:
+        """`key`'s steps so far are obsolete: unwritten ones are dropped, written ones deleted."""
+        self._new_steps.pop(key, None)
+        if key in self._stored_steps:
+            self._stored_steps.discard(key)
+            self._clear_steps.add(key)
+
+    # -- writing a batch ----------------------------------------------------------
+
+    def commit(self, source: int | None) -> None:
+        """Write this batch in one transaction and commit it."""
+        statements = self._batch_statements(source)
+        self._reset_batch()
+        if statements:
+            self._write(statements)
+
+    def _batch_statements(self, source: int | None) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The batch as (statement, rows) pairs, in an order that keeps it right.
+
+        Deletions go first: a key's stored steps are deleted before its new
+        ones (all taken after its latest snapshot) are inserted.
+        """
+        bot = self.bot
+        ended = [key for key, saved in self._snapshots.items() if saved is None]
+        saved = [(key, *row) for key, row in self._snapshots.items() if row is not None]
+        steps = [row for rows in self._new_steps.values() for row in rows]
+        kept_mailboxes, emptied = [], []
+        for key in self._changed_mailboxes:
+            texts = self._mailboxes.get(key)
+            if texts:
+                kept_mailboxes.append((bot, key, texts))
+            else:
+                self._mailboxes.pop(key, None)
+                emptied.append(key)
+        plan: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (_DROP_STEPS, [(bot, sorted(self._clear_steps))] if self._clear_steps else []),
+            (_DROP_CONVERSATIONS, [(bot, ended)] if ended else []),
+            (_SAVE_STATES, _columns(bot, saved)),
+            (_ADD_STEPS, _columns(bot, steps)),
+            (_DROP_MAILBOXES, [(bot, emptied)] if emptied else []),
+            (_SAVE_MAILBOX, kept_mailboxes),
+            (_ADD_OUTGOING, _columns(bot, list(self._outputs.values()))),
+            (_DROP_OUTGOING, [(bot, self._delivered)] if self._delivered else []),
+            (_SAVE_SOURCE, [(source, bot)] if source is not None else []),
+        ]
+        self._stored_steps.update(self._new_steps)
+        return [(statement, rows) for statement, rows in plan if rows]
+
+    def _reset_batch(self) -> None:
+        self._snapshots = {}
+        self._new_steps = {}
+        self._clear_steps = set()
+        self._outputs = {}
+        self._delivered = []
+        self._changed_mailboxes = set()
+
+    def _write(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        # The lock only matters at the end: a program closing the journal while
+        # a stuck scheduler thread still commits.
+        with self._closing:
+            try:
+                with self._connection.transaction(), self._connection.cursor() as cursor:
+                    for statement, rows in statements:
+                        if len(rows) == 1:
+                            cursor.execute(statement, rows[0])
+                        else:
+                            cursor.executemany(statement, rows)
+            except psycopg.Error as error:
+                raise JournalError(
+                    f"{self.label}: cannot write the journal ({_explain(error, self.url)})"
+                ) from None
+
+    # -- reading back -----------------------------------------------------------
+
+    def last_source(self) -> int | None:
+        """The highest update id committed for this bot."""
+        row = self._read(f"SELECT last_source FROM {_N}.bots WHERE bot = %s", (self.bot,))
+        return None if not row or row[0][0] is None else int(row[0][0])
+
+    def undelivered(self) -> list[tuple[int, str, str, Any]]:
+        """Outputs never confirmed, oldest first (one that cannot be read is dropped)."""
+        outputs = []
+        for receipt, key, kind, blob in self._read(
+            f"SELECT receipt, key, kind, item FROM {_N}.outgoing WHERE bot = %s ORDER BY receipt",
+            (self.bot,),
+        ):
+            try:
+                outputs.append((receipt, key, kind, pickle.loads(blob)))
+            except Exception as error:
+                log.warning("conversation %s: an unsent output cannot be read (%r)", key, error)
+                self._delivered.append(receipt)
+        return outputs
+
+    def unfinished(self) -> Iterator[Saved]:
+        """Every saved conversation of this bot, with its steps and waiting messages in order."""
+        saved: dict[str, Saved] = {}
+        for key, class_path, fields in self._read(
+            f"SELECT key, state_class, state_fields FROM {_N}.conversations WHERE bot = %s",
+            (self.bot,),
+        ):
+            try:
+                state_fields = pickle.loads(fields)
+            except Exception:
+                class_path, state_fields = _UNREADABLE, {}
+            saved[key] = Saved(key, class_path, state_fields)
+            self._counts[key] = 0
+        for key, _seq, print_, answer in self._read(
+            f"SELECT key, seq, fingerprint, answer FROM {_N}.steps "
+            "WHERE bot = %s ORDER BY key, seq",
+            (self.bot,),
+        ):
+            self._stored_steps.add(key)
+            if key in saved:
+                saved[key].steps.append(_read_step(print_, answer))
+                self._counts[key] += 1
+            else:  # a conversation that is gone: its steps are of no use
+                self._clear_steps.add(key)
+        for key, texts in self._read(
+            f"SELECT key, texts FROM {_N}.mailbox WHERE bot = %s", (self.bot,)
+        ):
+            if key in saved:
+                saved[key].mailbox = list(texts)
+                self._mailboxes[key] = list(texts)
+        return iter(saved.values())
+
+    def _read(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._closing:
+            try:
+                return self._connection.execute(query.encode(), params).fetchall()
+            except psycopg.Error as error:
+                raise JournalError(
+                    f"{self.label}: cannot read the journal ({_explain(error, self.url)})"
+                ) from None
+
+    # -- copying in (engine.sqlite_to_postgres) --------------------------------
+
+    def import_state(
+        self,
+        conversations: Iterable[Saved],
+        outputs: Iterable[tuple[int, str, str, Any]],
+        last_source: int | None,
+    ) -> int:
+        """Write conversations, unsent outputs and the last update id taken, in one transaction.
+
+        Refused (a :class:`JournalError`) if this bot already has anything in the
+        database: copying over live state would lose or mix conversations.
+        Returns how many conversations were written.
+        """
+        if self.holds_state():
+            raise JournalError(
+                f"{self.label}: bot {self.bot!r} already has conversations or update ids "
+                "in this database; not overwriting them"
+            )
+        count = 0
+        for saved in conversations:
+            self._snapshots[saved.key] = (
+                saved.state_class, pickle.dumps(saved.state_fields, _PROTOCOL)
+            )
+            self._new_steps[saved.key] = [
+                (saved.key, seq, step.fingerprint,
+                 pickle.dumps((step.value, step.error), _PROTOCOL))
+                for seq, step in enumerate(saved.steps, 1)
+            ]
+            self._counts[saved.key] = len(saved.steps)
+            if saved.mailbox:
+                self._mailboxes[saved.key] = list(saved.mailbox)
+                self._changed_mailboxes.add(saved.key)
+            count += 1
+        for receipt, key, kind, item in outputs:
+            self.outgoing(receipt, key, kind, item)
+        self.commit(last_source)
+        return count
+
+    def holds_state(self) -> bool:
+        """Whether this bot has conversations, unsent outputs or a last update id here."""
+        return self.last_source() is not None or any(
+            self._read(f"SELECT 1 FROM {_N}.{table} WHERE bot = %s LIMIT 1", (self.bot,))
+            for table in ("conversations", "outgoing")
+        )
+
+    def close(self) -> None:
+        """Write what is buffered and disconnect (a failure is logged, not raised)."""
+        try:
+            self.commit(None)
+        except JournalError as error:
+            log.error("%s", error)
+        finally:
+            with self._closing:
+                self._connection.close()
+
+
+_NOTHING = pickle.dumps((None, None), _PROTOCOL)
+
+
+def _columns(bot: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """`rows` as the parameters of one unnest statement: `bot`, then a list per column."""
+    if not rows:
+        return []
+    return [(bot, *(list(column) for column in zip(*rows, strict=True)))]
+
+
+def _read_step(print_: str, answer: bytes) -> Step:
+    try:
+        value, error = pickle.loads(answer)
+    except Exception:  # a class that is gone or changed: the flow must start over
+        return Step(_UNREADABLE)
+    return Step(print_, value, error)
+
+
+def _stored_version(connection: psycopg.Connection[Any]) -> int | None:
+    """The schema version in the database, or None if it holds no journal yet."""
+    row = connection.execute("SELECT to_regclass(%s)", (f"{_N}.meta",)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    found = connection.execute(
+        f"SELECT value FROM {_N}.meta WHERE name = 'schema_version'"
+    ).fetchone()
+    return None if found is None else int(found[0])
+
+
+# -- URLs and errors, on one line and without the password ----------------------
+
+
+def redact(url: str) -> str:
+    """`url` with its password (if any) replaced by ``***``, to show in messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:  # not even a URL: mask anything between ':' and '@'
+        return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def _connect_options(url: str, label: str) -> dict[str, Any]:
+    """Check the URL before connecting; a connect timeout unless it sets one."""
+    try:
+        parsed = conninfo.conninfo_to_dict(url)
+    except psycopg.Error as error:
+        why = _explain(error, url)
+        raise JournalError(f"{label}: not a valid PostgreSQL URL ({why})") from None
+    for port in str(parsed.get("port", "")).split(","):
+        if port and not port.isdigit():
+            why = f"port {port!r} is not a number"
+            raise JournalError(f"{label}: not a valid PostgreSQL URL ({why})")
+    return {} if "connect_timeout" in parsed else {"connect_timeout": CONNECT_TIMEOUT}
+
+
+def _explain(error: psycopg.Error, url: str) -> str:
+    """The reason in `error`, on one line, in an operator's words where they are known."""
+    lines = str(error).replace(url, redact(url)).splitlines()  # libpq may quote the URL
+    text = ". ".join(" ".join(line.split()).rstrip(".") for line in lines if line.strip())
+    password = _password(url)
+    if password:
+        text = text.replace(password, "***")
+    text = re.sub(r"^connection failed: ", "", text)
+    text = re.sub(r'^connection to server at "[^"]*"(?: \([^)]*\))?, port \d+ failed: ', "", text)
+    text = text.replace("FATAL: ", "").strip()
+    if isinstance(error, errors.InsufficientPrivilege):
+        return f"missing permissions ({text})"
+    if "password authentication failed" in text or "no password supplied" in text:
+        return f"login refused ({text})"
+    if "Connection refused" in text or "timeout expired" in text or "resolve host" in text:
+        return f"cannot reach the server ({text})"
+    return text
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        found = re.search(r"//[^:/@]*:([^@]*)@", url)
+        return found.group(1) if found else None
