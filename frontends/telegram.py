@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=_non_negative, default=3.0, metavar="SECONDS",
         help="on stop, how long queued messages may take to go out (default 3)",
     )  # fmt: skip
+    from frontends import webhook  # late: it builds on this module
+
+    webhook.add_webhook_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -1188,19 +1191,22 @@ class Bot:
         self.halted: str | None = None  # why the engine stopped by itself
         self.frontend = TelegramFrontend(self.outbox, self.registry, on_halt=self._engine_halted)
         self.journal = journal
+        from frontends import health, webhook  # late: they build on this module
+
+        self.metrics = health.Metrics()
         self.scheduler = Scheduler(
             self.frontend,
             flow,
             workers=args.workers,
             idle_timeout=args.idle_timeout,
-            journal=journal,
+            journal=self.metrics.observe_journal(journal),
         )
         self.updates = Updates(
             self.bot, self.scheduler, self.outbox, self.registry, help_text(flow, args.flow)
         )
-        self.poller = Poller(
-            self.bot, self.updates, self.stopping, poll_timeout=args.poll_timeout,
-            redact=redactor.redact,
+        self.poller = webhook.receiver(
+            args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
+            outbox=self.outbox, metrics=self.metrics, redact=redactor.redact,
         )  # fmt: skip
         self.drain_timeout: float = args.drain_timeout
 
@@ -1266,7 +1272,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return 2
     setup_logging(args.verbose, redactor)
-    bot = Bot(settings, flow, args, redactor, journal)
+    from frontends import webhook
+
+    webhook.apply_log_format(args)
+    try:
+        bot = Bot(settings, flow, args, redactor, journal)
+    except webhook.OptionError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        journal.close()
+        return 2
     signal.signal(signal.SIGTERM, bot.request_stop)
     signal.signal(signal.SIGINT, bot.request_stop)
     try:
