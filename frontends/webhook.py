@@ -327,8 +327,10 @@ class WebhookApp:
         self._idle = threading.Condition()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
+        if environ.get("PATH_INFO") != self.path:
             return self.other(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            return respond(start_response, "405 Method Not Allowed", b"POST only\n")
         with self._idle:
             self._in_flight += 1
         try:
@@ -358,13 +360,13 @@ class WebhookApp:
         return respond(start_response, status, f"{reason}\n".encode(), headers=headers)
 
     def _update(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        if not self.accepting:
-            return self._refuse(start_response, "503 Service Unavailable", "stopping", retry=True)
         given = environ.get(SECRET_HEADER)
         if given is None or not hmac.compare_digest(given.encode(), self.secret):
             self._log_refused(environ, "no secret token" if given is None else "a wrong secret")
             status = "401 Unauthorized" if given is None else "403 Forbidden"
             return self._refuse(start_response, status, "secret")
+        if not self.accepting:
+            return self._refuse(start_response, "503 Service Unavailable", "stopping", retry=True)
         kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         if kind != "application/json":
             return self._refuse(start_response, "415 Unsupported Media Type", "content_type")
@@ -641,9 +643,7 @@ def receiver(
             metrics=metrics, listener=listener,
         )  # fmt: skip
     app = WebhookApp(settings, Intake(updates, scheduler, metrics), metrics, health)
-    return WebhookReceiver(
-        bot, updates, stopping, settings=settings, app=app, redact=redact
-    )
+    return WebhookReceiver(bot, updates, stopping, settings=settings, app=app, redact=redact)
 
 
 def queued_jobs(outbox: Outbox) -> int:
