@@ -185,6 +185,11 @@ class _WebhookMethods:
                     info["allowed_updates"] = hook.allowed_updates
             return info
 
+    def clear_faults(self: Any) -> None:
+        """Forget the faults `fail` queued and not yet used."""
+        with self._cond:
+            self._faults.clear()
+
     @property
     def webhook(self: Any) -> str | None:
         """The webhook URL set, or None."""
