@@ -143,7 +143,7 @@ class Metrics:
     def bot_api_answered(self, method: str, status: int) -> None:
         """A Bot API call got an HTTP answer (`status` 0: none, a network failure)."""
         self.api_calls.labels(method, str(status)).inc()
-        if status:
+        if 0 < status < 500:  # Telegram itself answered (a 5xx may be a proxy before it)
             with self._lock:
                 self._telegram_ok_at = time.monotonic()
         if status == 200 and method in SENDING_METHODS:
