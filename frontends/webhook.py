@@ -74,6 +74,8 @@ COMMIT_WAIT = 5.0
 DRAIN_WAIT = 3.0
 #: Update ids remembered, to take an update sent again once.
 REMEMBERED_UPDATES = 100_000
+#: The most waitress request threads in webhook mode.
+REQUEST_THREADS = 8
 #: Source addresses remembered, to log a refused request once per source.
 REMEMBERED_SOURCES = 10_000
 SECRET_HEADER = "HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN"
@@ -534,7 +536,10 @@ class WebhookReceiver(Poller):
 
     def run(self) -> None:
         try:
-            self.listener = Listener(self.app, self.settings.listen, self.settings.max_connections)
+            # Request threads only parse and hand over, then wait a commit (milliseconds):
+            # a few serve many connections, and fewer threads contend less for the GIL.
+            threads = min(self.settings.max_connections, REQUEST_THREADS)
+            self.listener = Listener(self.app, self.settings.listen, threads)
         except OSError as error:
             host, port = self.settings.listen
             self.fatal = f"cannot listen on {host}:{port} ({error.strerror or error})"
