@@ -73,6 +73,9 @@ _MAX_EXPIRED_KEYS = 100_000
 #: per 256 events costs next to nothing.
 _MAX_BATCH = 256
 
+#: When a timer set at an infinite time fires (an idle timeout of ``inf``).
+_NEVER = float("inf")
+
 #: A handler's answer meaning "no value yet: park until an event arrives".
 _PARK = object()
 
@@ -367,14 +370,28 @@ class Scheduler:
         """Rebuild journaled conversations, then run on a thread of its own."""
         if self._thread is not None:
             raise RuntimeError("the scheduler is already started")
+        if self.open():
+            self._thread = threading.Thread(target=self.run, name="engine-scheduler")
+            self._thread.start()
+
+    def open(self) -> bool:
+        """Start the workers and rebuild journaled conversations, without a thread.
+
+        For a frontend that runs the engine on its own thread with
+        :meth:`run_once` (the terminal); :meth:`start` does this first.
+        Returns ``False`` if the journal failed (the scheduler halted).
+        """
         self._workers.start()
         try:
             self.recover()
         except JournalError as error:
             self._halt(str(error))
-            return
-        self._thread = threading.Thread(target=self.run, name="engine-scheduler")
-        self._thread.start()
+            return False
+        return True
+
+    def has_events(self) -> bool:
+        """Whether events wait in the inbox (for a frontend that runs :meth:`run_once`)."""
+        return not self._inbox.empty()
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the thread and the workers; returns within about `timeout` seconds.
@@ -391,38 +408,53 @@ class Scheduler:
         self._workers.stop(deadline)
 
     def run(self) -> None:
-        """The loop: take a batch of events, handle it, commit, release the outbox."""
+        """The loop: batch after batch until stopped, or the journal fails."""
+        while self.run_once():
+            pass
+
+    def run_once(self, wait: float = 1.0) -> bool:
+        """Take one batch of events (waiting up to `wait` s, less if a timer is due),
+        handle it, fire due timers, commit, release the outbox.
+
+        Returns whether to go on: ``False`` once stopped or halted. The
+        scheduler's own thread loops on it; a frontend that runs the engine on
+        its own thread (the terminal) calls it itself.
+        """
         table = self._table
-        while True:
-            batch = self._take_batch()
-            self.journal.stamp(self._wall_clock())
-            stopping = False
-            self._batch_source = None
-            # Timers due by now go first: an answer taken after its question's
-            # deadline goes to what the flow asks next, not to that question.
-            self._fire_timers()
-            for event in batch:
-                if type(event) is Stop:
-                    stopping = True
-                    break
-                try:
-                    if (
-                        type(event) in _SOURCED
-                        and event.source is not None
-                        and not self._take_source(event.source)
-                    ):
-                        continue
-                    table[type(event)](event)
-                except Exception:  # a bug here must not stop every other conversation
-                    log.exception("error handling %r", event)
-            self._fire_timers()
+        batch = self._take_batch(wait)
+        self.journal.stamp(self._wall_clock())
+        stopping = False
+        self._batch_source = None
+        # Timers due by now go first: an answer taken after its question's
+        # deadline goes to what the flow asks next, not to that question.
+        self._fire_timers()
+        for event in batch:
+            if type(event) is Stop:
+                stopping = True
+                break
             try:
-                self._commit()
-            except JournalError as error:
-                self._halt(str(error))
-                return
-            if stopping:
-                return
+                if (
+                    type(event) in _SOURCED
+                    and event.source is not None
+                    and not self._take_source(event.source)
+                ):
+                    continue
+                table[type(event)](event)
+            except Exception:  # a bug here must not stop every other conversation
+                log.exception("error handling %r", event)
+        self._fire_timers()
+        try:
+            self._commit()
+        except JournalError as error:
+            self._halt(str(error))
+            return False
+        return not stopping
+
+    def next_timer(self) -> float | None:
+        """Seconds until the next timer is due (0 if overdue), or ``None`` if none will be."""
+        if not self._timers or self._timers[0][0] == _NEVER:
+            return None
+        return max(0.0, self._timers[0][0] - self._clock())
 
     def _take_source(self, source: int) -> bool:
         """Whether an event from `source` is new (then it is taken)."""
@@ -441,12 +473,11 @@ class Scheduler:
         except Exception:
             log.exception("the %s frontend failed", self.frontend.name)
 
-    def _take_batch(self) -> list[Any]:
-        timeout = 1.0
-        if self._timers:
-            timeout = min(timeout, max(0.0, self._timers[0][0] - self._clock()))
+    def _take_batch(self, wait: float) -> list[Any]:
+        due = self.next_timer()
+        timeout = wait if due is None else min(wait, due)
         try:
-            batch = [self._inbox.get(timeout=timeout)]
+            batch = [self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()]
         except queue.Empty:
             return []
         try:

@@ -26,11 +26,16 @@ _STOP = object()
 
 
 class WorkerPool:
-    """`size` named threads running jobs from one queue."""
+    """`size` named threads running jobs from one queue.
+
+    With `size` 0 there are no threads: :meth:`submit` runs each job at once
+    on the caller's thread (the terminal runs its one conversation so, and a
+    Ctrl-C interrupts a call at once).
+    """
 
     def __init__(self, size: int, name: str = "engine-worker") -> None:
-        if size < 1:
-            raise ValueError("a worker pool needs at least one thread")
+        if size < 0:
+            raise ValueError("a worker pool cannot have fewer than no threads")
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
@@ -43,7 +48,10 @@ class WorkerPool:
             thread.start()
 
     def submit(self, fn: Callable[[], Any], ticket: Any, reply: Reply) -> None:
-        """Run ``fn()`` on a worker; then ``reply(ticket, value, error)``."""
+        """Run ``fn()`` on a worker (here, with none); then ``reply(ticket, value, error)``."""
+        if not self._threads:  # a Ctrl-C (KeyboardInterrupt) goes through to the caller
+            _run(fn, ticket, reply, Exception)
+            return
         self._jobs.put((fn, ticket, reply))
 
     def stop(self, deadline: float) -> None:
@@ -71,9 +79,15 @@ class WorkerPool:
             if job is _STOP:
                 return
             fn, ticket, reply = job
-            try:
-                value = fn()
-            except BaseException as error:  # delivered into the flow, whatever it is
-                reply(ticket, None, error)
-            else:
-                reply(ticket, value, None)
+            _run(fn, ticket, reply, BaseException)  # on a worker even SystemExit goes to the flow
+
+
+def _run(
+    fn: Callable[[], Any], ticket: Any, reply: Reply, caught: type[BaseException]
+) -> None:
+    try:
+        value = fn()
+    except caught as error:  # delivered into the flow
+        reply(ticket, None, error)
+    else:
+        reply(ticket, value, None)

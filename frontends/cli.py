@@ -1,4 +1,4 @@
-"""The terminal frontend: one conversation on stdin/stdout.
+"""The terminal frontend: one conversation on stdin/stdout, on the main thread.
 
 Run it as ``weather-cli`` or ``python -m frontends.cli``. It is a thin
 driver around the engine's :class:`~engine.scheduler.Scheduler`, with one
@@ -7,28 +7,31 @@ validated, failed ``Call``\\ s are handled and everything else is done by the
 engine; this module only shows what the engine gives it and types the user's
 lines back in.
 
-Threads: the scheduler calls :class:`TerminalFrontend` on its own thread,
-which writes to stdout and puts an event in a queue when a line is wanted or
-the conversation is over. The main thread waits on that queue and reads
-stdin only when asked, so a piped file is read one answer at a time and
-Ctrl-C (a ``KeyboardInterrupt``, always raised in the main thread) is seen
-wherever the program is.
+No threads: the scheduler runs here, on the main thread, one batch at a
+time (:meth:`Scheduler.run_once`), with no worker pool, so a ``Call`` runs
+inline and Ctrl-C (a ``KeyboardInterrupt``, always raised in the main
+thread) interrupts it at once. Between batches the driver reads one line when
+a question is on screen, waiting no longer than the next timer (a ``Sleep``,
+a question's deadline), so timers fire on time while the user types.
 
-Exit status: 0 when the conversation ends or stdin does (Ctrl-D, end of a
-piped file); 1 when the flow fails or stdout is closed; 2 for a bad option
-or an unusable ``--state`` file; 130 on Ctrl-C (with ``--state``, the
-conversation is kept for the next run; without, it is cancelled).
+Exit status: 0 when the conversation ends; 3 when the input ends first
+(Ctrl-D, or the end of a piped file, in the middle of the dialogue); 1 when
+the flow fails, the state file cannot be written or the output cannot be
+written (a closed pipe, a full disk); 2 for a bad option or an unusable
+``--state`` file; 130 on Ctrl-C (with ``--state``, the conversation is kept
+for the next run; without, it is cancelled).
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import getpass
 import io
 import logging
 import os
-import queue
+import select
 import signal
 import sys
 import threading
@@ -55,9 +58,17 @@ from frontends.programs import (
     open_journal,
 )
 
-__all__ = ["DEFAULT_FLOW", "KEY", "TerminalFrontend", "main", "run"]
+__all__ = [
+    "DEFAULT_FLOW",
+    "EXIT_INPUT_ENDED",
+    "KEY",
+    "LineReader",
+    "TerminalFrontend",
+    "main",
+    "run",
+]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("frontends.cli")  # the same name run as a module or a script
 
 #: The one conversation's key.
 KEY: Key = "terminal"
@@ -65,23 +76,15 @@ KEY: Key = "terminal"
 DEFAULT_PICTURES = "weather-pictures"
 #: Shown after a Choose's options, and for an Input without a prompt.
 ANSWER_PROMPT = "> "
-
-# What the frontend tells the main thread.
-ASK = "ask"  # a question is on screen: read one line
-ENDED = "ended"  # the conversation is over
-GONE = "gone"  # stdout is closed: nobody can see the conversation any more
-
-#: How long to wait for a cancelled conversation to run its ``finally`` blocks.
-_CANCEL_WAIT = 2.0
-#: The main thread wakes this often while it waits (so Ctrl-C is always seen).
-_POLL = 0.25
+#: The input ended (Ctrl-D, the end of a piped file) before the conversation did.
+EXIT_INPUT_ENDED = 3
 
 
 class TerminalFrontend(Frontend):
-    """Writes the dialogue to `out` and tells the main thread when to read.
+    """Writes the dialogue to `out`; the engine calls it on the main thread.
 
-    The scheduler calls it on its thread; the main thread takes events
-    (:data:`ASK`, :data:`ENDED`, :data:`GONE`) with :meth:`next_event`.
+    The driver reads what it needs between batches: `asking` (a question is
+    on screen), `finished`, `failed` and `gone` (the output cannot be written).
     """
 
     name = "terminal"
@@ -102,21 +105,21 @@ class TerminalFrontend(Frontend):
         self.start = start
         #: The directory pictures are saved in (made when the first one comes).
         self.pictures = pictures
-        self.events: queue.Queue[str] = queue.Queue()
-        #: Set once the conversation is over (finished, cancelled or failed).
-        self.finished = threading.Event()
-        #: Whether the flow failed (the engine said ``Notice.FAILED``).
+        #: Whether a question is on screen, waiting for a line.
+        self.asking = False
+        #: Whether the conversation is over (finished, cancelled or failed).
+        self.finished = False
+        #: Whether the flow failed (the engine said ``Notice.FAILED``) or the engine halted.
         self.failed = False
-        #: Whether writing to `out` failed (a closed pipe).
-        self.gone = False
+        #: Why writing to `out` failed (a full disk; ``""`` for a closed pipe), or None.
+        self.gone: str | None = None
         #: Whether the cursor is after a prompt, not at the start of a line.
         self.mid_line = False
-        self._lock = threading.Lock()
 
     # -- called by the engine ---------------------------------------------
 
     def deliver(self, key: Key, command: Command, receipt: Receipt = None) -> None:
-        """Print a ``Print``'s text on its own line(s)."""
+        """Print a ``Print``'s text on its own line(s); save a ``Picture`` and say where."""
         if isinstance(command, Print):
             self.write(command.text + "\n")
         elif isinstance(command, Picture):
@@ -125,13 +128,13 @@ class TerminalFrontend(Frontend):
             self.write(f"{command!r}\n")
 
     def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
-        """Show the question, then let the main thread read the answer."""
+        """Show the question; the driver then reads the answer."""
         if isinstance(question, Choose):
             lines = [question.prompt, *question.numbered()]
             self.write("\n".join(lines) + "\n" + ANSWER_PROMPT)
         else:
             self.write(question.prompt or ANSWER_PROMPT)
-        self.events.put(ASK)
+        self.asking = True
 
     def user(self, key: Key) -> User:
         """The local user: the login name, the language of the locale, ``--start``."""
@@ -174,45 +177,33 @@ class TerminalFrontend(Frontend):
     def halted(self, reason: str) -> None:
         """The engine stopped (its state file failed; it logged why): end, with status 1."""
         self.failed = True
-        self.finished.set()
-        self.events.put(ENDED)
+        self.finished = True
 
     def ended(self, key: Key) -> None:
-        """The conversation is over: the main thread can finish."""
-        self.finished.set()
-        self.events.put(ENDED)
+        """The conversation is over."""
+        self.finished = True
+        self.asking = False
 
-    # -- called by the main thread ----------------------------------------
-
-    def next_event(self) -> str:
-        """Wait for what the engine wants next (waking often, for Ctrl-C)."""
-        while True:
-            try:
-                return self.events.get(timeout=_POLL)
-            except queue.Empty:
-                continue
+    # -- called by the driver ------------------------------------------------
 
     def write(self, text: str) -> None:
-        """Write and flush `text`; a closed stdout ends the program, quietly."""
-        with self._lock:
-            self._write(text)
+        """Write and flush `text`; an output that cannot be written ends the program."""
+        if self.gone is not None or not text:
+            return
+        try:
+            # Set before writing: a Ctrl-C may land the moment the text is out.
+            self.mid_line = not text.endswith("\n")
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:  # the reader left (`| head`): nobody to tell, quietly
+            self.gone = ""
+        except (OSError, ValueError) as error:  # a full disk, a closed file
+            self.gone = getattr(error, "strerror", None) or str(error) or type(error).__name__
 
     def end_line(self) -> None:
         """Finish a prompt's line (before exiting on Ctrl-C or Ctrl-D)."""
-        with self._lock:
-            if self.mid_line:
-                self._write("\n")
-
-    def _write(self, text: str) -> None:
-        if self.gone or not text:
-            return
-        try:
-            self.out.write(text)
-            self.mid_line = not text.endswith("\n")  # before it can be seen
-            self.out.flush()
-        except (BrokenPipeError, ValueError):  # ValueError: the file is closed
-            self.gone = True
-            self.events.put(GONE)
+        if self.mid_line:
+            self.write("\n")
 
 
 def _locale_language() -> str | None:
@@ -223,6 +214,40 @@ def _locale_language() -> str | None:
             code = value.split(".")[0].split("@")[0]
             return None if code in ("C", "POSIX") else code.replace("_", "-")
     return None
+
+
+class LineReader:
+    """Reads `stream` a line at a time, waiting at most a given time for one.
+
+    A text stream's own buffer hides what it has read ahead from ``select``,
+    so a stream with a file descriptor (a terminal, a pipe, a file) is read
+    here from the descriptor, with a buffer of our own; others (a
+    ``StringIO`` in a test) are read as they are, without a time limit.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        try:
+            self.fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # no descriptor
+            self.fd = None
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._text = ""
+        self._ended = False
+
+    def readline(self, timeout: float | None = None) -> str | None:
+        """The next line with its newline; ``""`` at the end; ``None`` if `timeout` passed."""
+        if self.fd is None:
+            return self.stream.readline()
+        while "\n" not in self._text and not self._ended:
+            if timeout is not None and not select.select([self.fd], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self.fd, 65536)
+            self._text += self._decoder.decode(chunk, final=not chunk)
+            self._ended = not chunk
+        line, newline, self._text = self._text.partition("\n")
+        return line + newline
 
 
 def run(
@@ -247,41 +272,49 @@ def run(
     scheduler = Scheduler(
         frontend,
         flow,
-        workers=2,
+        workers=0,  # Calls run inline, here: Ctrl-C interrupts them at once
         idle_timeout=float("inf"),  # one user at their own terminal: never expire
         journal=journal,
     )
     begun = False
     status = EXIT_FAILED
     try:
-        scheduler.start()
-        scheduler.begin(KEY)  # silent if --state restored a conversation
-        begun = True
-        status = _converse(scheduler, frontend, stdin, echo)
+        if scheduler.open():
+            scheduler.begin(KEY)  # silent if --state restored a conversation
+            begun = True
+            status = _converse(scheduler, frontend, LineReader(stdin), echo)
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
     finally:
         keep = journal is not None and status == EXIT_INTERRUPTED
         _shut_down(scheduler, frontend, cancel=begun and not keep)
+    if frontend.gone:
+        log.error("cannot write to the output: %s", frontend.gone)
     return status
 
 
-def _converse(scheduler: Scheduler, frontend: TerminalFrontend, stdin: TextIO, echo: bool) -> int:
-    """Read a line each time the flow asks, until it ends or stdin does."""
+def _converse(
+    scheduler: Scheduler, frontend: TerminalFrontend, reader: LineReader, echo: bool
+) -> int:
+    """Run the engine, reading a line each time the flow asks, until it ends or the input does."""
     while True:
-        event = frontend.next_event()
-        if event == ENDED:
-            return EXIT_FAILED if frontend.failed else EXIT_OK
-        if event == GONE:
+        if not scheduler.run_once(wait=0):  # halted: the state file cannot be written
             return EXIT_FAILED
-        try:
-            line = stdin.readline()
-        except OSError as error:  # e.g. the terminal went away: as good as the end
-            log.warning("cannot read the answer: %s", error)
-            line = ""
+        if frontend.gone is not None:
+            return EXIT_FAILED
+        if frontend.finished:
+            return EXIT_FAILED if frontend.failed else EXIT_OK
+        if scheduler.has_events():  # a Call's result: take it first
+            continue
+        if not frontend.asking:  # a Sleep: wait for its timer
+            scheduler.run_once(wait=scheduler.next_timer() or 0.5)
+            continue
+        line = reader.readline(timeout=scheduler.next_timer())
+        if line is None:  # a timer is due first (a question's deadline)
+            continue
         if not line:  # end of input
             frontend.end_line()
-            return EXIT_OK
+            return EXIT_INPUT_ENDED
         text = line.rstrip("\r\n")
         if echo:
             frontend.write(text + "\n")
@@ -289,22 +322,22 @@ def _converse(scheduler: Scheduler, frontend: TerminalFrontend, stdin: TextIO, e
             frontend.mid_line = False  # the terminal echoed the user's Enter
         else:  # a last line without Enter (text, then Ctrl-D twice)
             frontend.end_line()
+        frontend.asking = False
         scheduler.send(KEY, text)
 
 
 def _shut_down(scheduler: Scheduler, frontend: TerminalFrontend, *, cancel: bool) -> None:
-    """Cancel the conversation (so its ``finally`` blocks run), stop the engine.
+    """Cancel the conversation (so its ``finally`` blocks run) and let the engine finish.
 
-    A second Ctrl-C meanwhile is ignored: this takes at most a few seconds.
+    A second Ctrl-C meanwhile is ignored: this takes a moment at most.
     """
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
     try:
         frontend.end_line()
-        if cancel and not frontend.finished.is_set():
+        if cancel and not frontend.finished and scheduler.halted is None:
             scheduler.cancel(KEY)
-            if not frontend.finished.wait(_CANCEL_WAIT):
-                log.warning("the conversation did not end within %s s", _CANCEL_WAIT)
+            scheduler.run_once(wait=0)
         scheduler.stop()
     finally:
         if previous is not None:
@@ -320,8 +353,9 @@ interrupts it.
 """
 
 EPILOG = """\
-exit status: 0 when the conversation or the input ends, 1 when the flow
-fails, 2 for a bad option or state file, 130 on Ctrl-C.
+exit status: 0 when the conversation ends, 3 when the input ends before it,
+1 when the flow fails or the output or state file cannot be written, 2 for a
+bad option or state file, 130 on Ctrl-C.
 """
 
 
@@ -415,6 +449,9 @@ def _main(argv: Sequence[str] | None) -> int:
             journal = open_journal(args.state)
     except ConfigError as error:
         return fail(parser.prog, error)
+    if sys.stdout is None:  # `>&-`: nowhere to hold a conversation
+        print(f"{parser.prog}: error: the standard output is closed", file=sys.stderr)
+        return EXIT_FAILED
     stdin: TextIO = sys.stdin if sys.stdin is not None else io.StringIO()  # `<&-`: no input
     _reconfigure(stdin)
     _reconfigure(sys.stdout)
@@ -437,10 +474,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _silence_closed_stdout() -> None:
-    """After a closed pipe, stop Python's last flush of stdout from complaining."""
+    """After a closed pipe or a full disk, stop Python's last flush of stdout from complaining."""
     try:
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
+    except (OSError, ValueError):
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 

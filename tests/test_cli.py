@@ -31,7 +31,7 @@ from engine.frontend import Notice
 from engine.journal import JournalError, SqliteJournal
 from engine.states import State, Steps
 from flows.weather import WeatherFlow
-from frontends.cli import ASK, ENDED, TerminalFrontend, run
+from frontends.cli import EXIT_INPUT_ENDED, LineReader, TerminalFrontend, run
 from tests.support.flows import tiny_png
 from tests.support.openmeteo_server import FakeOpenMeteo
 
@@ -302,7 +302,7 @@ def test_invalid_choices_are_asked_again(openmeteo: FakeOpenMeteo) -> None:
         "Overcast, wind 4.8 km/h from the north\n" + WHAT_NEXT + "continue\n"
         "Name a city: \n"  # then the input ends
     )
-    assert result.returncode == 0
+    assert result.returncode == EXIT_INPUT_ENDED
     assert result.stderr == ""
 
 
@@ -324,14 +324,16 @@ def test_the_end_of_input_ends_the_program(
     result = run_cli(input=typed)
     assert result.stdout == shown
     assert result.stderr == ""
-    assert result.returncode == 0
+    assert result.returncode == EXIT_INPUT_ENDED  # not 0: the dialogue was not finished
 
 
 def test_the_end_of_input_cancels_the_flow_so_its_finally_runs(marker: Path) -> None:
     result = run_cli(
         "--flow", "tests.test_cli:CleanupFlow", env=cli_env(CLI_TEST_MARKER=str(marker))
     )
-    assert (result.returncode, result.stdout, result.stderr) == (0, "Your name: \n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        EXIT_INPUT_ENDED, "Your name: \n", ""
+    )
     assert marker.read_text(encoding="utf-8") == "finally ran"
 
 
@@ -445,7 +447,9 @@ def test_with_state_ctrl_c_keeps_the_conversation_for_the_next_run(
     assert (result.returncode, result.stderr) == (0, "")
     assert len(openmeteo.requests_to("search")) == 1  # not searched again
     result = run_cli("--state", state, input="")  # that conversation is over
-    assert (result.returncode, result.stdout, result.stderr) == (0, "Name a city: \n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        EXIT_INPUT_ENDED, "Name a city: \n", ""
+    )
 
 
 def test_with_state_a_call_cut_off_by_ctrl_c_is_made_again(
@@ -472,9 +476,13 @@ def test_with_state_the_end_of_input_ends_the_conversation(
 ) -> None:
     state = str(tmp_path / "state.sqlite3")
     first = run_cli("--state", state, input="London\n")
-    assert (first.returncode, first.stdout) == (0, "Name a city: London\n" + LONDON_CHOICES + "\n")
+    assert (first.returncode, first.stdout) == (
+        EXIT_INPUT_ENDED, "Name a city: London\n" + LONDON_CHOICES + "\n"
+    )
     again = run_cli("--state", state, input="")
-    assert (again.returncode, again.stdout, again.stderr) == (0, "Name a city: \n", "")
+    assert (again.returncode, again.stdout, again.stderr) == (
+        EXIT_INPUT_ENDED, "Name a city: \n", ""
+    )
 
 
 def test_an_unusable_state_file_is_one_line_and_status_2(tmp_path: Path) -> None:
@@ -577,27 +585,47 @@ def test_a_flow_in_the_current_directory_is_found_by_the_console_script(
 # -- in process -------------------------------------------------------------------
 
 
-def test_the_terminal_frontend_shows_questions_and_signals_the_main_thread() -> None:
+def test_the_terminal_frontend_shows_questions_and_says_what_the_driver_needs() -> None:
     out = io.StringIO()
     frontend = TerminalFrontend(out)
     frontend.deliver("terminal", Print("Hello\nthere"))
+    assert not frontend.asking
     frontend.ask("terminal", Input("Name a city: "))
-    assert frontend.events.get_nowait() == ASK
+    assert frontend.asking
     frontend.notify("terminal", Notice.TRY_AGAIN)
     frontend.notify("terminal", Notice.CANCELLED)
     frontend.notify("terminal", Notice.NOT_STARTED)
     frontend.restored("terminal", Choose("What next?", ["continue", "quit"]))
-    assert frontend.events.get_nowait() == ASK
     frontend.ask("terminal", Input())
     assert out.getvalue() == (
         "Hello\nthere\nName a city: Try again\nWhat next?\n0) continue\n1) quit\n> > "
     )
-    assert not frontend.failed and not frontend.finished.is_set()
+    assert not frontend.failed and not frontend.finished
     frontend.notify("terminal", Notice.FAILED)
     frontend.ended("terminal")
-    assert frontend.failed and frontend.finished.is_set()
-    assert frontend.events.get_nowait() == ASK
-    assert frontend.events.get_nowait() == ENDED
+    assert frontend.failed and frontend.finished and not frontend.asking
+
+
+def test_an_output_that_cannot_be_written_is_noted_not_raised() -> None:
+    out = io.StringIO()
+    out.close()
+    frontend = TerminalFrontend(out)
+    frontend.deliver("terminal", Print("Hello"))
+    assert frontend.gone is not None
+
+
+def test_the_line_reader_waits_no_longer_than_told() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "r", encoding="utf-8") as stream:
+        reader = LineReader(stream)
+        assert reader.readline(timeout=0) is None  # nothing yet: the timer goes first
+        os.write(write_end, b"Ber")
+        assert reader.readline(timeout=0) is None  # half a line
+        os.write(write_end, b"lin\nPa")
+        assert reader.readline(timeout=0) == "Berlin\n"
+        os.close(write_end)
+        assert reader.readline() == "Pa"  # the last line, without Enter
+        assert reader.readline() == ""
 
 
 def test_run_in_process_leaves_no_thread(openmeteo: FakeOpenMeteo) -> None:
@@ -744,3 +772,42 @@ def test_a_picture_that_cannot_be_saved_is_said_in_one_line(tmp_path: Path) -> N
     )
     assert_quiet(result.stderr)
     assert result.returncode == 0
+
+
+# -- timers and the output failing -------------------------------------------------------
+
+
+def test_a_question_times_out_while_the_terminal_waits_for_a_line() -> None:
+    with Session("--flow", "tests.support.flows:Hurry") as session:
+        session.expect("Your name? Still there?\nYour name? ")  # nothing typed: reminded
+        session.expect("Hello, stranger\n")  # then the default, after the nap
+        assert session.wait() == 0
+        assert session.stderr == ""
+
+
+def test_an_answer_before_the_deadline_is_taken() -> None:
+    result = run_cli("--flow", "tests.support.flows:Hurry", input="Ada\n")
+    assert (result.returncode, result.stdout) == (0, "Your name? Ada\nHello, Ada\n")
+
+
+def test_a_full_disk_on_the_output_ends_with_status_1_and_one_line() -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [*CLI, "--flow", "tests.support.flows:Echo"],
+            stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(),
+            timeout=TIMEOUT, input="hi\n",
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{PROG}: ERROR: frontends.cli: cannot write to the output: No space left on device"
+    ]
+
+
+def test_a_closed_output_at_start_ends_with_status_1_and_one_line() -> None:
+    result = subprocess.run(
+        [*CLI], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, cwd=ROOT, env=cli_env(), timeout=TIMEOUT, input="",
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == f"{PROG}: error: the standard output is closed\n"

@@ -771,9 +771,26 @@ def test_a_frontend_can_reword_or_silence_notices(start_engine: StartEngine) -> 
 # -- the worker pool ------------------------------------------------------------------
 
 
-def test_a_worker_pool_needs_a_thread() -> None:
-    with pytest.raises(ValueError, match="at least one thread"):
-        WorkerPool(0)
+def test_a_worker_pool_cannot_have_fewer_than_none() -> None:
+    with pytest.raises(ValueError, match="fewer than no threads"):
+        WorkerPool(-1)
+
+
+def test_a_pool_without_threads_runs_each_job_at_once_here() -> None:
+    pool = WorkerPool(0)
+    pool.start()
+    replies: list[tuple[Any, Any, Any]] = []
+    pool.submit(lambda: threading.current_thread().name, "a", lambda *r: replies.append(r))
+    pool.submit(lambda: 1 / 0, "b", lambda *r: replies.append(r))
+    pool.stop(time.monotonic() + 1)
+    assert replies[0] == ("a", threading.current_thread().name, None)
+    assert replies[1][0] == "b" and isinstance(replies[1][2], ZeroDivisionError)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C goes through to the terminal
+        pool.submit(interrupted, "c", lambda *r: replies.append(r))
 
 
 def test_a_worker_pool_replies_with_values_and_any_exception(no_engine_threads: None) -> None:

@@ -7,6 +7,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from engine import Timeout
 from engine.commands import (
     Call,
     Forget,
@@ -163,4 +164,22 @@ class Pin(State):
         where = yield Input("Share a location", accepts=Location)
         yield Print(f"Pinned {where.latitude} {where.longitude}")
         yield Picture(tiny_png())
+        return None
+
+
+@dataclass(frozen=True)
+class Hurry(State):
+    """A question with a short deadline, a reminder, then a default; a short nap."""
+
+    def run(self) -> Steps:
+        try:
+            name = yield Input("Your name? ", timeout=0.2)
+        except Timeout:
+            yield Print("Still there?")
+            try:
+                name = yield Input("Your name? ", timeout=0.2)
+            except Timeout:
+                name = "stranger"
+        yield Sleep(0.1)
+        yield Print(f"Hello, {name}")
         return None
