@@ -62,6 +62,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -98,7 +99,14 @@ QUIET = 0.3
 BOTS: dict[str, list[str]] = {
     "ours": [sys.executable, "-m", "frontends.telegram", "--no-pacing", "--state", "{state}"],
     "plain": [sys.executable, str(ROOT / "bench" / "plain_telebot_bot.py")],
-}
+    # ours again, taking updates by webhook (the fake posts them) instead of polling
+    "webhook": [
+        sys.executable, "-m", "frontends.telegram", "--no-pacing", "--state", "{state}",
+        "--webhook", "http://127.0.0.1:{port}/hook", "--listen", "127.0.0.1:{port}",
+    ],
+}  # fmt: skip
+#: The webhook mode's CPU per update, at most, as a share of the plain bot's.
+WEBHOOK_TARGET_SHARE = 0.35
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: py-spy samples a second, in --profile runs.
 PROFILE_RATE = 250
@@ -287,6 +295,7 @@ def bot_environment(telegram: FakeTelegram, openmeteo: FakeOpenMeteo) -> dict[st
         OPEN_METEO_GEOCODING_URL=openmeteo.geocoding_url,
         OPEN_METEO_FORECAST_URL=openmeteo.forecast_url,
         OPEN_METEO_TIMEOUT="10",
+        TELEGRAM_WEBHOOK_SECRET="bench-webhook-secret",
     )
     return env
 
@@ -409,7 +418,10 @@ def run_bot(
     state = workdir / f"bench-{bot}.sqlite3"
     for stale in workdir.glob(f"{state.name}*"):
         stale.unlink()
-    command = [part.format(state=state) for part in BOTS[bot]]
+    with socket.socket() as probe:  # a free port for the webhook listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [part.format(state=state, port=port) for part in BOTS[bot]]
     if profile is not None:
         spy = ["py-spy", "record", "--gil", "--rate", str(PROFILE_RATE), "--format", "raw"]
         command = [*spy, "--output", str(profile), "--", *command]
@@ -423,9 +435,12 @@ def run_bot(
             def polling() -> bool:
                 if process.poll() is not None:
                     raise RuntimeError(f"the {bot} bot exited:\n{log.read_text()[-3000:]}")
-                return bool(telegram.requests_to("getUpdates"))
+                return bool(telegram.requests_to(ready_call)) and bool(
+                    telegram.requests_to(ready_call)[-1].fault is None
+                )
 
-            _wait(polling, 30, f"the {bot} bot to poll")
+            ready_call = "setWebhook" if bot == "webhook" else "getUpdates"
+            _wait(polling, 30, f"the {bot} bot to call {ready_call}")
             time.sleep(0.2)  # let start-up settle: its CPU is not the workload's
             pid = python_pid(process)
             calls_before = Counter(r.method for r in telegram.requests)
@@ -513,7 +528,11 @@ def summarize_profile(path: Path, top: int = 12) -> Iterator[str]:
 
 
 def run_all(
-    users: int, rounds: int, repeat: int, workdir: Path, bots: Sequence[str] = ("ours", "plain")
+    users: int,
+    rounds: int,
+    repeat: int,
+    workdir: Path,
+    bots: Sequence[str] = ("ours", "plain", "webhook"),
 ) -> dict[str, list[Result]]:
     """Every bot `repeat` times, interleaved."""
     runs: dict[str, list[Result]] = {bot: [] for bot in bots}
@@ -601,6 +620,35 @@ def report(runs: dict[str, list[Result]]) -> Iterator[str]:
     mine, theirs = max(ours.latencies), max(plain.latencies)
     verdict = "PASS" if mine <= theirs else "FAIL"
     yield f"  ours max latency <= plain's max (info): {_ms(mine)} vs {_ms(theirs)} ms  {verdict}"
+    if "webhook" in runs:
+        yield from _webhook_report(pooled(runs["webhook"]), ours, plain)
+
+
+def _webhook_report(hook: Result, ours: Result, plain: Result) -> Iterator[str]:
+    """Ours taking updates by webhook, beside ours polling and the plain bot."""
+    yield "webhook mode (ours, updates posted by the fake Bot API):"
+    yield f"{'':<22}{'webhook':>12}{'polling':>12}{'plain':>12}{'hook/plain':>12}"
+    rows: list[tuple[str, float, float, float, str]] = [
+        ("conversations/s", hook.conversations_per_second, ours.conversations_per_second,
+         plain.conversations_per_second, ".1f"),
+        ("latency p50 ms", 1000 * percentile(hook.latencies, 50),
+         1000 * percentile(ours.latencies, 50), 1000 * percentile(plain.latencies, 50), ",.1f"),
+        ("latency p99 ms", 1000 * percentile(hook.latencies, 99),
+         1000 * percentile(ours.latencies, 99), 1000 * percentile(plain.latencies, 99), ",.1f"),
+        ("bot CPU ms/update", hook.cpu_ms_per_update, ours.cpu_ms_per_update,
+         plain.cpu_ms_per_update, ".2f"),
+        ("peak RSS MB", hook.peak_kb / 1024, ours.peak_kb / 1024, plain.peak_kb / 1024, ".1f"),
+    ]  # fmt: skip
+    for name, mine, polling, theirs, form in rows:
+        ratio = f"{mine / theirs:11.2f}x" if theirs else f"{'-':>12}"
+        yield f"{name:<22}{mine:>12{form}}{polling:>12{form}}{theirs:>12{form}}{ratio}"
+    share = (
+        hook.cpu_ms_per_update / plain.cpu_ms_per_update if plain.cpu_ms_per_update else math.inf
+    )
+    verdict = "PASS" if share <= WEBHOOK_TARGET_SHARE else "FAIL"
+    yield (
+        f"  webhook <= {WEBHOOK_TARGET_SHARE:.2f}x plain's CPU per update: {share:.2f}x  {verdict}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ The pieces:
 from engine.commands import takes
 from engine.frontend import Delivery, Frontend, Key, Notice, Receipt, refusal
 from engine.journal import Journal, JournalError, SqliteJournal
+from engine.observer import Observer
 from engine.runner import Diverged, NotSaveable, Runner, Snapshot
 from engine.scheduler import DEFAULT_IDLE_TIMEOUT, Scheduler, SourcePolicy, increasing
 from engine.states import Flow, load_flow
@@ -41,6 +42,7 @@ __all__ = [
     "Key",
     "NotSaveable",
     "Notice",
+    "Observer",
     "Receipt",
     "Runner",
     "Scheduler",

@@ -54,6 +54,7 @@ from engine.commands import (
 )
 from engine.frontend import Delivery, Frontend, Key, Notice, Receipt, refusal
 from engine.journal import Journal, JournalError, Saved
+from engine.observer import CANCELLED, EXPIRED, FAILED, FINISHED, RESTARTED, Observer
 from engine.runner import Diverged, Runner, Snapshot
 from engine.states import Flow, State, first_state
 from engine.workers import WorkerPool
@@ -137,6 +138,7 @@ class Done:
     ticket: int
     value: Any
     error: BaseException | None
+    took: float = 0.0  # seconds on the worker
 
 
 @dataclass(slots=True)
@@ -224,9 +226,13 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sources: SourcePolicy = increasing,
+        observer: Observer | None = None,
     ) -> None:
         self.frontend = frontend
         self.flow = flow
+        #: Told of what happens, for metrics (see :mod:`engine.observer`).
+        self._observer = observer or Observer()
+        self._observing = observer is not None
         self.idle_timeout = idle_timeout
         self.journal = journal or Journal()
         self._clock = clock
@@ -471,6 +477,7 @@ class Scheduler:
         chat = _Chat(key, start, self._clock())
         chat.entered = self._on_enter
         self._chats[key] = chat
+        self._observer.began(key)
         self._arm_expiry(chat)
         log.debug("conversation %s begins", key)
         self._resume(chat, None)
@@ -526,7 +533,7 @@ class Scheduler:
             return
         self._close(chat, Cancelled())
         self._notify(event.key, Notice.CANCELLED)
-        self._forget(chat)
+        self._forget(chat, CANCELLED)
 
     def _post(self, event: Post) -> None:
         if event.action is not None:
@@ -538,6 +545,7 @@ class Scheduler:
             log.debug("ignoring a late result for %s (ticket %s)", chat.key, event.ticket)
             return
         assert chat.command is not None
+        self._observer.call_took(event.took)
         self.journal.step(chat.key, chat.command, event.value, event.error)
         self._resume(chat, event.value, event.error)
 
@@ -577,7 +585,7 @@ class Scheduler:
         self._expired.add(chat.key)
         if len(self._expired) > _MAX_EXPIRED_KEYS:  # users who never came back
             self._expired.pop()
-        self._forget(chat)
+        self._forget(chat, EXPIRED)
 
     def _sent(self, event: Sent) -> None:
         self.journal.delivered(event.receipt)
@@ -602,6 +610,7 @@ class Scheduler:
         per step cost about 5 % of a step).
         """
         table = self._table
+        observing = self._observing
         while True:
             try:
                 command = chat.throw(error) if error is not None else chat.send(value)
@@ -614,6 +623,8 @@ class Scheduler:
                 return
             error = None
             handler = table.get(type(command))
+            if observing:
+                self._observer.command(type(command).__name__)
             if handler is None:
                 value, error = None, UnsupportedCommand(command, self.frontend.name)
                 continue
@@ -652,13 +663,13 @@ class Scheduler:
         state = type(chat.state).__name__ if chat.state is not None else "?"
         log.exception("conversation %s failed in state %s", chat.key, state)
         self._notify(chat.key, Notice.FAILED)
-        self._forget(chat)
+        self._forget(chat, FAILED)
 
     def _end_failed(self, chat: _Chat, reason: str) -> None:
         log.error("conversation %s ends: %s", chat.key, reason)
         self._close(chat, Cancelled(reason))
         self._notify(chat.key, Notice.FAILED)
-        self._forget(chat)
+        self._forget(chat, FAILED)
 
     def _close(self, chat: _Chat, error: BaseException) -> None:
         """Throw `error` in so the flow's ``finally`` blocks run, then drop it."""
@@ -670,9 +681,10 @@ class Scheduler:
         except BaseException:
             log.exception("conversation %s failed while closing", chat.key)
 
-    def _forget(self, chat: _Chat) -> None:
+    def _forget(self, chat: _Chat, how: str = FINISHED) -> None:
         if self._chats.get(chat.key) is chat:
             del self._chats[chat.key]
+            self._observer.ended(chat.key, how)
         chat.ticket = -1
         self.journal.ended(chat.key)
         self._later(self.frontend.ended, chat.key)
@@ -705,7 +717,8 @@ class Scheduler:
     def _call(self, chat: _Chat, call: Call) -> Any:
         ticket = chat.ticket = next(self._tickets)
         self._later(self.frontend.working, chat.key, call)
-        self._later(self._workers.submit, call.run, (chat, ticket), self._call_ended)
+        started = time.monotonic()
+        self._later(self._workers.submit, call.run, (chat, ticket, started), self._call_ended)
         return _PARK
 
     def _sleep(self, chat: _Chat, sleep: Sleep) -> Any:
@@ -754,11 +767,11 @@ class Scheduler:
         self.journal.remember(self._user(event.key).id, None)
 
     def _call_ended(
-        self, ticket: tuple[_Chat, int], value: Any, error: BaseException | None
+        self, ticket: tuple[_Chat, int, float], value: Any, error: BaseException | None
     ) -> None:
         """Runs on a worker thread: the result goes through the inbox like anything else."""
-        chat, number = ticket
-        self._inbox.put(Done(chat, number, value, error))
+        chat, number, started = ticket
+        self._inbox.put(Done(chat, number, value, error, time.monotonic() - started))
 
     # -- timers: events posted at a time ---------------------------------------------
 
@@ -819,7 +832,9 @@ class Scheduler:
         self._inbox.put(Sent(receipt))
 
     def _commit(self) -> None:
+        started = time.perf_counter()
         self.journal.commit(self._batch_source)
+        self._observer.committed(time.perf_counter() - started)
         if self._batch_source is not None:
             self._committed_source = self._batch_source
         outbox, self._outbox = self._outbox, []
@@ -864,10 +879,12 @@ class Scheduler:
             except Diverged as reason:
                 log.warning("conversation %s starts over: %s", saved.key, reason)
                 self.journal.ended(saved.key)
+                self._observer.ended(saved.key, RESTARTED)
                 self._notify(saved.key, Notice.RESTARTED)
                 self._launch(saved.key)
             count += 1
         self._due_after_restart.clear()
+        self._observer.rebuilt(count)
         self._commit()
         return count
 

@@ -43,7 +43,7 @@ def test_three_users_through_both_bots(tmp_path: Path) -> None:
 
     runs = bench.run_all(USERS, ROUNDS, 1, tmp_path)
 
-    assert set(runs) == {"ours", "plain"}
+    assert set(runs) == {"ours", "plain", "webhook"}
     for bot, results in runs.items():
         (result,) = results
         assert bench.check(result) == [], bot
@@ -56,7 +56,7 @@ def test_three_users_through_both_bots(tmp_path: Path) -> None:
         assert result.peak_kb > 0
         assert result.log_problems == [], bot
     lines = list(bench.report(runs))
-    assert sum(line.count("PASS") + line.count("FAIL") for line in lines) == 4
+    assert sum(line.count("PASS") + line.count("FAIL") for line in lines) == 5
     assert any(line.startswith("updates handled") for line in lines)
 
     assert child_processes() == []

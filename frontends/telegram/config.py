@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=NON_NEGATIVE, default=3.0, metavar="SECONDS",
         help="on stop, how long queued messages may take to go out (default 3)",
     )  # fmt: skip
+    from frontends.telegram import webhook  # late: it builds on the other modules
+
+    webhook.add_webhook_options(parser)
     return parser
 
 

@@ -29,6 +29,7 @@ from frontends.programs import (
     open_journal,
     state_spec,
 )
+from frontends.telegram import health, webhook
 from frontends.telegram import http as telegram_http
 from frontends.telegram.api import SEND_TIMEOUT, TeleBotApi
 from frontends.telegram.config import (
@@ -41,7 +42,7 @@ from frontends.telegram.config import (
 )
 from frontends.telegram.frontend import TelegramFrontend
 from frontends.telegram.logs import Redactor, setup_logging
-from frontends.telegram.polling import Journaled, Poller
+from frontends.telegram.polling import Journaled
 from frontends.telegram.routing import Registry
 from frontends.telegram.sending import Outbox
 from frontends.telegram.texts import help_text
@@ -81,6 +82,7 @@ class Bot:
             on_commit=self.journaled.committed,
         )
         self.journal = journal
+        self.metrics = health.Metrics()
         self.scheduler = Scheduler(
             self.frontend,
             flow,
@@ -88,11 +90,13 @@ class Bot:
             idle_timeout=args.idle_timeout,
             journal=journal,
             sources=new_update,
+            observer=self.metrics.observer(),
         )
         self.updates = Updates(self.scheduler, self.outbox, self.registry, help_text(flow))
-        self.poller = Poller(
-            self.bot, self.updates, self.stopping, journaled=self.journaled,
-            poll_timeout=args.poll_timeout, redact=redactor.redact,
+        self.poller = webhook.receiver(
+            args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
+            outbox=self.outbox, metrics=self.metrics, journaled=self.journaled,
+            redact=redactor.redact,
         )  # fmt: skip
         self.drain_timeout: float = args.drain_timeout
 
@@ -156,7 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)
-    bot = Bot(settings, flow, args, redactor, journal)
+    webhook.apply_log_format(args)
+    try:
+        bot = Bot(settings, flow, args, redactor, journal)
+    except webhook.OptionError as error:
+        journal.close()
+        return fail(PROGRAM, str(error))
     signal.signal(signal.SIGTERM, bot.request_stop)
     signal.signal(signal.SIGINT, bot.request_stop)
     try:

@@ -81,11 +81,13 @@ class Updates:
         self.username = ""  # the bot's, set by the poller from getMe
         self.bot_id: int | None = None
 
-    def handle(self, update: types.Update) -> None:
+    def handle(self, update: types.Update, *, with_id: bool = True) -> None:
         """Hand one update to its handler (other kinds are ignored) and its effect to the engine.
 
         The update's id goes to the scheduler with the event it caused, or
-        alone, so that the journal knows it was taken.
+        alone, so that the journal knows it was taken. Without `with_id` (a
+        webhook update that arrived after a higher one, which the engine's
+        increasing ids would skip) the effect goes without it.
         """
         event: EngineEvent | None = None
         try:
@@ -94,7 +96,7 @@ class Updates:
             elif update.callback_query is not None:
                 event = self.on_press(update.callback_query)
         finally:
-            (event or self._taken_alone)(source=update.update_id)
+            (event or self._taken_alone)(source=update.update_id if with_id else None)
 
     def _taken_alone(self, *, source: int | None) -> None:
         self.scheduler.post(None, source=source)

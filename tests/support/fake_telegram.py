@@ -110,7 +110,176 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-class FakeTelegram(LocalServer):
+# -- webhooks, as Telegram does them ------------------------------------------------------
+
+
+@dataclass
+class _Webhook:
+    """A webhook set by ``setWebhook``, and the threads delivering to it."""
+
+    url: str
+    secret: str | None
+    max_connections: int
+    allowed_updates: list[str] | None
+    busy_chats: set[object] = field(default_factory=set)
+    busy_updates: set[int] = field(default_factory=set)
+    not_before: dict[int, float] = field(default_factory=dict)  # update_id -> retry time
+    failures: dict[int, int] = field(default_factory=dict)
+    stopped: bool = False
+    threads: list[threading.Thread] = field(default_factory=list)
+
+
+def _chat_of(update: dict[str, Any]) -> object:
+    """What Telegram keeps in order: the chat an update belongs to (else the update)."""
+    for kind in ("message", "edited_message", "channel_post"):
+        if kind in update:
+            return update[kind]["chat"]["id"]
+    query = update.get("callback_query")
+    if query is not None and query.get("message"):
+        return query["message"]["chat"]["id"]
+    return ("update", update["update_id"])
+
+
+class _WebhookMethods:
+    """``setWebhook``, ``getWebhookInfo`` and the delivery, mixed into :class:`FakeTelegram`.
+
+    After ``setWebhook`` queued updates are POSTed to the URL as JSON with
+    the ``X-Telegram-Bot-Api-Secret-Token`` header, on up to
+    ``max_connections`` threads, one at a time per chat and in order; an
+    update is forgotten once answered 2xx, else sent again after a backoff
+    (50 ms doubling to 1 s). ``getUpdates`` answers 409 meanwhile;
+    ``deleteWebhook`` stops the delivery (pending updates stay for polling).
+    """
+
+    #: Backoff of a failed delivery: the first, and the most (s).
+    FIRST_RETRY = 0.05
+    MAX_RETRY = 1.0
+
+    def _api_setWebhook(self: Any, params: dict[str, Any]) -> Any:
+        url = str(params.get("url") or "")
+        if not url:
+            self._stop_webhook()
+            return True
+        if not re.match(r"^https?://", url):
+            raise TelegramError(400, "Bad Request: bad webhook: HTTPS url must be provided")
+        secret = params.get("secret_token")
+        connections = _int(params.get("max_connections"), 40) or 40
+        self._stop_webhook()
+        hook = _Webhook(url, str(secret) if secret else None, connections,
+                        _json(params.get("allowed_updates")))  # fmt: skip
+        hook.threads = [
+            threading.Thread(target=self._deliver, args=(hook,), name=f"fake-telegram-hook-{n}")
+            for n in range(connections)
+        ]
+        with self._cond:
+            self._webhook = hook
+            self._cond.notify_all()
+        for thread in hook.threads:
+            thread.start()
+        return True
+
+    def _api_getWebhookInfo(self: Any, params: dict[str, Any]) -> Any:
+        with self._cond:
+            hook = self._webhook
+            info: dict[str, Any] = {
+                "url": hook.url if hook else "",
+                "has_custom_certificate": False,
+                "pending_update_count": len(self._updates),
+            }
+            if hook is not None:
+                info["max_connections"] = hook.max_connections
+                if hook.allowed_updates is not None:
+                    info["allowed_updates"] = hook.allowed_updates
+            return info
+
+    def clear_faults(self: Any) -> None:
+        """Forget the faults `fail` queued and not yet used."""
+        with self._cond:
+            self._faults.clear()
+
+    @property
+    def webhook(self: Any) -> str | None:
+        """The webhook URL set, or None."""
+        with self._cond:
+            return self._webhook.url if self._webhook else None
+
+    def _stop_webhook(self: Any, drop: bool = False) -> None:
+        with self._cond:
+            hook, self._webhook = self._webhook, None
+            if drop:
+                self._updates.clear()
+            if hook is not None:
+                hook.stopped = True
+            self._cond.notify_all()
+        if hook is None:
+            return
+        for thread in hook.threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=15)
+                if thread.is_alive():
+                    raise RuntimeError(f"{thread.name} did not stop")
+
+    def _next_delivery(self: Any, hook: _Webhook) -> dict[str, Any] | None:
+        """The oldest update whose chat has nothing earlier in flight or waiting (under lock)."""
+        now = time.monotonic()
+        held: set[object] = set(hook.busy_chats)
+        for update in self._updates:
+            chat = _chat_of(update)
+            if chat in held:
+                continue
+            held.add(chat)  # later updates of this chat wait for this one
+            if update["update_id"] in hook.busy_updates:
+                continue
+            if hook.not_before.get(update["update_id"], 0.0) > now:
+                continue
+            return update  # type: ignore[no-any-return]
+        return None
+
+    def _deliver(self: Any, hook: _Webhook) -> None:
+        import requests  # the fake's client side, as Telegram's servers would post
+
+        session = requests.Session()
+        session.trust_env = False  # straight to 127.0.0.1, whatever the environment says
+        headers = {"Content-Type": "application/json"}
+        if hook.secret is not None:
+            headers["X-Telegram-Bot-Api-Secret-Token"] = hook.secret
+        try:
+            while True:
+                with self._cond:
+                    while True:
+                        if hook.stopped or self._closed:
+                            return
+                        update = self._next_delivery(hook)
+                        if update is not None:
+                            break
+                        self._cond.wait(0.05)
+                    update_id, chat = update["update_id"], _chat_of(update)
+                    hook.busy_updates.add(update_id)
+                    hook.busy_chats.add(chat)
+                try:
+                    status = session.post(
+                        hook.url, data=json.dumps(update), headers=headers, timeout=(3, 10)
+                    ).status_code
+                except requests.RequestException:
+                    status = 0
+                with self._cond:
+                    hook.busy_updates.discard(update_id)
+                    hook.busy_chats.discard(chat)
+                    self.deliveries.append((update_id, status))
+                    if 200 <= status < 300:
+                        self._updates = [u for u in self._updates if u["update_id"] != update_id]
+                        hook.not_before.pop(update_id, None)
+                        hook.failures.pop(update_id, None)
+                    else:
+                        failures = hook.failures[update_id] = hook.failures.get(update_id, 0) + 1
+                        delay = min(self.MAX_RETRY, self.FIRST_RETRY * 2 ** (failures - 1))
+                        hook.not_before[update_id] = time.monotonic() + delay
+                    self._cond.notify_all()
+        finally:
+            session.close()
+
+
+class FakeTelegram(_WebhookMethods, LocalServer):
     """The fake Bot API. Test-side methods may be called while it runs."""
 
     name = "fake-telegram"
@@ -136,6 +305,9 @@ class FakeTelegram(LocalServer):
         self._faults: dict[str, deque[_Fault]] = {}
         self._confirmed = 0  # highest update_id confirmed by an offset
         self.commands: list[dict[str, Any]] | None = None
+        self._webhook: _Webhook | None = None  # set by setWebhook (see `webhook`)
+        #: Each webhook delivery attempt: (update_id, HTTP status or 0 if none).
+        self.deliveries: list[tuple[int, int]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -149,6 +321,7 @@ class FakeTelegram(LocalServer):
         with self._cond:  # wake long polls
             self._closed = True
             self._cond.notify_all()
+        self._stop_webhook()
 
     @property
     def url(self) -> str:
@@ -513,6 +686,7 @@ class FakeTelegram(LocalServer):
         }  # fmt: skip
 
     def _api_deleteWebhook(self, params: dict[str, Any]) -> Any:
+        self._stop_webhook(drop=str(params.get("drop_pending_updates")).lower() == "true")
         return True
 
     def _api_setMyCommands(self, params: dict[str, Any]) -> Any:
@@ -529,11 +703,17 @@ class FakeTelegram(LocalServer):
         wait = float(params.get("timeout") or 0)
         deadline = time.monotonic() + wait
         with self._cond:
+            if self._webhook is not None:
+                raise TelegramError(
+                    409,
+                    "Conflict: can't use getUpdates method while webhook is active; "
+                    "use deleteWebhook to delete the webhook first",
+                )
             if offset > 0:
                 self._confirmed = max(self._confirmed, offset - 1)
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
                 self._cond.notify_all()
-            while not self._updates and not self._closed:
+            while not self._updates and not self._closed and self._webhook is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

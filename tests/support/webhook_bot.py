@@ -1,0 +1,163 @@
+"""Running ``weather-bot`` as a subprocess in webhook or polling mode, for the webhook tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.fake_telegram import TOKEN, FakeTelegram
+from tests.support.openmeteo_server import FakeOpenMeteo
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_PART = TOKEN.split(":")[1]
+HOOK_SECRET = "test-webhook-secret_0123456789"
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the bot binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Bot:
+    """A running bot process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    output_path: Path
+    port: int
+    hook_path: str = "/telegram/hook"
+
+    def output(self) -> str:
+        return self.output_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hook_url(self) -> str:
+        return self.base + self.hook_path
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def get(self, path: str) -> requests.Response:
+        with requests.Session() as session:
+            session.trust_env = False
+            return session.get(self.base + path, timeout=10)
+
+
+StartBot = Callable[..., Bot]
+
+
+def environment(telegram: FakeTelegram) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.pop("TELEGRAM_BOT_API_KEY", None)
+    env.pop("TELEGRAM_WEBHOOK_URL", None)
+    env["TELEGRAM_BOT_TOKEN"] = TOKEN
+    env["TELEGRAM_API_URL"] = telegram.url
+    env["TELEGRAM_WEBHOOK_SECRET"] = HOOK_SECRET
+    env["NO_PROXY"] = "127.0.0.1"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture(name="start_bot")
+def start_bot_fixture(
+    telegram: FakeTelegram, openmeteo: FakeOpenMeteo, tmp_path: Path
+) -> Iterator[StartBot]:
+    """``start_bot(*options, webhook=True, ready=True)``: a bot until the test ends.
+
+    In webhook mode it listens on a free port and waits until ``setWebhook``
+    was called; in polling mode (``webhook=False``) until it polls. Its
+    output must hold neither the token nor a traceback.
+    """
+    started: list[Bot] = []
+
+    def start(
+        *options: str,
+        webhook: bool = True,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> Bot:
+        port = port or free_port()
+        path = tmp_path / f"bot-{len(started)}.log"
+        bot_options = ["--no-pacing", *options]
+        bot = Bot(None, path, port)  # type: ignore[arg-type]
+        if webhook:
+            bot_options += ["--webhook", bot.hook_url, "--listen", f"127.0.0.1:{port}"]
+        before = len(telegram.requests_to("setWebhook" if webhook else "getUpdates"))
+        with path.open("wb") as output:
+            bot.process = subprocess.Popen(
+                [sys.executable, "-m", "frontends.telegram", *bot_options],
+                cwd=tmp_path,
+                env=env if env is not None else environment(telegram),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(bot)
+        if ready:
+            method = "setWebhook" if webhook else "getUpdates"
+            telegram.wait_until(
+                lambda: len(telegram.requests_to(method)) > before
+                or bot.process.poll() is not None,
+                timeout=15,
+                what=f"the bot to call {method}",
+            )
+            assert bot.process.poll() is None, bot.output()
+            if webhook:  # setWebhook answered: taking updates
+                telegram.wait_until(
+                    lambda: "webhook mode: Telegram posts" in bot.output()
+                    or bot.process.poll() is not None,
+                    timeout=15,
+                    what="the bot to take updates",
+                )
+        return bot
+
+    try:
+        yield start
+    finally:
+        for bot in started:
+            if bot.process.poll() is None:
+                bot.process.send_signal(signal.SIGTERM)
+                try:
+                    bot.process.wait(15)
+                except subprocess.TimeoutExpired:
+                    bot.process.kill()
+                    bot.process.wait(5)
+        for bot in started:
+            output = bot.output()
+            assert SECRET_PART not in output, "the token leaked into the bot's output"
+            assert HOOK_SECRET not in output, "the webhook secret leaked into the output"
+            assert "Traceback" not in output, output
+
+
+def post(
+    url: str,
+    body: bytes,
+    *,
+    secret: str | None = HOOK_SECRET,
+    content_type: str = "application/json",
+) -> requests.Response:
+    """POST `body` to the bot's webhook as Telegram would (or would not)."""
+    headers = {"Content-Type": content_type}
+    if secret is not None:
+        headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.post(url, data=body, headers=headers, timeout=10)
