@@ -126,6 +126,64 @@ class JournalError(Exception):
     """The state file cannot be used; the message names the file and why."""
 
 
+class KeptJournal(Journal):
+    """What the SQLite and PostgreSQL journals keep alike, in the process, between commits.
+
+    Mailboxes: every change to one is noted, and :meth:`_mailbox_changes`
+    gives, once per batch, the mailboxes to write (pickled) and those to
+    delete. Memory: what a batch remembered is read back before the store
+    (:meth:`_stored_memory`) until the batch is committed.
+    """
+
+    def __init__(self) -> None:
+        self._mailboxes: dict[str, list[Any]] = {}
+        self._changed_mailboxes: set[str] = set()
+        # Memory written in this batch, not yet committed: read back before the store.
+        self._memory_written: dict[str, bytes | None] = {}
+
+    def queued(self, key: str, text: Any) -> None:
+        """Keep a waiting message."""
+        self._mailboxes.setdefault(key, []).append(text)
+        self._changed_mailboxes.add(key)
+
+    def dequeued(self, key: str) -> None:
+        """Drop the oldest waiting message."""
+        self._mailboxes[key].pop(0)
+        self._changed_mailboxes.add(key)
+
+    def _drop_mailbox(self, key: str) -> None:
+        """`key` ended: its mailbox goes with it."""
+        if self._mailboxes.pop(key, None) is not None:
+            self._changed_mailboxes.add(key)
+
+    def _mailbox_changes(self) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """This batch's mailboxes to write (key, pickled items) and keys whose mailbox is empty."""
+        kept, emptied = [], []
+        for key in self._changed_mailboxes:
+            items = self._mailboxes.get(key)
+            if items:
+                kept.append((key, pickle.dumps(items, _PROTOCOL)))
+            else:
+                self._mailboxes.pop(key, None)
+                emptied.append(key)
+        self._changed_mailboxes.clear()
+        return kept, emptied
+
+    def recall(self, user: str) -> bytes | None:
+        """What this batch or the store keeps for `user`."""
+        if user in self._memory_written:
+            return self._memory_written[user]
+        return self._stored_memory(user)
+
+    def remember(self, user: str, data: bytes | None) -> None:
+        """Replace (or with ``None`` delete) `user`'s memory, with this batch."""
+        self._memory_written[user] = data
+
+    def _stored_memory(self, user: str) -> bytes | None:
+        """What the store (as last committed) keeps for `user`."""
+        raise NotImplementedError
+
+
 #: The file format this code writes. A file with a higher number was written
 #: by a newer version and is refused rather than misread.
 SCHEMA_VERSION = 3
@@ -181,12 +239,15 @@ _DROP_MEMORY = "DELETE FROM memory WHERE user = ?"
 _SET_DEADLINE = "INSERT OR REPLACE INTO deadlines VALUES (?, ?)"
 _DROP_DEADLINE = "DELETE FROM deadlines WHERE key = ?"
 _SAVE_SOURCE = "INSERT OR REPLACE INTO meta VALUES ('last_source', ?)"
-_UNREADABLE = "(a value that could not be saved or read back)"
+#: What a journal gives back for a value it could not save or read back (the
+#: fingerprint of such a step, the class of such a state): its conversation starts over.
+UNREADABLE = "(a value that could not be saved or read back)"
+_UNREADABLE = UNREADABLE
 #: Values SQLite's pickle-free path can keep as they are.
 _PLAIN = (str, int, float, type(None))
 
 
-class SqliteJournal(Journal):
+class SqliteJournal(KeptJournal):
     """A journal in one SQLite file (WAL), owned by one process at a time.
 
     Why a log of batches rather than a row per step: a row costs SQLite a
@@ -207,6 +268,7 @@ class SqliteJournal(Journal):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.path = os.fspath(path)
         self._ops: list[tuple[str, tuple[Any, ...]]] = []
         self._steps: list[tuple[Any, ...]] = []  # this batch's
@@ -214,10 +276,6 @@ class SqliteJournal(Journal):
         self._batch = 1  # the id the current batch will get
         self._needed: dict[int, int] = {}  # batch id -> steps in it still needed
         self._held: dict[str, list[int]] = {}  # key -> batch ids holding its steps
-        self._mailboxes: dict[str, list[Any]] = {}
-        self._changed_mailboxes: set[str] = set()
-        # Memory written in this batch, not yet committed: read back before the file.
-        self._memory_written: dict[str, bytes | None] = {}
         self._timed: set[str] = set()  # keys with a row in `deadlines`
         self._at: float | None = None  # this batch's wall-clock time (see stamp)
         self._closing = threading.Lock()
@@ -320,24 +378,13 @@ class SqliteJournal(Journal):
             return (key, self._seq, _UNREADABLE, None, None)
         return (key, self._seq, fingerprint(command), kept, kept_error)
 
-    def queued(self, key: str, text: Any) -> None:
-        """Keep a waiting message."""
-        self._mailboxes.setdefault(key, []).append(text)
-        self._changed_mailboxes.add(key)
-
-    def dequeued(self, key: str) -> None:
-        """Drop the oldest waiting message."""
-        self._mailboxes[key].pop(0)
-        self._changed_mailboxes.add(key)
-
     def ended(self, key: str) -> None:
         """Forget the conversation."""
         self._release(key)
         if key in self._timed:
             self._drop_deadline(key)
         self._ops.append((_DROP_CONVERSATION, (key,)))
-        if self._mailboxes.pop(key, None) is not None:
-            self._changed_mailboxes.add(key)
+        self._drop_mailbox(key)
 
     def deadline(self, key: str, when: float) -> None:
         """Keep the deadline until `key` moves on."""
@@ -378,10 +425,8 @@ class SqliteJournal(Journal):
                 self._ops.append((_DROP_OUTGOING, (receipt,)))
         return outputs
 
-    def recall(self, user: str) -> bytes | None:
-        """What the file (or this batch) keeps for `user`."""
-        if user in self._memory_written:
-            return self._memory_written[user]
+    def _stored_memory(self, user: str) -> bytes | None:
+        """What the file keeps for `user`."""
         row = self._connection.execute(
             "SELECT data FROM memory WHERE user = ?", (user,)
         ).fetchone()
@@ -389,7 +434,7 @@ class SqliteJournal(Journal):
 
     def remember(self, user: str, data: bytes | None) -> None:
         """Replace (or with ``None`` delete) `user`'s memory, with this batch."""
-        self._memory_written[user] = data
+        super().remember(user, data)
         if data is None:
             self._ops.append((_DROP_MEMORY, (user,)))
         else:
@@ -399,14 +444,9 @@ class SqliteJournal(Journal):
         """Write this batch in one transaction and commit it."""
         ops, self._ops = self._ops, []
         self._memory_written.clear()
-        for key in self._changed_mailboxes:
-            texts = self._mailboxes.get(key)
-            if texts:
-                ops.append((_SAVE_MAILBOX, (key, pickle.dumps(texts, _PROTOCOL))))
-            else:
-                self._mailboxes.pop(key, None)
-                ops.append((_DROP_MAILBOX, (key,)))
-        self._changed_mailboxes.clear()
+        kept, emptied = self._mailbox_changes()
+        ops.extend((_SAVE_MAILBOX, row) for row in kept)
+        ops.extend((_DROP_MAILBOX, (key,)) for key in emptied)
         if self._needed.get(self._batch):
             steps = pickle.dumps(self._steps, _PROTOCOL)
             ops.append((_ADD_BATCH, (self._batch, steps, self._at)))

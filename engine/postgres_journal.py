@@ -1,13 +1,17 @@
 """The journal in a PostgreSQL database: what the SQLite journal keeps, on a server.
 
-Same guarantees as :class:`engine.journal.SqliteJournal`: each scheduler
+Keeps what :class:`engine.journal.SqliteJournal` keeps (format 3: state
+snapshots, steps, mailboxes of any answers, timer deadlines, each state's and
+step's wall-clock time, the flows' memory per user, the flow a bot belongs
+to, the outbox, update ids), with the same guarantees: each scheduler
 batch is one transaction; the highest update id taken is committed with it,
 so a redelivered update is taken once; outputs are kept until the frontend
 confirms them; the journal stays bounded (a conversation's steps are deleted
 as soon as it enters a new state or ends); a database written by a newer
 version is refused; and every way of failing at start (bad URL, refused
 login, missing permissions, unreachable server, another instance using it)
-is one line naming the database (its password masked) and why.
+is one line naming the database (its password masked) and why. A database
+of schema 1 (the first PostgreSQL journal) is upgraded in place.
 
 The tables live in their own schema, ``yielded``, so the database can be
 shared with other programs. Every row carries the bot it belongs to (the
@@ -34,14 +38,16 @@ import psycopg
 from psycopg import conninfo, errors
 
 from engine.commands import Command
-from engine.journal import Journal, JournalError, Saved, Step, fingerprint
-from engine.states import State, snapshot
+from engine.frontend import Delivery
+from engine.journal import UNREADABLE, JournalError, KeptJournal, Saved
+from engine.runner import Snapshot, Step, fingerprint
 
 log = logging.getLogger(__name__)
 
-#: The schema version this code writes. A database with a higher number was
-#: written by a newer version and is refused rather than misread.
-SCHEMA_VERSION = 1
+#: The schema version this code writes (the SQLite journal's format number:
+#: both keep the same things). A database with a higher number was written by
+#: a newer version and is refused rather than misread.
+SCHEMA_VERSION = 3
 #: The PostgreSQL schema (namespace) holding the journal's tables.
 NAMESPACE = "yielded"
 #: The bot a journal belongs to unless told otherwise.
@@ -49,54 +55,86 @@ DEFAULT_BOT = "default"
 #: Seconds to wait for the server at start, unless the URL sets connect_timeout.
 CONNECT_TIMEOUT = 10
 
-# Copied from engine.journal (private there) until the two journals share a base.
-_UNREADABLE = "(a value that could not be saved or read back)"
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_N = NAMESPACE
+
+_MEMORY_AND_TIMERS = f"""
+CREATE TABLE IF NOT EXISTS {_N}.deadlines (
+    bot TEXT NOT NULL, key TEXT NOT NULL, due DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (bot, key)
+);
+CREATE TABLE IF NOT EXISTS {_N}.memory (
+    bot TEXT NOT NULL, "user" TEXT NOT NULL, data BYTEA NOT NULL,
+    PRIMARY KEY (bot, "user")
+);
+"""
 
 _SCHEMA = f"""
-CREATE SCHEMA IF NOT EXISTS {NAMESPACE};
-CREATE TABLE IF NOT EXISTS {NAMESPACE}.meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS {NAMESPACE}.bots (bot TEXT PRIMARY KEY, last_source BIGINT);
-CREATE TABLE IF NOT EXISTS {NAMESPACE}.conversations (
+CREATE SCHEMA IF NOT EXISTS {_N};
+CREATE TABLE IF NOT EXISTS {_N}.meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS {_N}.bots (bot TEXT PRIMARY KEY, last_source BIGINT, flow TEXT);
+CREATE TABLE IF NOT EXISTS {_N}.conversations (
     bot TEXT NOT NULL, key TEXT NOT NULL,
-    state_class TEXT NOT NULL, state_fields BYTEA NOT NULL,
+    state_class TEXT NOT NULL, state_fields BYTEA NOT NULL, at DOUBLE PRECISION,
     PRIMARY KEY (bot, key)
 );
-CREATE TABLE IF NOT EXISTS {NAMESPACE}.steps (
+CREATE TABLE IF NOT EXISTS {_N}.steps (
     bot TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
-    fingerprint TEXT NOT NULL, answer BYTEA NOT NULL,
+    fingerprint TEXT NOT NULL, answer BYTEA NOT NULL, at DOUBLE PRECISION,
     PRIMARY KEY (bot, key, seq)
 );
-CREATE TABLE IF NOT EXISTS {NAMESPACE}.mailbox (
-    bot TEXT NOT NULL, key TEXT NOT NULL, texts TEXT[] NOT NULL,
+CREATE TABLE IF NOT EXISTS {_N}.mailbox (
+    bot TEXT NOT NULL, key TEXT NOT NULL, items BYTEA NOT NULL,
     PRIMARY KEY (bot, key)
 );
-CREATE TABLE IF NOT EXISTS {NAMESPACE}.outgoing (
+CREATE TABLE IF NOT EXISTS {_N}.outgoing (
     bot TEXT NOT NULL, receipt BIGINT NOT NULL,
     key TEXT NOT NULL, kind TEXT NOT NULL, item BYTEA NOT NULL,
     PRIMARY KEY (bot, receipt)
 );
-"""
+""" + _MEMORY_AND_TIMERS
 
-_N = NAMESPACE
+#: How a database of schema 1 (the first PostgreSQL journal, before timers and
+#: memory) is brought to 3: times, deadlines, memory, the flow per bot, and
+#: mailboxes that hold any answer (pickled), not only text. The texts are
+#: converted in Python (see _convert_mailboxes), between these two scripts.
+_UPGRADE_FROM_1 = f"""
+ALTER TABLE {_N}.bots ADD COLUMN flow TEXT;
+ALTER TABLE {_N}.conversations ADD COLUMN at DOUBLE PRECISION;
+ALTER TABLE {_N}.steps ADD COLUMN at DOUBLE PRECISION;
+ALTER TABLE {_N}.mailbox ADD COLUMN items BYTEA;
+""" + _MEMORY_AND_TIMERS
+_UPGRADE_FROM_1_END = f"ALTER TABLE {_N}.mailbox DROP COLUMN texts, ALTER COLUMN items SET NOT NULL"
+
 _DROP_STEPS = f"DELETE FROM {_N}.steps WHERE bot = %s AND key = ANY(%s)"
 _DROP_CONVERSATIONS = f"DELETE FROM {_N}.conversations WHERE bot = %s AND key = ANY(%s)"
 # Rows go in as one array per column, unnested by the server: one statement
 # per table and batch, which costs a fraction of a statement per row.
 _SAVE_STATES = (
     f"INSERT INTO {_N}.conversations "
-    "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[]) ON CONFLICT (bot, key) "
-    "DO UPDATE SET state_class = EXCLUDED.state_class, state_fields = EXCLUDED.state_fields"
+    "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::float8[]) "
+    "ON CONFLICT (bot, key) DO UPDATE SET state_class = EXCLUDED.state_class, "
+    "state_fields = EXCLUDED.state_fields, at = EXCLUDED.at"
 )
 _ADD_STEPS = (
     f"INSERT INTO {_N}.steps "
-    "SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bytea[])"
+    "SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bytea[], %s::float8[])"
 )
-_SAVE_MAILBOX = (
-    f"INSERT INTO {_N}.mailbox VALUES (%s, %s, %s) "
-    "ON CONFLICT (bot, key) DO UPDATE SET texts = EXCLUDED.texts"
+_SAVE_MAILBOXES = (
+    f"INSERT INTO {_N}.mailbox SELECT %s, * FROM unnest(%s::text[], %s::bytea[]) "
+    "ON CONFLICT (bot, key) DO UPDATE SET items = EXCLUDED.items"
 )
 _DROP_MAILBOXES = f"DELETE FROM {_N}.mailbox WHERE bot = %s AND key = ANY(%s)"
+_DROP_DEADLINES = f"DELETE FROM {_N}.deadlines WHERE bot = %s AND key = ANY(%s)"
+_SET_DEADLINES = (
+    f"INSERT INTO {_N}.deadlines SELECT %s, * FROM unnest(%s::text[], %s::float8[]) "
+    "ON CONFLICT (bot, key) DO UPDATE SET due = EXCLUDED.due"
+)
+_DROP_MEMORY = f'DELETE FROM {_N}.memory WHERE bot = %s AND "user" = ANY(%s)'
+_SAVE_MEMORY = (
+    f"INSERT INTO {_N}.memory SELECT %s, * FROM unnest(%s::text[], %s::bytea[]) "
+    'ON CONFLICT (bot, "user") DO UPDATE SET data = EXCLUDED.data'
+)
 _ADD_OUTGOING = (
     f"INSERT INTO {_N}.outgoing "
     "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[])"
@@ -107,27 +145,30 @@ _SAVE_SOURCE = (
 )
 
 
-class PostgresJournal(Journal):
+class PostgresJournal(KeptJournal):
     """A journal in a PostgreSQL database at `url`, for one `bot` (see the module docstring).
 
     Raises :class:`JournalError` (one line) if the database cannot be used.
     """
 
     def __init__(self, url: str, *, bot: str = DEFAULT_BOT) -> None:
+        super().__init__()
         self.url = url
         self.bot = bot
         self.label = redact(url)
         # This batch, as the scheduler reports it; written by commit().
-        self._snapshots: dict[str, tuple[str, bytes] | None] = {}  # None: ended
+        self._snapshots: dict[str, Snapshot | None] = {}  # None: ended
         self._new_steps: dict[str, list[tuple[Any, ...]]] = {}
         self._clear_steps: set[str] = set()
+        self._deadlines: dict[str, float | None] = {}  # None: dropped
         self._outputs: dict[int, tuple[Any, ...]] = {}
         self._delivered: list[int] = []
-        self._changed_mailboxes: set[str] = set()
+        self._at: float | None = None  # this batch's wall-clock time (see stamp)
+        self._at_of_state: dict[str, float | None] = {}  # when each snapshot was taken
         # What the database holds, as far as this (the only) writer knows.
         self._stored_steps: set[str] = set()
         self._counts: dict[str, int] = {}  # key -> steps since its snapshot
-        self._mailboxes: dict[str, list[str]] = {}
+        self._timed: set[str] = set()  # keys with a row in `deadlines`
         self._closing = threading.Lock()
         self._connection = self._open()
 
@@ -164,8 +205,13 @@ class PostgresJournal(Journal):
                 connection.execute(
                     f"INSERT INTO {_N}.meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),)
                 )
+            elif version < SCHEMA_VERSION:
+                _upgrade(connection, version)
+                log.info("%s: upgraded the journal from schema %d to %d", self.label, version,
+                         SCHEMA_VERSION)
             connection.execute(
-                f"INSERT INTO {_N}.bots VALUES (%s, NULL) ON CONFLICT DO NOTHING", (self.bot,)
+                f"INSERT INTO {_N}.bots VALUES (%s, NULL, NULL) ON CONFLICT DO NOTHING",
+                (self.bot,),
             )
         # Held for the connection's life: a second instance of the bot is refused
         # instead of both answering the same users; a dead one's is released.
@@ -179,53 +225,58 @@ class PostgresJournal(Journal):
 
     # -- recording ------------------------------------------------------------
 
-    def entered(self, key: str, state: State) -> None:
+    def entered(self, key: str, snapshot: Snapshot) -> None:
         """Save the new state; the steps before it are no longer needed."""
-        class_path, fields = snapshot(state)
         self._release(key)
         self._counts[key] = 0
-        self._snapshots[key] = (class_path, pickle.dumps(fields, _PROTOCOL))
+        self._snapshots[key] = snapshot
+        self._at_of_state[key] = self._at
 
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """Record the value about to be sent in."""
+        if key in self._timed:  # the timer it waited on is done with
+            self._drop_deadline(key)
         seq = self._counts[key] = self._counts.get(key, 0) + 1
         try:
-            row = (key, seq, fingerprint(command), pickle.dumps((value, error), _PROTOCOL))
+            row = (key, seq, fingerprint(command), pickle.dumps((value, error), _PROTOCOL),
+                   self._at)
         except Exception as failure:
             log.warning("conversation %s: cannot save %r (%s)", key, command, failure)
-            row = (key, seq, _UNREADABLE, _NOTHING)
+            row = (key, seq, UNREADABLE, _NOTHING, self._at)
         steps = self._new_steps.get(key)
         if steps is None:
             self._new_steps[key] = [row]
         else:
             steps.append(row)
 
-    def queued(self, key: str, text: str) -> None:
-        """Keep a waiting message."""
-        self._mailboxes.setdefault(key, []).append(text)
-        self._changed_mailboxes.add(key)
-
-    def dequeued(self, key: str) -> None:
-        """Drop the oldest waiting message."""
-        self._mailboxes[key].pop(0)
-        self._changed_mailboxes.add(key)
-
     def ended(self, key: str) -> None:
         """Forget the conversation."""
         self._release(key)
         self._counts.pop(key, None)
         self._snapshots[key] = None
-        if self._mailboxes.pop(key, None) is not None:
-            self._changed_mailboxes.add(key)
+        self._drop_mailbox(key)
 
-    def outgoing(self, receipt: int, key: str, kind: str, item: Any) -> None:
+    def deadline(self, key: str, when: float) -> None:
+        """Keep the deadline until `key` moves on."""
+        self._timed.add(key)
+        self._deadlines[key] = when
+
+    def _drop_deadline(self, key: str) -> None:
+        self._timed.discard(key)
+        self._deadlines[key] = None
+
+    def stamp(self, when: float) -> None:
+        """Record `when` with this batch's steps and states."""
+        self._at = when
+
+    def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
         """Keep the output until it is confirmed."""
         try:
             blob = pickle.dumps(item, _PROTOCOL)
         except Exception as failure:
             log.warning("conversation %s: cannot keep %r until sent (%s)", key, item, failure)
             return
-        self._outputs[receipt] = (receipt, key, kind, blob)
+        self._outputs[receipt] = (receipt, key, kind.value, blob)
 
     def delivered(self, receipt: int) -> None:
         """Forget the output."""
@@ -233,11 +284,23 @@ class PostgresJournal(Journal):
             self._delivered.append(receipt)
 
     def _release(self, key: str) -> None:
-        """`key`'s steps so far are obsolete: unwritten ones are dropped, written ones deleted."""
+        """`key`'s steps so far are obsolete: unwritten ones are dropped, written ones deleted.
+
+        Its timer goes too: a new state or an end is past whatever it waited on.
+        """
         self._new_steps.pop(key, None)
         if key in self._stored_steps:
             self._stored_steps.discard(key)
             self._clear_steps.add(key)
+        if key in self._timed:
+            self._drop_deadline(key)
+
+    def _stored_memory(self, user: str) -> bytes | None:
+        """What the database keeps for `user`."""
+        rows = self._read(
+            f'SELECT data FROM {_N}.memory WHERE bot = %s AND "user" = %s', (self.bot, user)
+        )
+        return bytes(rows[0][0]) if rows else None
 
     # -- writing a batch ----------------------------------------------------------
 
@@ -255,24 +318,29 @@ class PostgresJournal(Journal):
         ones (all taken after its latest snapshot) are inserted.
         """
         bot = self.bot
-        ended = [key for key, saved in self._snapshots.items() if saved is None]
-        saved = [(key, *row) for key, row in self._snapshots.items() if row is not None]
+        ended = [key for key, kept in self._snapshots.items() if kept is None]
+        saved = [
+            (key, kept.state_class, kept.fields, self._at_of_state.get(key))
+            for key, kept in self._snapshots.items()
+            if kept is not None
+        ]
         steps = [row for rows in self._new_steps.values() for row in rows]
-        kept_mailboxes, emptied = [], []
-        for key in self._changed_mailboxes:
-            texts = self._mailboxes.get(key)
-            if texts:
-                kept_mailboxes.append((bot, key, texts))
-            else:
-                self._mailboxes.pop(key, None)
-                emptied.append(key)
+        kept_mailboxes, emptied = self._mailbox_changes()
+        undated = [key for key, due in self._deadlines.items() if due is None]
+        dated = [(key, due) for key, due in self._deadlines.items() if due is not None]
+        forgotten = [user for user, data in self._memory_written.items() if data is None]
+        memory = [(user, data) for user, data in self._memory_written.items() if data is not None]
         plan: list[tuple[str, list[tuple[Any, ...]]]] = [
             (_DROP_STEPS, [(bot, sorted(self._clear_steps))] if self._clear_steps else []),
             (_DROP_CONVERSATIONS, [(bot, ended)] if ended else []),
             (_SAVE_STATES, _columns(bot, saved)),
             (_ADD_STEPS, _columns(bot, steps)),
             (_DROP_MAILBOXES, [(bot, emptied)] if emptied else []),
-            (_SAVE_MAILBOX, kept_mailboxes),
+            (_SAVE_MAILBOXES, _columns(bot, kept_mailboxes)),
+            (_DROP_DEADLINES, [(bot, undated)] if undated else []),
+            (_SET_DEADLINES, _columns(bot, dated)),
+            (_DROP_MEMORY, [(bot, forgotten)] if forgotten else []),
+            (_SAVE_MEMORY, _columns(bot, memory)),
             (_ADD_OUTGOING, _columns(bot, list(self._outputs.values()))),
             (_DROP_OUTGOING, [(bot, self._delivered)] if self._delivered else []),
             (_SAVE_SOURCE, [(source, bot)] if source is not None else []),
@@ -282,11 +350,13 @@ class PostgresJournal(Journal):
 
     def _reset_batch(self) -> None:
         self._snapshots = {}
+        self._at_of_state = {}
         self._new_steps = {}
         self._clear_steps = set()
+        self._deadlines = {}
+        self._memory_written.clear()
         self._outputs = {}
         self._delivered = []
-        self._changed_mailboxes = set()
 
     def _write(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         # The lock only matters at the end: a program closing the journal while
@@ -304,6 +374,18 @@ class PostgresJournal(Journal):
                     f"{self.label}: cannot write the journal ({_explain(error, self.url)})"
                 ) from None
 
+    def claim(self, flow: str) -> None:
+        """Refuse a bot whose journal was written for another flow; note the flow if new."""
+        rows = self._read(f"SELECT flow FROM {_N}.bots WHERE bot = %s", (self.bot,))
+        kept = rows[0][0] if rows else None
+        if kept is None:
+            self._write([(f"UPDATE {_N}.bots SET flow = %s WHERE bot = %s", [(flow, self.bot)])])
+        elif kept != flow:
+            raise JournalError(
+                f"{self.label}: bot {self.bot!r} belongs to the flow {kept}, not {flow}; "
+                f"run with --flow {kept}, or use another database or bot"
+            )
+
     # -- reading back -----------------------------------------------------------
 
     def last_source(self) -> int | None:
@@ -311,7 +393,7 @@ class PostgresJournal(Journal):
         row = self._read(f"SELECT last_source FROM {_N}.bots WHERE bot = %s", (self.bot,))
         return None if not row or row[0][0] is None else int(row[0][0])
 
-    def undelivered(self) -> list[tuple[int, str, str, Any]]:
+    def undelivered(self) -> list[tuple[int, str, Delivery, Any]]:
         """Outputs never confirmed, oldest first (one that cannot be read is dropped)."""
         outputs = []
         for receipt, key, kind, blob in self._read(
@@ -319,42 +401,46 @@ class PostgresJournal(Journal):
             (self.bot,),
         ):
             try:
-                outputs.append((receipt, key, kind, pickle.loads(blob)))
+                outputs.append((receipt, key, Delivery(kind), pickle.loads(blob)))
             except Exception as error:
                 log.warning("conversation %s: an unsent output cannot be read (%r)", key, error)
                 self._delivered.append(receipt)
         return outputs
 
     def unfinished(self) -> Iterator[Saved]:
-        """Every saved conversation of this bot, with its steps and waiting messages in order."""
+        """Every saved conversation of this bot, with its steps, waiting messages and deadline."""
         saved: dict[str, Saved] = {}
-        for key, class_path, fields in self._read(
-            f"SELECT key, state_class, state_fields FROM {_N}.conversations WHERE bot = %s",
-            (self.bot,),
+        bot = (self.bot,)
+        for key, class_path, fields, at in self._read(
+            f"SELECT key, state_class, state_fields, at FROM {_N}.conversations WHERE bot = %s",
+            bot,
         ):
-            try:
-                state_fields = pickle.loads(fields)
-            except Exception:
-                class_path, state_fields = _UNREADABLE, {}
-            saved[key] = Saved(key, class_path, state_fields)
+            saved[key] = Saved(key, Snapshot(class_path, bytes(fields)), last_active=at)
             self._counts[key] = 0
-        for key, _seq, print_, answer in self._read(
-            f"SELECT key, seq, fingerprint, answer FROM {_N}.steps "
+        for key, _seq, print_, answer, at in self._read(
+            f"SELECT key, seq, fingerprint, answer, at FROM {_N}.steps "
             "WHERE bot = %s ORDER BY key, seq",
-            (self.bot,),
+            bot,
         ):
             self._stored_steps.add(key)
-            if key in saved:
-                saved[key].steps.append(_read_step(print_, answer))
-                self._counts[key] += 1
-            else:  # a conversation that is gone: its steps are of no use
+            conversation = saved.get(key)
+            if conversation is None:  # a conversation that is gone: its steps are of no use
                 self._clear_steps.add(key)
-        for key, texts in self._read(
-            f"SELECT key, texts FROM {_N}.mailbox WHERE bot = %s", (self.bot,)
-        ):
+                continue
+            conversation.steps.append(_read_step(print_, answer))
+            if at is not None:  # steps only get later
+                conversation.last_active = at
+            self._counts[key] += 1
+        for key, items in self._read(f"SELECT key, items FROM {_N}.mailbox WHERE bot = %s", bot):
             if key in saved:
-                saved[key].mailbox = list(texts)
-                self._mailboxes[key] = list(texts)
+                saved[key].mailbox = pickle.loads(items)
+                self._mailboxes[key] = list(saved[key].mailbox)
+        for key, due in self._read(f"SELECT key, due FROM {_N}.deadlines WHERE bot = %s", bot):
+            if key in saved:
+                saved[key].deadline = due
+                self._timed.add(key)
+            else:
+                self._deadlines[key] = None
         return iter(saved.values())
 
     def _read(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -371,14 +457,17 @@ class PostgresJournal(Journal):
     def import_state(
         self,
         conversations: Iterable[Saved],
-        outputs: Iterable[tuple[int, str, str, Any]],
+        outputs: Iterable[tuple[int, str, Delivery, Any]],
         last_source: int | None,
+        *,
+        memory: Iterable[tuple[str, bytes]] = (),
+        flow: str | None = None,
     ) -> int:
-        """Write conversations, unsent outputs and the last update id taken, in one transaction.
+        """Write conversations, unsent outputs, memory, the flow and the last update id taken.
 
-        Refused (a :class:`JournalError`) if this bot already has anything in the
-        database: copying over live state would lose or mix conversations.
-        Returns how many conversations were written.
+        All in one transaction. Refused (a :class:`JournalError`) if this bot
+        already has anything in the database: copying over live state would
+        lose or mix conversations. Returns how many conversations were written.
         """
         if self.holds_state():
             raise JournalError(
@@ -387,29 +476,35 @@ class PostgresJournal(Journal):
             )
         count = 0
         for saved in conversations:
-            self._snapshots[saved.key] = (
-                saved.state_class, pickle.dumps(saved.state_fields, _PROTOCOL)
-            )
-            self._new_steps[saved.key] = [
-                (saved.key, seq, step.fingerprint,
-                 pickle.dumps((step.value, step.error), _PROTOCOL))
+            key = saved.key
+            self._snapshots[key] = saved.snapshot
+            self._at_of_state[key] = saved.last_active
+            self._new_steps[key] = [
+                (key, seq, step.fingerprint,
+                 pickle.dumps((step.value, step.error), _PROTOCOL), saved.last_active)
                 for seq, step in enumerate(saved.steps, 1)
             ]
-            self._counts[saved.key] = len(saved.steps)
+            self._counts[key] = len(saved.steps)
             if saved.mailbox:
-                self._mailboxes[saved.key] = list(saved.mailbox)
-                self._changed_mailboxes.add(saved.key)
+                self._mailboxes[key] = list(saved.mailbox)
+                self._changed_mailboxes.add(key)
+            if saved.deadline is not None:
+                self.deadline(key, saved.deadline)
             count += 1
         for receipt, key, kind, item in outputs:
             self.outgoing(receipt, key, kind, item)
+        for user, data in memory:
+            self.remember(user, data)
         self.commit(last_source)
+        if flow is not None:
+            self.claim(flow)
         return count
 
     def holds_state(self) -> bool:
-        """Whether this bot has conversations, unsent outputs or a last update id here."""
+        """Whether this bot has conversations, unsent outputs, memory or a last update id here."""
         return self.last_source() is not None or any(
             self._read(f"SELECT 1 FROM {_N}.{table} WHERE bot = %s LIMIT 1", (self.bot,))
-            for table in ("conversations", "outgoing")
+            for table in ("conversations", "outgoing", "memory")
         )
 
     def close(self) -> None:
@@ -437,7 +532,7 @@ def _read_step(print_: str, answer: bytes) -> Step:
     try:
         value, error = pickle.loads(answer)
     except Exception:  # a class that is gone or changed: the flow must start over
-        return Step(_UNREADABLE)
+        return Step(UNREADABLE)
     return Step(print_, value, error)
 
 
@@ -450,6 +545,21 @@ def _stored_version(connection: psycopg.Connection[Any]) -> int | None:
         f"SELECT value FROM {_N}.meta WHERE name = 'schema_version'"
     ).fetchone()
     return None if found is None else int(found[0])
+
+
+def _upgrade(connection: psycopg.Connection[Any], version: int) -> None:
+    """Bring a database of an older schema up to date (inside the caller's transaction)."""
+    if version == 1:
+        connection.execute(_UPGRADE_FROM_1.encode())
+        rows = connection.execute(f"SELECT bot, key, texts FROM {_N}.mailbox").fetchall()
+        connection.cursor().executemany(
+            f"UPDATE {_N}.mailbox SET items = %s WHERE bot = %s AND key = %s",
+            [(pickle.dumps(list(texts), _PROTOCOL), bot, key) for bot, key, texts in rows],
+        )
+        connection.execute(_UPGRADE_FROM_1_END.encode())
+    connection.execute(
+        f"UPDATE {_N}.meta SET value = %s WHERE name = 'schema_version'", (str(SCHEMA_VERSION),)
+    )
 
 
 # -- URLs and errors, on one line and without the password ----------------------

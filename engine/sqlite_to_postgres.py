@@ -6,8 +6,9 @@ Stop the bot first (a running bot holds the file and is refused), run this
 from the bot's directory (so the state classes of its flows can be imported
 and their saved fields read), then start the bot with the URL as its state.
 Copied, in one transaction: every unfinished conversation (its state, the
-answers given since, the messages waiting for it), every output not yet
-confirmed as sent, and the last update id taken, so Telegram's redelivered
+answers given since, the messages waiting for it, its timer's deadline and
+last activity), every output not yet confirmed as sent, the users' memory,
+the flow the file belongs to, and the last update id taken, so Telegram's redelivered
 updates are still skipped. The state file is left in place. A database that
 already holds state for the bot is refused, not overwritten.
 
@@ -21,12 +22,9 @@ import argparse
 import os
 import sys
 
-from engine.journal import JournalError, Saved, SqliteJournal
+from engine.journal import UNREADABLE, JournalError, Saved, SqliteJournal
 from engine.journals import is_postgres
 from engine.postgres_journal import DEFAULT_BOT, PostgresJournal
-
-# The marker both journals give a value they cannot read back (private in engine.journal).
-_UNREADABLE = "(a value that could not be saved or read back)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +63,7 @@ def migrate(state_file: str, database_url: str, *, bot: str = DEFAULT_BOT) -> st
         conversations = list(source.unfinished())
         outputs = source.undelivered()
         last_source = source.last_source()
+        memory, flow = _memory_and_flow(source)
     finally:
         source.close()
     try:
@@ -77,10 +76,18 @@ def migrate(state_file: str, database_url: str, *, bot: str = DEFAULT_BOT) -> st
                 f"{target.label}: bot {bot!r} already has state in this database; "
                 "not overwriting it"
             )
-        target.import_state(conversations, outputs, last_source)
+        target.import_state(conversations, outputs, last_source, memory=memory, flow=flow)
     finally:
         target.close()
     return _summary(state_file, target.label, conversations, len(outputs), last_source)
+
+
+def _memory_and_flow(source: SqliteJournal) -> tuple[list[tuple[str, bytes]], str | None]:
+    """The users' memory and the flow the file belongs to (read from the file's tables)."""
+    query = source._connection.execute  # the file's own tables: nothing else reads them
+    memory = [(str(user), bytes(data)) for user, data in query("SELECT user, data FROM memory")]
+    row = query("SELECT value FROM meta WHERE name = 'flow'").fetchone()
+    return memory, None if row is None else str(row[0])
 
 
 def _summary(
@@ -100,9 +107,7 @@ def _summary(
 
 
 def _has_unreadable(saved: Saved) -> bool:
-    return saved.state_class == _UNREADABLE or any(
-        step.fingerprint == _UNREADABLE for step in saved.steps
-    )
+    return any(step.fingerprint == UNREADABLE for step in saved.steps)
 
 
 class _BadInput(Exception):

@@ -56,6 +56,7 @@ from frontends.programs import (
     load,
     log_to_stderr,
     open_journal,
+    state_spec,
 )
 
 __all__ = [
@@ -371,8 +372,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = ProgramParser(prog=prog or _program_name(), description=DESCRIPTION, epilog=EPILOG)
     add_common_options(
         parser,
-        state_help="keep the conversation in this journal file, so that after Ctrl-C or a "
-        "crash the next run with the same PATH goes on where it was (Ctrl-D ends it)",
+        state_help="keep the conversation in this journal file (or postgresql:// database; "
+        "default: $DATABASE_URL if set), so that after Ctrl-C or a crash the next run with "
+        "the same PATH goes on where it was (Ctrl-D ends it)",
         verbose_help="log debugging details (engine steps, HTTP requests, warnings) to stderr; "
         "without it only errors are logged",
     )
@@ -445,8 +447,9 @@ def _main(argv: Sequence[str] | None) -> int:
     journal: Journal | None = None
     try:
         flow = load(args.flow)
-        if args.state is not None:
-            journal = open_journal(args.state)
+        state = state_spec(args.state, os.environ, None)
+        if state is not None:
+            journal = open_journal(state, args.flow)
     except ConfigError as error:
         return fail(parser.prog, error)
     if sys.stdout is None:  # `>&-`: nowhere to hold a conversation

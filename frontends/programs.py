@@ -17,7 +17,8 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine.journal import JournalError, SqliteJournal
+from engine import journals
+from engine.journal import Journal, JournalError
 from engine.states import Flow, load_flow
 
 #: The flow a program runs without ``--flow``: the only flow a frontend names.
@@ -221,12 +222,35 @@ def load(spec: str) -> Flow:
         raise ConfigError(str(error)) from None
 
 
-def open_journal(path: str) -> SqliteJournal:
-    """The journal kept in the file `path`; ConfigError in one line if it cannot be used."""
+#: Where the programs find a PostgreSQL URL when ``--state`` is not given.
+DATABASE_URL = "DATABASE_URL"
+
+
+def state_spec(option: str | None, environ: Mapping[str, str], default: str | None) -> str | None:
+    """What to keep state in: ``--state``, else ``$DATABASE_URL``, else `default`."""
+    if option:
+        return option
+    return environ.get(DATABASE_URL, "").strip() or default
+
+
+def open_journal(spec: str, flow: str | None = None) -> Journal:
+    """The journal `spec` names: a SQLite file path, or a ``postgresql://`` URL.
+
+    With `flow` (the ``--flow`` spec), a journal written for another flow is
+    refused. ConfigError in one line if it cannot be used: a bad URL, a
+    refused login, an unreachable server, a file or database in use...
+    """
     try:
-        return SqliteJournal(path)
+        journal = journals.open_journal(spec)
     except JournalError as error:
         raise ConfigError(str(error)) from None
+    if flow is not None:
+        try:
+            journal.claim(flow)
+        except JournalError as error:
+            journal.close()
+            raise ConfigError(str(error)) from None
+    return journal
 
 
 def log_to_stderr(

@@ -10,6 +10,7 @@ about SQLite files only.
 from __future__ import annotations
 
 import os
+import pickle
 import sqlite3
 import sys
 import threading
@@ -421,14 +422,14 @@ def test_a_database_from_a_newer_version_is_refused_and_left_alone(postgres_url:
     PostgresJournal(postgres_url).close()
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("UPDATE yielded.meta SET value = '99' WHERE name = 'schema_version'")
-    assert "written by a newer version (schema 99, this one reads up to 1)" in _refusal(
+    assert "written by a newer version (schema 99, this one reads up to 3)" in _refusal(
         postgres_url
     )
     with psycopg.connect(postgres_url) as connection:
         tables = connection.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'yielded'"
         ).fetchone()
-    assert tables == (6,)
+    assert tables == (8,)
 
 
 def test_a_bot_in_use_by_another_instance_is_refused_until_it_stops(postgres_url: str) -> None:
@@ -622,3 +623,98 @@ def test_confirmed_outputs_do_not_go_out_again(state: str) -> None:
 def _count_outgoing(journal: Journal) -> int:
     postgres = isinstance(journal, PostgresJournal)
     return _count(journal, "yielded.outgoing" if postgres else "outgoing")
+
+
+# -- what both journals keep since format 3: the flow, memory, schema 1 upgraded ----
+
+
+def test_a_journal_belongs_to_the_flow_that_wrote_it(state: str) -> None:
+    journal = open_journal(state)
+    try:
+        journal.claim("flows.weather:WeatherFlow")
+        journal.claim("flows.weather:WeatherFlow")  # the same flow again: fine
+    finally:
+        journal.close()
+    reopened = open_journal(state)
+    try:
+        with pytest.raises(JournalError) as refused:
+            reopened.claim("tests.flows_for_tests:Echo")
+    finally:
+        reopened.close()
+    assert "belongs to the flow flows.weather:WeatherFlow, not tests.flows_for_tests:Echo" in (
+        str(refused.value)
+    )
+    assert "\n" not in str(refused.value)
+
+
+def test_memory_is_read_back_within_its_batch_and_after_a_restart(state: str) -> None:
+    journal = open_journal(state)
+    try:
+        journal.remember("7", b"kept")
+        assert journal.recall("7") == b"kept"  # before the commit
+        journal.commit(None)
+        journal.remember("8", b"other")
+        journal.remember("8", None)  # forgotten within the batch
+        journal.commit(None)
+    finally:
+        journal.close()
+    journal = open_journal(state)
+    try:
+        assert (journal.recall("7"), journal.recall("8")) == (b"kept", None)
+        journal.remember("7", None)
+        journal.commit(None)
+        assert journal.recall("7") is None
+    finally:
+        journal.close()
+
+
+#: The tables of the first PostgreSQL journal (schema 1), as it created them.
+_POSTGRES_SCHEMA_1 = """
+CREATE SCHEMA yielded;
+CREATE TABLE yielded.meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE yielded.bots (bot TEXT PRIMARY KEY, last_source BIGINT);
+CREATE TABLE yielded.conversations (bot TEXT NOT NULL, key TEXT NOT NULL,
+    state_class TEXT NOT NULL, state_fields BYTEA NOT NULL, PRIMARY KEY (bot, key));
+CREATE TABLE yielded.steps (bot TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL, answer BYTEA NOT NULL, PRIMARY KEY (bot, key, seq));
+CREATE TABLE yielded.mailbox (bot TEXT NOT NULL, key TEXT NOT NULL, texts TEXT[] NOT NULL,
+    PRIMARY KEY (bot, key));
+CREATE TABLE yielded.outgoing (bot TEXT NOT NULL, receipt BIGINT NOT NULL, key TEXT NOT NULL,
+    kind TEXT NOT NULL, item BYTEA NOT NULL, PRIMARY KEY (bot, receipt));
+INSERT INTO yielded.meta VALUES ('schema_version', '1');
+INSERT INTO yielded.bots VALUES ('default', 12);
+"""
+
+
+def test_a_schema_1_database_is_upgraded_and_its_conversations_resume(postgres_url: str) -> None:
+    CALLS.clear()
+    fields = pickle.dumps({"number": 3})
+    answer = pickle.dumps(("21", None))
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(_POSTGRES_SCHEMA_1.encode())
+        connection.execute(
+            "INSERT INTO yielded.conversations VALUES ('default', 'ann', %s, %s)",
+            ("tests.test_journal:Round", fields),
+        )
+        connection.execute(
+            "INSERT INTO yielded.steps VALUES ('default', 'ann', 1, %s, %s)",
+            ("Input 'Number? '", answer),
+        )
+        connection.execute(
+            "INSERT INTO yielded.mailbox VALUES ('default', 'ann', ARRAY['continue'])"
+        )
+    running = Running(postgres_url)
+    try:
+        assert running.scheduler.last_source == 12
+        lines = running.frontend.wait_for("ann", "bot: Number?")
+    finally:
+        running.crash()
+    # The answer 21 replays (the Call runs: it was never recorded), then the
+    # waiting "continue" answers "Again?".
+    assert lines == ["bot: doubled: 42", "bot: round 4", "bot: Number?"]
+    assert CALLS == [21]
+    with psycopg.connect(postgres_url) as connection:
+        version = connection.execute(
+            "SELECT value FROM yielded.meta WHERE name = 'schema_version'"
+        ).fetchone()
+    assert version == ("3",)

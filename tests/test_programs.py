@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from engine.postgres_journal import redact
 from flows.weather import WeatherFlow
 from frontends import cli
 from frontends.programs import (
@@ -19,9 +23,14 @@ from frontends.programs import (
     flow_help,
     load,
     open_journal,
+    state_spec,
 )
 from frontends.telegram.config import build_parser as bot_parser
 from frontends.telegram.texts import help_text
+from tests.support.fake_telegram import FakeTelegram, bot_environment
+from tests.support.postgres_server import PostgresServer, closed_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -85,3 +94,80 @@ def test_start_up_failures_are_one_line_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=str(damaged)) as caught:
         open_journal(str(damaged))
     assert "\n" not in str(caught.value)
+
+
+# -- state in PostgreSQL: --state postgresql://... or DATABASE_URL ----------------------
+
+
+def test_the_state_comes_from_the_option_then_database_url_then_the_default() -> None:
+    environ = {"DATABASE_URL": " postgresql://db/bot "}
+    assert state_spec("mine.sqlite3", environ, "default.sqlite3") == "mine.sqlite3"
+    assert state_spec(None, environ, "default.sqlite3") == "postgresql://db/bot"
+    assert state_spec(None, {"DATABASE_URL": ""}, "default.sqlite3") == "default.sqlite3"
+    assert state_spec(None, {}, None) is None
+
+
+def test_a_database_of_another_flow_is_refused(postgres_url: str) -> None:
+    open_journal(postgres_url, "flows.weather:WeatherFlow").close()
+    with pytest.raises(ConfigError, match=r"belongs to the flow flows\.weather:WeatherFlow"):
+        open_journal(postgres_url, "tests.support.flows:Visitor")
+
+
+def _bad_databases(server: PostgresServer, database_url: str) -> dict[str, tuple[str, str]]:
+    """URL and the reason each program must give, per way a database can be unusable."""
+    database = database_url.rpartition("/")[2]
+    wrong = server.url(database, password="not-the-password")
+    return {
+        "malformed": ("postgresql://ann:s3cret@db:port/bot", "not a valid PostgreSQL URL"),
+        "refused login": (wrong, "login refused (password authentication failed"),
+        "unreachable": (
+            f"postgresql://ann:s3cret@127.0.0.1:{closed_port()}/bot",
+            "cannot reach the server (Connection refused",
+        ),
+    }
+
+
+@pytest.mark.parametrize("how", ["option", "DATABASE_URL"])
+@pytest.mark.parametrize("program", ["weather-cli", "weather-bot"])
+def test_an_unusable_database_is_one_line_and_exit_2(
+    postgres_server: PostgresServer,
+    postgres_url: str,
+    telegram: FakeTelegram,
+    tmp_path: Path,
+    program: str,
+    how: str,
+) -> None:
+    for url, reason in _bad_databases(postgres_server, postgres_url).values():
+        environment = {**bot_environment(telegram), "PYTHONIOENCODING": "utf-8"}
+        options = ["--state", url] if how == "option" else []
+        if how == "DATABASE_URL":
+            environment["DATABASE_URL"] = url
+        module = "frontends.cli" if program == "weather-cli" else "frontends.telegram"
+        result = subprocess.run(
+            [sys.executable, "-m", module, *options],
+            cwd=tmp_path, env=environment, input="", capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.splitlines()
+        assert f": error: {redact(url)}: {reason}" in line
+        assert "s3cret" not in line and "not-the-password" not in line
+    assert list(tmp_path.iterdir()) == []  # no state file made instead
+
+
+def test_the_terminal_keeps_memory_in_postgresql_between_runs(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8", "LOGNAME": "alice"}
+    command = [sys.executable, "-m", "frontends.cli", "--flow", "tests.support.flows:Visitor",
+               "--pictures", str(tmp_path)]
+    first = subprocess.run(
+        [*command, "--state", postgres_url], input="Paris\n", env=environment, cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(  # the database named by DATABASE_URL this time
+        command, input="1 2\n", env={**environment, "DATABASE_URL": postgres_url}, cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "Last time: Paris" in second.stdout.splitlines()

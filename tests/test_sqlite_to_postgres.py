@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from engine import Input
-from engine.journal import SqliteJournal
+from engine.commands import Location
+from engine.journal import JournalError, SqliteJournal
 from engine.postgres_journal import PostgresJournal
+from engine.runner import Snapshot
 from engine.sqlite_to_postgres import main
 from tests.support.postgres_server import PostgresServer, closed_port
 from tests.test_journal import CALLS, Round, _run_confirming
@@ -62,12 +65,16 @@ def test_steps_and_waiting_messages_are_copied_as_they_are(
     state_file: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     journal = SqliteJournal(state_file)
-    journal.entered("ann", Round(7))
+    journal.claim("tests.test_journal:Round")
+    journal.stamp(1000.0)
+    journal.entered("ann", Snapshot.of(Round(7)))
     journal.step("ann", Input("Number? "), "21", None)
     journal.step("ann", Input("Again? "), None, ValueError("bad"))
+    journal.deadline("ann", 1060.0)
     journal.queued("ann", "first")
-    journal.queued("ann", "second")
-    journal.entered("bob", Round(0))
+    journal.queued("ann", Location(51.5, -0.12))
+    journal.entered("bob", Snapshot.of(Round(0)))
+    journal.remember("7", b"kept for user 7")
     journal.commit(41)
     journal.close()
 
@@ -77,17 +84,22 @@ def test_steps_and_waiting_messages_are_copied_as_they_are(
     copied = PostgresJournal(postgres_url)
     try:
         saved = {each.key: each for each in copied.unfinished()}
+        assert copied.recall("7") == b"kept for user 7"
+        with pytest.raises(JournalError, match=r"belongs to the flow tests\.test_journal:Round"):
+            copied.claim("flows.weather:WeatherFlow")
     finally:
         copied.close()
     assert sorted(saved) == ["ann", "bob"]
     ann = saved["ann"]
-    assert (ann.state_class, ann.state_fields) == ("tests.test_journal:Round", {"number": 7})
+    assert ann.snapshot.state_class == "tests.test_journal:Round"
+    assert pickle.loads(ann.snapshot.fields) == {"number": 7}
+    assert (ann.deadline, ann.last_active) == (1060.0, 1000.0)
     assert [(s.fingerprint, s.value) for s in ann.steps] == [
         ("Input 'Number? '", "21"),
         ("Input 'Again? '", None),
     ]
     assert repr(ann.steps[1].error) == "ValueError('bad')"
-    assert ann.mailbox == ["first", "second"]
+    assert ann.mailbox == ["first", Location(51.5, -0.12)]
     assert saved["bob"].steps == [] and saved["bob"].mailbox == []
 
 

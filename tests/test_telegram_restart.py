@@ -106,9 +106,12 @@ def places(openmeteo: FakeOpenMeteo) -> FakeOpenMeteo:
 class Bots:
     """Starts the bot, kills it with SIGKILL and starts it again, in one directory."""
 
-    def __init__(self, telegram: Telegram, directory: Path) -> None:
+    def __init__(
+        self, telegram: Telegram, directory: Path, environment: dict[str, str] | None = None
+    ) -> None:
         self.telegram = telegram
         self.directory = directory
+        self.environment = environment or {}
         self.options: tuple[str, ...] = ()
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
@@ -130,7 +133,7 @@ class Bots:
             process = subprocess.Popen(
                 [sys.executable, "-m", "frontends.telegram", "--no-pacing", *self.options],
                 cwd=self.directory,  # the state file is weather-bot.sqlite3 in here
-                env=bot_environment(self.telegram),
+                env={**bot_environment(self.telegram), **self.environment},
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
@@ -171,9 +174,18 @@ class Bots:
 
 
 @pytest.fixture
-def bots(telegram: Telegram, openmeteo: FakeOpenMeteo, tmp_path: Path) -> Iterator[Bots]:
-    """Bots run in `tmp_path`; all are killed after the test and their output checked."""
-    runner = Bots(telegram, tmp_path)
+def bots(
+    request: pytest.FixtureRequest, telegram: Telegram, openmeteo: FakeOpenMeteo, tmp_path: Path
+) -> Iterator[Bots]:
+    """Bots run in `tmp_path`; all are killed after the test and their output checked.
+
+    On the state file by default; ``parametrize("bots", ["postgresql"], indirect=True)``
+    runs them on a fresh PostgreSQL database instead, named by ``DATABASE_URL``.
+    """
+    environment = {}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        environment["DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    runner = Bots(telegram, tmp_path, environment)
     try:
         yield runner
     finally:
@@ -182,6 +194,8 @@ def bots(telegram: Telegram, openmeteo: FakeOpenMeteo, tmp_path: Path) -> Iterat
         output = runner.output(index)
         assert SECRET not in output, "the token leaked into the bot's output"
         assert "Traceback" not in output, output
+    if environment:  # the database was used, not a file
+        assert not (tmp_path / "weather-bot.sqlite3").exists()
 
 
 # -- waiting and checking -------------------------------------------------------------------
@@ -275,6 +289,7 @@ def start_at_place(telegram: FakeTelegram, *chats: int) -> dict[int, Sent]:
 # -- a question pending: Input and Choose ------------------------------------------------------
 
 
+@pytest.mark.parametrize("bots", ["sqlite", "postgresql"], indirect=True)
 def test_users_asked_a_question_when_the_bot_was_killed_just_answer_it(
     bots: Bots, telegram: Telegram, places: FakeOpenMeteo
 ) -> None:
@@ -447,6 +462,7 @@ def hold_confirmations(telegram: FakeTelegram) -> None:
     telegram.fail("getUpdates", 429, retry_after=30)
 
 
+@pytest.mark.parametrize("bots", ["sqlite", "postgresql"], indirect=True)
 def test_updates_sent_again_after_the_crash_are_not_handled_twice(
     bots: Bots, telegram: Telegram, places: FakeOpenMeteo
 ) -> None:

@@ -22,6 +22,8 @@ import pytest
 from engine import Choose, Input, Print, Sleep, State, Timeout
 from engine.frontend import Notice
 from engine.journal import SqliteJournal
+from engine.journals import open_journal
+from engine.postgres_journal import PostgresJournal
 from engine.scheduler import Scheduler
 from engine.states import Flow, Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
@@ -158,11 +160,11 @@ class Engine:
     """A scheduler on fake clocks, with or without a state file; stopped as a crash would."""
 
     def __init__(
-        self, flow: Flow, clocks: Clocks, path: Path | None = None, **options: Any
+        self, flow: Flow, clocks: Clocks, path: str | None = None, **options: Any
     ) -> None:
         self.clocks = clocks
         self.frontend = Ordered()
-        self.journal = SqliteJournal(path) if path is not None else None
+        self.journal = open_journal(path) if path is not None else None
         self.scheduler = Scheduler(
             self.frontend,
             flow,
@@ -280,13 +282,17 @@ def test_a_flow_that_sleeps_then_prints_reaches_a_silent_user(engines: list[Engi
 # -- surviving a restart -------------------------------------------------------------
 
 
-@pytest.fixture
-def state_file(tmp_path: Path) -> Path:
-    return tmp_path / "state.sqlite3"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_file(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the journal keeps its state: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.sqlite3")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 def test_a_sleep_wakes_at_its_original_moment_after_a_restart(
-    engines: list[Engine], state_file: Path
+    engines: list[Engine], state_file: str
 ) -> None:
     clocks = Clocks()
     first = start(engines, Nap, clocks, path=state_file)
@@ -301,12 +307,14 @@ def test_a_sleep_wakes_at_its_original_moment_after_a_restart(
 
 def _deadlines(engine: Engine) -> list[tuple[str, float]]:
     assert engine.journal is not None
-    rows = engine.journal._connection.execute("SELECT key, due FROM deadlines ORDER BY key")
+    table = "yielded.deadlines" if isinstance(engine.journal, PostgresJournal) else "deadlines"
+    assert isinstance(engine.journal, (SqliteJournal, PostgresJournal))
+    rows = engine.journal._connection.execute(f"SELECT key, due FROM {table} ORDER BY key")
     return [(key, due) for key, due in rows]
 
 
 def test_a_deadline_is_kept_while_it_is_pending_and_forgotten_after(
-    engines: list[Engine], state_file: Path
+    engines: list[Engine], state_file: str
 ) -> None:
     clocks = Clocks()
     engine = start(engines, Ask, clocks, path=state_file)
@@ -322,7 +330,7 @@ def test_a_deadline_is_kept_while_it_is_pending_and_forgotten_after(
 
 
 def test_a_question_deadline_keeps_its_remaining_time_after_a_restart(
-    engines: list[Engine], state_file: Path
+    engines: list[Engine], state_file: str
 ) -> None:
     clocks = Clocks()
     first = start(engines, Ask, clocks, path=state_file)
@@ -338,7 +346,7 @@ def test_a_question_deadline_keeps_its_remaining_time_after_a_restart(
 
 
 def test_overdue_timers_fire_at_once_in_deadline_order_after_a_long_downtime(
-    engines: list[Engine], state_file: Path
+    engines: list[Engine], state_file: str
 ) -> None:
     clocks = Clocks()
     first = start(engines, Chores, clocks, path=state_file)
@@ -363,7 +371,7 @@ def test_overdue_timers_fire_at_once_in_deadline_order_after_a_long_downtime(
 
 
 def test_idle_expiry_counts_the_time_before_a_restart(
-    engines: list[Engine], state_file: Path
+    engines: list[Engine], state_file: str
 ) -> None:
     clocks = Clocks()
     first = start(engines, Wait, clocks, path=state_file, idle_timeout=100)
@@ -380,7 +388,7 @@ def test_idle_expiry_counts_the_time_before_a_restart(
 
 
 def test_an_answer_before_a_restart_restarts_the_idle_time(
-    engines: list[Engine], state_file: Path
+    engines: list[Engine], state_file: str
 ) -> None:
     clocks = Clocks()
     first = start(engines, Ask, clocks, path=state_file, idle_timeout=100)

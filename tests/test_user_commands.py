@@ -37,6 +37,7 @@ from engine import (
 from engine.frontend import Notice, refusal
 from engine.hosting import takes
 from engine.journal import SCHEMA_VERSION, SqliteJournal
+from engine.journals import open_journal
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
@@ -424,9 +425,9 @@ class Confirming(RecordingFrontend):
 class Running:
     """A scheduler on a state file, stopped without ending its conversations (a crash)."""
 
-    def __init__(self, path: Path, flow: Any, frontend: RecordingFrontend | None = None) -> None:
+    def __init__(self, path: str, flow: Any, frontend: RecordingFrontend | None = None) -> None:
         self.frontend = frontend or RecordingFrontend()
-        self.journal = SqliteJournal(path)
+        self.journal = open_journal(path)
         self.scheduler = Scheduler(self.frontend, flow, journal=self.journal)
         self.scheduler.start()
 
@@ -435,13 +436,22 @@ class Running:
         self.journal.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state(request: pytest.FixtureRequest, tmp_path: Path, no_engine_threads: None) -> str:
+    """Where the journal keeps its state: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.sqlite3")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
 def state_file(tmp_path: Path, no_engine_threads: None) -> Path:
     return tmp_path / "state.sqlite3"
 
 
-def test_memory_and_who_survive_a_restart(state_file: Path) -> None:
-    first = Running(state_file, Visitor)
+def test_memory_and_who_survive_a_restart(state: str) -> None:
+    first = Running(state, Visitor)
     first.frontend.users["ann"] = ANN
     first.scheduler.begin("ann")
     first.frontend.wait_for("ann", "bot: Where?")
@@ -451,7 +461,7 @@ def test_memory_and_who_survive_a_restart(state_file: Path) -> None:
     first.frontend.wait_for("ann", "bot: Last time: Paris")
     first.crash()  # parked at "Where?", after Who and Recall
 
-    second = Running(state_file, Visitor)
+    second = Running(state, Visitor)
     second.frontend.users["ann"] = User("7", "Ann B.")  # renamed since: replay keeps "Ann"
     try:
         second.scheduler.send("ann", Location(52.52, 13.4))
@@ -464,8 +474,8 @@ def test_memory_and_who_survive_a_restart(state_file: Path) -> None:
         second.crash()
 
 
-def test_a_picture_not_confirmed_before_a_crash_is_sent_again(state_file: Path) -> None:
-    first = Running(state_file, Pin, Confirming())
+def test_a_picture_not_confirmed_before_a_crash_is_sent_again(state: str) -> None:
+    first = Running(state, Pin, Confirming())
     first.scheduler.begin("ann")
     first.frontend.wait_for("ann", "bot: Share a location")
     assert isinstance(first.frontend, Confirming)
@@ -474,7 +484,7 @@ def test_a_picture_not_confirmed_before_a_crash_is_sent_again(state_file: Path) 
     first.frontend.wait_for("ann", "ended")  # shown, never confirmed
     first.crash()
 
-    second = Running(state_file, Pin, Confirming())
+    second = Running(state, Pin, Confirming())
     try:
         lines = second.frontend.wait_for("ann", f"picture: ({len(PNG)} bytes)")
     finally:
@@ -502,9 +512,9 @@ class Busy(State):
         return None
 
 
-def test_a_location_waiting_in_the_mailbox_survives_a_restart(state_file: Path) -> None:
+def test_a_location_waiting_in_the_mailbox_survives_a_restart(state: str) -> None:
     GATE.clear()
-    first = Running(state_file, Busy)
+    first = Running(state, Busy)
     first.scheduler.begin("ann")
     first.scheduler.send("ann", Location(10, 20))  # the flow is busy: it waits in the mailbox
     committed = threading.Event()
@@ -513,7 +523,7 @@ def test_a_location_waiting_in_the_mailbox_survives_a_restart(state_file: Path) 
     first.crash()
     GATE.set()
 
-    second = Running(state_file, Busy)
+    second = Running(state, Busy)
     try:
         lines = second.frontend.wait_for("ann", "ended")
     finally:

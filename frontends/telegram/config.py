@@ -85,19 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
             "environment: TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_API_KEY) is the bot's token from "
             "@BotFather, required; TELEGRAM_API_URL is the Bot API server (default "
             f"{DEFAULT_API_URL}); TELEGRAM_CHAT_RATE, TELEGRAM_CHAT_BURST, TELEGRAM_GROUP_RATE "
-            "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options."
+            "and TELEGRAM_GLOBAL_RATE set the defaults of the pacing options; DATABASE_URL "
+            "(postgresql://...) is where state is kept when --state is not given."
             "\n\n"
             "exit status: 0 after a stop; 2 for a missing, malformed or rejected token, a flow "
-            "that cannot be loaded, a state file that cannot be used, or bad options; 1 if the "
+            "that cannot be loaded, a state file or database that cannot be used (a bad URL, a "
+            "refused login, an unreachable server), or bad options; 1 if the "
             "bot failed."
         ),
     )
     add_common_options(
         parser,
-        state_default=DEFAULT_STATE,
         state_help=(
-            f"SQLite file where conversations are kept, so that they survive a restart or a "
-            f"crash (default: {DEFAULT_STATE} in the working directory); one bot per file"
+            f"SQLite file, or postgresql://USER:PASSWORD@HOST/DB database, where conversations "
+            f"are kept, so that they survive a restart or a crash (default: $DATABASE_URL if "
+            f"set, else {DEFAULT_STATE} in the working directory); one bot per file"
         ),
         verbose_help="debug logging",
     )

@@ -16,7 +16,7 @@ from typing import Any
 import telebot
 from telebot import apihelper
 
-from engine.journal import SqliteJournal
+from engine.journal import Journal
 from engine.scheduler import Scheduler
 from engine.states import Flow
 from frontends.programs import (
@@ -27,11 +27,13 @@ from frontends.programs import (
     fail,
     load,
     open_journal,
+    state_spec,
 )
 from frontends.telegram import health, webhook
 from frontends.telegram import http as telegram_http
 from frontends.telegram.api import SEND_TIMEOUT, TeleBotApi
 from frontends.telegram.config import (
+    DEFAULT_STATE,
     PROGRAM,
     Settings,
     build_parser,
@@ -58,7 +60,7 @@ class Bot:
         flow: Flow,
         args: argparse.Namespace,
         redactor: Redactor,
-        journal: SqliteJournal,
+        journal: Journal,
     ) -> None:
         helper: Any = apihelper  # its settings are module globals, typed by their defaults
         helper.API_URL = settings.api_url + "/bot{0}/{1}"
@@ -152,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     redactor = Redactor(settings.token)
     try:
         flow = load(args.flow)
-        journal = open_journal(args.state)
+        state = state_spec(args.state, os.environ, DEFAULT_STATE)
+        assert state is not None  # there is a default
+        journal = open_journal(state, args.flow)
     except ConfigError as error:
         return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)

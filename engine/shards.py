@@ -1,0 +1,219 @@
+"""Which instance drives which conversations, when several share one PostgreSQL database.
+
+Conversations hash into a fixed number of shards (:func:`shard_of`). An
+instance owns a shard while it holds a PostgreSQL session-level advisory lock
+on it; the server releases the lock when the instance's connection dies (a
+``kill -9``, a crash, a network cut noticed by TCP keepalives), so ownership
+needs no consensus code of ours. Each instance also holds a *member* lock,
+which is how the instances count each other, and at most one holds the
+*lease* (the instance that polls Telegram in polling mode).
+
+Every `interval` seconds each instance rebalances: with ``m`` members, it
+aims at ``ceil(shards / m)`` shards, gives back what it holds above that
+(telling its owner first, so it stops running them before the lock goes) and
+takes free shards up to it (telling its owner after, so it rebuilds them from
+the journal). A shard whose owner died is free at once, so it is taken by a
+survivor within one interval of the server noticing the death: at once for
+``kill -9`` on a reachable machine, within the keepalive time
+(:data:`KEEPALIVE`, about 6 s) for a network cut.
+
+This module is the ownership layer only: see the README's "Running at scale"
+for what is and is not built on it yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from engine.journal import JournalError
+from engine.postgres_journal import DEFAULT_BOT, _connect_options, _explain, redact
+
+log = logging.getLogger(__name__)
+
+#: Shards per bot: fixed for the life of a database (a key's shard must not move).
+SHARDS = 64
+#: Seconds between two rebalances (and the failover time after the server notices a death).
+INTERVAL = 2.0
+#: Server-side TCP keepalive (idle, interval, count): a silent peer is dropped in ~6 s.
+KEEPALIVE = (3, 1, 3)
+
+_LOCK = "SELECT pg_advisory_lock(%s::int4, %s::int4)"
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s::int4, %s::int4)"
+_UNLOCK = "SELECT pg_advisory_unlock(%s::int4, %s::int4)"
+
+#: Told of shards gained or lost: ``changed(gained, lost)``.
+Changed = Callable[[frozenset[int], frozenset[int]], None]
+
+
+def shard_of(key: str, shards: int = SHARDS) -> int:
+    """The shard `key`'s conversation belongs to: the same in every process and version."""
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
+def _namespace(bot: str, kind: str) -> int:
+    """The first key of a two-key advisory lock: one per bot and kind of lock (31 bits)."""
+    return zlib.crc32(f"yielded:{bot}:{kind}".encode()) & 0x7FFFFFFF
+
+
+class Shards:
+    """This instance's share of `bot`'s shards, kept balanced by a named thread.
+
+    ``start()`` connects (a :class:`JournalError` in one line if it cannot),
+    joins the members and rebalances once before returning; ``stop()`` gives
+    every shard and the lease back and disconnects. `changed` is called on the
+    rebalancing thread, before lost shards' locks are released and after
+    gained shards' locks are taken.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        bot: str = DEFAULT_BOT,
+        shards: int = SHARDS,
+        interval: float = INTERVAL,
+        changed: Changed | None = None,
+    ) -> None:
+        self.url = url
+        self.label = redact(url)
+        self.shards = shards
+        self.interval = interval
+        self.changed = changed
+        self.owned: frozenset[int] = frozenset()
+        self.leader = False
+        self._member_ns = _namespace(bot, "member")
+        self._shard_ns = _namespace(bot, "shard")
+        self._lease_ns = _namespace(bot, "lease")
+        self._member_id = random.getrandbits(31)
+        self._connection: psycopg.Connection[Any] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="shards", daemon=True)
+
+    # -- starting and stopping ---------------------------------------------------
+
+    def start(self) -> Shards:
+        """Connect, join, take a fair share now, then keep it balanced in the background."""
+        options = _connect_options(self.url, self.label)
+        try:
+            self._connection = psycopg.connect(self.url, autocommit=True, **options)
+            idle, interval, count = KEEPALIVE
+            self._connection.execute(
+                f"SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; "
+                f"SET tcp_keepalives_count = {count}".encode()
+            )
+            self._sql(_LOCK, self._member_ns, self._member_id)
+            self.rebalance()
+        except psycopg.Error as error:
+            raise JournalError(f"{self.label}: {_explain(error, self.url)}") from None
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Give everything back (the owner is told first) and disconnect; joins the thread."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 10)
+        with self._lock:
+            if self._connection is None:
+                return
+            lost, self.owned, self.leader = self.owned, frozenset(), False
+            if lost and self.changed is not None:
+                self.changed(frozenset(), lost)
+            try:
+                self._connection.close()  # the server releases every lock of the session
+            finally:
+                self._connection = None
+
+    # -- balancing -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.rebalance()
+            except psycopg.Error as error:
+                # The connection is gone: so are the locks. Stop driving anything.
+                log.error("%s: lost the database (%s); giving up every shard",
+                          self.label, _explain(error, self.url))
+                self._abandon()
+                return
+
+    def _abandon(self) -> None:
+        with self._lock:
+            lost, self.owned, self.leader = self.owned, frozenset(), False
+            if lost and self.changed is not None:
+                self.changed(frozenset(), lost)
+
+    def rebalance(self) -> tuple[frozenset[int], frozenset[int]]:
+        """Give back shards above a fair share, take free ones up to it; (gained, lost)."""
+        with self._lock:
+            members = max(1, self._count_members())
+            target = math.ceil(self.shards / members)
+            lost = frozenset(sorted(self.owned, reverse=True)[: max(0, len(self.owned) - target)])
+            if lost:
+                if self.changed is not None:
+                    self.changed(frozenset(), lost)  # stop running them before the lock goes
+                for shard in lost:
+                    self._sql(_UNLOCK, self._shard_ns, shard)
+                self.owned -= lost
+            gained = self._take_free(target - len(self.owned))
+            if gained:
+                self.owned |= gained
+                if self.changed is not None:
+                    self.changed(gained, frozenset())
+            self._hold_lease()
+        if gained or lost:
+            log.info("shards: %d members; took %d, gave back %d; now own %d of %d%s", members,
+                     len(gained), len(lost), len(self.owned), self.shards,
+                     " and the polling lease" if self.leader else "")
+        return gained, lost
+
+    def _take_free(self, wanted: int) -> frozenset[int]:
+        if wanted <= 0:
+            return frozenset()
+        held = {row[0] for row in self._rows(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %s::int4::oid AND objsubid = 2 AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
+            self._shard_ns,
+        )}
+        free = [shard for shard in range(self.shards) if shard not in held]
+        random.shuffle(free)  # instances rebalancing at once mostly try different shards
+        taken: set[int] = set()
+        for shard in free:
+            if len(taken) == wanted:
+                break
+            if self._rows(_TRY_LOCK, self._shard_ns, shard)[0][0]:
+                taken.add(shard)
+        return frozenset(taken)
+
+    def _hold_lease(self) -> None:
+        if not self.leader:
+            self.leader = bool(self._rows(_TRY_LOCK, self._lease_ns, 0)[0][0])
+
+    def _count_members(self) -> int:
+        return int(self._rows(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %s::int4::oid AND objsubid = 2 AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
+            self._member_ns,
+        )[0][0])
+
+    def owns(self, key: str) -> bool:
+        """Whether this instance drives `key`'s conversation now."""
+        return shard_of(key, self.shards) in self.owned
+
+    def _sql(self, query: str, *params: Any) -> None:
+        self._rows(query, *params)
+
+    def _rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        assert self._connection is not None
+        return self._connection.execute(query.encode(), params).fetchall()
