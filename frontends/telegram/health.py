@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from telebot import apihelper
 
+from engine.journals import is_postgres
 from engine.observer import Observer
 
 if TYPE_CHECKING:
@@ -276,6 +277,8 @@ class Health:
 
     def _journal_problem(self) -> str | None:
         path = self.state_path
+        if is_postgres(path):  # a database: its failures halt the scheduler, checked apart
+            return None
         folder = os.path.dirname(os.path.abspath(path))
         # By the permission bits too: the bot runs as root in many containers,
         # where os.access says yes to everything.

@@ -154,9 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     redactor = Redactor(settings.token)
     try:
         flow = load(args.flow)
-        state = state_spec(args.state, os.environ, DEFAULT_STATE)
-        assert state is not None  # there is a default
-        journal = open_journal(state, args.flow)
+        args.state = state_spec(args.state, os.environ, DEFAULT_STATE)
+        assert args.state is not None  # there is a default
+        journal = open_journal(args.state, args.flow)
     except ConfigError as error:
         return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)
