@@ -38,7 +38,8 @@ class Print(Output):
     text: str
 
     def __post_init__(self) -> None:
-        _require_text("Print", "text", self.text)
+        if type(self.text) is not str:  # made at every line a flow shows: one test
+            _require_text("Print", "text", self.text)
 
 
 # -- answers that are not text ----------------------------------------------------
@@ -135,9 +136,11 @@ class Input(Command):
     accepts: AnswerKinds = field(default=TEXT, kw_only=True)
 
     def __post_init__(self) -> None:
-        if self.prompt is not None:
+        # Made at every question a flow asks: the common case costs three tests.
+        if type(self.prompt) is not str and self.prompt is not None:
             _require_text("Input", "prompt", self.prompt)
-        _check_timeout("Input", self.timeout)
+        if self.timeout is not None:
+            _check_timeout("Input", self.timeout)
         if self.accepts is not TEXT:
             object.__setattr__(self, "accepts", _answer_kinds("Input", self.accepts, empty=False))
 

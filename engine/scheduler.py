@@ -735,7 +735,7 @@ class Scheduler:
                 self.journal.step(chat.key, question, value, None)
                 return value
             self._notify(chat.key, refusal(question, text))
-        seconds = getattr(question, "timeout", None)
+        seconds = question.timeout
         if seconds is not None:
             ticket = chat.ticket = next(self._tickets)
             self._set_timer(chat, seconds, Wake(chat, ticket))
