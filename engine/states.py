@@ -109,38 +109,3 @@ def load_flow(spec: str) -> Flow:
     except Exception as error:
         raise ValueError(f"cannot start flow {spec}: {type(error).__name__}: {error}") from None
     return flow  # type: ignore[no-any-return]
-
-
-def snapshot(state: State) -> tuple[str, dict[str, Any]]:
-    """A state's class path and plain-data fields, for saving."""
-    cls = type(state)
-    if dataclasses.is_dataclass(state):
-        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    else:
-        fields = dict(vars(state))
-    return f"{cls.__module__}:{cls.__qualname__}", fields
-
-
-def restore(class_path: str, fields: dict[str, Any]) -> State:
-    """Rebuild a state saved by :func:`snapshot`.
-
-    Raises ``LookupError`` when the class no longer exists or no longer
-    accepts those fields (the flow's code changed).
-    """
-    module_name, _, qualname = class_path.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as error:
-        raise LookupError(f"state class {class_path} is gone: {error}") from None
-    if not (isinstance(target, type) and issubclass(target, State)):
-        raise LookupError(f"{class_path} is no longer a State")
-    try:
-        if dataclasses.is_dataclass(target):
-            return target(**fields)
-        state = target.__new__(target)
-        state.__dict__.update(fields)
-        return state
-    except TypeError as error:
-        raise LookupError(f"state {class_path} changed its fields: {error}") from None

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine import Call, Input, Print, State
-from engine.states import Entered, Steps, conversation, first_state, load_flow, restore, snapshot
+from engine.runner import Snapshot
+from engine.states import Entered, Steps, conversation, first_state, load_flow
+
+
+def snapshot(state: State) -> tuple[str, dict[str, Any]]:
+    """A state as the journal saves it: its class path and its fields (unpickled here)."""
+    saved = Snapshot.of(state)
+    return saved.state_class, pickle.loads(saved.fields)
+
+
+def restore(class_path: str, fields: dict[str, Any]) -> State:
+    """A state back from its class path and fields, as recovery restores it."""
+    return Snapshot(class_path, pickle.dumps(fields)).restore()
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 

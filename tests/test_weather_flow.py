@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from engine.commands import Call, Choose, Input, Print
-from engine.states import Entered, State, conversation, load_flow, restore, snapshot
+from engine.runner import Snapshot
+from engine.states import Entered, State, conversation, load_flow
 from engine.testing import FlowTest, check_transcript
 from flows import weather
 from flows.openmeteo import (
@@ -39,6 +40,17 @@ from flows.weather import (
     place_labels,
 )
 from tests.support.openmeteo_server import FailureKind, FakeOpenMeteo
+
+
+def snapshot(state: State) -> tuple[str, dict[str, Any]]:
+    """A state as the journal saves it: its class path and its fields (unpickled here)."""
+    saved = Snapshot.of(state)
+    return saved.state_class, pickle.loads(saved.fields)
+
+
+def restore(class_path: str, fields: dict[str, Any]) -> State:
+    """A state back from its class path and fields, as recovery restores it."""
+    return Snapshot(class_path, pickle.dumps(fields)).restore()
 
 ASK = Input("Name a city: ")
 AGAIN = Choose(NEXT_PROMPT, ["continue", "quit"], timeout=30 * 60)
