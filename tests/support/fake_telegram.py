@@ -303,6 +303,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         self._answers: dict[str, str | None] = {}
         self._requests: list[Request] = []
         self._faults: dict[str, deque[_Fault]] = {}
+        self._down: dict[str, _Fault] = {}  # lasting outages, by method (see `down`)
         self._confirmed = 0  # highest update_id confirmed by an offset
         self.commands: list[dict[str, Any]] | None = None
         self._webhook: _Webhook | None = None  # set by setWebhook (see `webhook`)
@@ -545,6 +546,16 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         with self._cond:
             self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
 
+    def down(self, method: str, status: int = 502, *, retry_after: int | None = None) -> None:
+        """Answer every call of `method` with `status` until :meth:`up` (an outage)."""
+        with self._cond:
+            self._down[method] = _Fault("status", status, retry_after)
+
+    def up(self, method: str) -> None:
+        """End the outage of `method` that :meth:`down` began."""
+        with self._cond:
+            self._down.pop(method, None)
+
     # -- reading what happened -------------------------------------------------------
 
     @property
@@ -641,7 +652,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
     def _take_fault(self, method: str) -> _Fault | None:
         with self._cond:
             faults = self._faults.get(method)
-            return faults.popleft() if faults else None
+            return faults.popleft() if faults else self._down.get(method)
 
     def _find_message(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
         with self._cond:
