@@ -8,11 +8,16 @@ subprocess against the fake Bot API and the fake Open-Meteo, as
 from __future__ import annotations
 
 import os
+import sqlite3
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from flows.weather import CITY_PROMPT, NEXT_PROMPT
 from tests import test_telegram_restart as restart
+from tests.support.fake_telegram import bot_environment
 from tests.support.openmeteo_server import FakeOpenMeteo
 from tests.test_telegram_restart import (
     EXITING,
@@ -20,6 +25,7 @@ from tests.test_telegram_restart import (
     Bots,
     Telegram,
     check_chats,
+    confirmed_all,
     start_at_city,
 )
 
@@ -73,3 +79,96 @@ def test_a_telegram_outage_delays_replies_but_loses_and_reorders_none(
         timeout=30,
     )
     assert "NOT SENT" not in bots.output()
+
+
+# -- 2: a damaged state file ----------------------------------------------------------------------
+
+RESTARTED = "The bot was updated, so this conversation starts over."
+
+
+def state_file(bots: Bots) -> Path:
+    return bots.directory / "weather-bot.sqlite3"
+
+
+def damage(path: Path, statement: str, *params: object) -> None:
+    """Change the state file behind the (stopped) bot's back."""
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(statement, params)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def test_a_damaged_conversation_starts_over_and_the_others_go_on(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    start_at_city(telegram, 2001, 2002, 2003)
+    confirmed_all(telegram)
+    bots.crash()
+    damage(
+        state_file(bots),
+        "UPDATE conversations SET state_class = CAST(? AS TEXT) WHERE key = '2001'",
+        b"flows.we\xffther:City",
+    )
+    damage(state_file(bots), "INSERT OR REPLACE INTO mailbox VALUES ('2002', ?)", b"\x80garbage")
+    bots.restart()
+
+    telegram.wait_text(2001, RESTARTED)
+    telegram.wait_text(2002, RESTARTED)
+    telegram.send_texts([(2003, "Springfield")])
+    telegram.wait_text(2003, NEXT_PROMPT)
+    check_chats(
+        telegram,
+        {
+            2001: [CITY_PROMPT, RESTARTED, CITY_PROMPT, EXITING],
+            2002: [CITY_PROMPT, RESTARTED, CITY_PROMPT, EXITING],
+            2003: [CITY_PROMPT, *SPRINGFIELD, NEXT_PROMPT, EXITING],
+        },
+    )
+
+
+def test_a_state_file_sqlite_finds_damaged_is_refused_in_one_line_and_left_alone(
+    bots: Bots, telegram: Telegram
+) -> None:
+    bots.start()
+    start_at_city(telegram, 2101)
+    bots.crash()
+    path = state_file(bots)
+    damage(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    content = bytearray(path.read_bytes())
+    freelist = int.from_bytes(content[36:40], "big")
+    content[36:40] = (freelist + 7).to_bytes(4, "big")  # the header's freelist count, wrong
+    path.write_bytes(bytes(content))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "frontends.telegram", "--no-pacing"],
+        cwd=bots.directory, env=bot_environment(telegram), capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "damaged" in lines[0] and "freelist" in lines[0], result.stderr
+    assert path.read_bytes() == bytes(content)
+
+
+# -- 9: the state file is private -----------------------------------------------------------------
+
+
+def test_the_state_file_and_its_companions_are_readable_by_their_owner_only(
+    bots: Bots, telegram: Telegram
+) -> None:
+    old = os.umask(0o022)
+    try:
+        bots.start()
+    finally:
+        os.umask(old)
+    start_at_city(telegram, 2201)
+
+    path = state_file(bots)
+    files = sorted(bots.directory.glob(f"{path.name}*"))  # no -shm: the file is locked exclusively
+    assert path in files and Path(f"{path}-wal") in files
+    for name in files:
+        assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
