@@ -15,18 +15,26 @@ import sys
 import time
 from pathlib import Path
 
-from flows.weather import CITY_PROMPT, NEXT_PROMPT
+from flows.weather import CITY_PROMPT, NEXT_PROMPT, PLACE_PROMPT
+from frontends.programs import load
+from frontends.telegram.config import DEFAULT_FLOW
+from frontends.telegram.texts import UNKNOWN_COMMAND, help_text
 from tests import test_telegram_restart as restart
 from tests.support.fake_telegram import bot_environment
 from tests.support.openmeteo_server import FakeOpenMeteo
 from tests.test_telegram_restart import (
     EXITING,
+    LONDON_CANADA,
+    NOT_STARTED,
+    PLEASE,
     SPRINGFIELD,
     Bots,
     Telegram,
+    answered,
     check_chats,
     confirmed_all,
     start_at_city,
+    start_at_place,
 )
 
 # The fixtures of the kill -9 tests: the fakes, and bots run in a test's directory.
@@ -172,3 +180,66 @@ def test_the_state_file_and_its_companions_are_readable_by_their_owner_only(
     assert path in files and Path(f"{path}-wal") in files
     for name in files:
         assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
+
+
+# -- 6: the bot's own replies are journaled --------------------------------------------------------
+
+
+def faults(telegram: Telegram, method: str, chat: int | None = None) -> int:
+    return sum(
+        r.fault is not None and (chat is None or str(r.params.get("chat_id")) == str(chat))
+        for r in telegram.requests_to(method)
+    )
+
+
+HELP = help_text(load(DEFAULT_FLOW))
+
+
+def test_the_bots_own_replies_waiting_at_a_crash_are_sent_after_the_restart(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start("--retry-cap", "0.5")
+    start_at_city(telegram, 3001)
+    question = start_at_place(telegram, 3002)[3002]
+    down = ("sendMessage", "answerCallbackQuery", "editMessageText", "editMessageReplyMarkup")
+    for method in down:
+        telegram.down(method)
+
+    telegram.send_texts([(3001, "/help"), (3001, "/bogus")])
+    telegram.send_sticker(3001)
+    telegram.send_sticker(3003)  # no conversation: "Not started"
+    press = telegram.press(3002, question, "London, Ontario, Canada")
+    confirmed_all(telegram)
+    telegram.wait_until(
+        lambda: all(faults(telegram, "sendMessage", chat) for chat in (3001, 3003))
+        and faults(telegram, "answerCallbackQuery")
+        and faults(telegram, "editMessageText"),
+        what="every reply tried once",
+        timeout=5,
+    )
+    bots.crash(settled=False)
+    for method in down:
+        telegram.up(method)
+    bots.restart()
+
+    telegram.wait_until(lambda: telegram.answered(press), what="the press answered")
+    check_chats(
+        telegram,
+        {
+            3001: [
+                CITY_PROMPT,
+                HELP,
+                UNKNOWN_COMMAND.format(command="/bogus"),
+                PLEASE,
+                EXITING,
+            ],
+            3002: [
+                CITY_PROMPT,
+                answered(PLACE_PROMPT, "London, Ontario, Canada"),
+                *LONDON_CANADA,
+                NEXT_PROMPT,
+                EXITING,
+            ],
+            3003: [NOT_STARTED, NOT_STARTED],
+        },
+    )

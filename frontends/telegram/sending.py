@@ -336,6 +336,8 @@ class EditMessage(Job):
 
     message_id: Callable[[], int | None] = field(default=lambda: None)
     text: str | None = None
+    #: Called once it is done, or given up for good (see :attr:`SendText.on_done`).
+    on_done: Callable[[], None] | None = None
     paced = True
 
     def run(self, api: BotApi) -> None:
@@ -353,8 +355,15 @@ class EditMessage(Job):
 
 @dataclass(eq=False)
 class AnswerCallback(Job):
+    """The answer to a button press: sent at once by a thread of its own, never paced.
+
+    Telegram shows a spinner on the button until it comes, and rejects one
+    that comes late, so it never waits behind the chat's messages.
+    """
+
     callback_id: str = ""
     text: str | None = None
+    on_done: Callable[[], None] | None = None
 
     def run(self, api: BotApi) -> None:
         api.answer_callback(self.callback_id, self.text)
@@ -415,7 +424,7 @@ class _Lane:
 class _Sender(threading.Thread):
     """One sender thread: serves the lanes of the chats pinned to it."""
 
-    def __init__(self, outbox: Outbox, index: int) -> None:
+    def __init__(self, outbox: Outbox, index: int | str) -> None:
         super().__init__(name=f"telegram-sender-{index}", daemon=True)
         self.outbox = outbox
         self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -592,6 +601,9 @@ class Outbox:
         self.global_bucket = SharedBucket(self.pacing.global_rate, self.pacing.global_rate, clock())
         self.deadline = float("inf")
         self._senders = [_Sender(self, index) for index in range(senders)]
+        #: Answers to button presses go on a thread of their own, never behind messages.
+        self._answers = _Sender(self, "answers")
+        self._senders.append(self._answers)
         self._lock = threading.Lock()
         self._closed = False
         #: Chats whose head job last failed for now, and whether that was said.
@@ -641,15 +653,17 @@ class Outbox:
         for sender in self._senders:
             sender.start()
 
-    def _sender_of(self, chat_id: int) -> _Sender:
-        digest = hashlib.blake2b(str(chat_id).encode(), digest_size=4).digest()
-        return self._senders[int.from_bytes(digest, "big") % len(self._senders)]
+    def _sender_of(self, job: Job) -> _Sender:
+        if isinstance(job, AnswerCallback):
+            return self._answers
+        digest = hashlib.blake2b(str(job.chat_id).encode(), digest_size=4).digest()
+        return self._senders[int.from_bytes(digest, "big") % (len(self._senders) - 1)]
 
     def put(self, job: Job) -> None:
         """Queue `job` behind the chat's earlier jobs."""
         with self._lock:
             if not self._closed:
-                self._sender_of(job.chat_id).inbox.put(job)
+                self._sender_of(job).inbox.put(job)
                 return
         if not isinstance(job, _Typing):  # not confirmed: sent after the restart
             log.debug("chat %s: not sent, stopping: the %s", job.chat_id, job.describe())

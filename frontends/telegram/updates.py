@@ -11,11 +11,13 @@ from telebot import types, util
 from engine.frontend import Key, Notice
 from engine.scheduler import Scheduler
 from frontends.telegram.routing import (
+    PressAnswer,
     Registry,
+    Reply,
     Route,
     conversation_key,
     is_group,
-    retire_buttons,
+    unbutton,
 )
 from frontends.telegram.sending import AnswerCallback, Outbox
 from frontends.telegram.texts import (
@@ -106,12 +108,11 @@ class Updates:
         return self.scheduler.already_taken(update_id)
 
     def _reply(self, key: Key, text: str) -> EngineEvent:
-        """A reply of the bot's own, in its place among the conversation's messages."""
-        route = self.registry.route(key)
-        send = functools.partial(
-            self.outbox.send_text, route.chat_id, text, reply_to=route.reply_to
-        )
-        return functools.partial(self.scheduler.post, send)
+        """A reply of the bot's own, in its place among the conversation's messages.
+
+        Journaled like a flow's output (``Scheduler.say``): a crash does not lose it.
+        """
+        return functools.partial(self.scheduler.say, key, Reply(text))
 
     def on_message(self, message: types.Message) -> EngineEvent | None:
         """A message: text for a conversation, a command, or something else."""
@@ -195,8 +196,8 @@ class Updates:
         key = conversation_key(chat.id, press.from_user.id, group)
         pressed: int = message.message_id
 
-        def answer(text: str | None) -> None:
-            self.outbox.put(AnswerCallback(chat.id, callback_id=press.id, text=text))
+        def answer(text: str | None) -> None:  # journaled, sent at once (not paced)
+            self.scheduler.say(key, PressAnswer(press.id, text))
 
         tag, number, owner = [*(press.data or "").split(":", 2), "", ""][:3]
         if owner and owner != str(press.from_user.id):
@@ -212,7 +213,7 @@ class Updates:
         ):
             answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
             if getattr(message, "reply_markup", None) is not None:
-                retire_buttons(self.outbox, chat.id, lambda: pressed)
+                self.scheduler.say(key, unbutton(chat.id, pressed))
             return None
         option = question.options[int(number)]
         self.registry.close(key)
@@ -224,9 +225,9 @@ class Updates:
             )
         # The pressed message shows the choice. (After a restart, or with an
         # older copy of the same question, it need not be the latest one.)
-        retire_buttons(
-            self.outbox, chat.id, lambda: pressed, getattr(message, "text", None), option
+        self.scheduler.say(
+            key, unbutton(chat.id, pressed, getattr(message, "text", None), option)
         )
         if question.message_id not in (None, pressed):
-            retire_buttons(self.outbox, chat.id, lambda: question.message_id)
+            self.scheduler.say(key, unbutton(chat.id, question.message_id))
         return functools.partial(self.scheduler.send, key, option)
