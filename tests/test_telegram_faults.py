@@ -243,3 +243,38 @@ def test_the_bots_own_replies_waiting_at_a_crash_are_sent_after_the_restart(
             3003: [NOT_STARTED, NOT_STARTED],
         },
     )
+
+
+# -- issue 14, item 3: a misbehaving Bot API server ----------------------------------------------
+
+
+def test_a_misbehaving_bot_api_server_does_not_silence_the_bot(
+    bots: Bots, telegram: Telegram
+) -> None:
+    bots.start("--retry-cap", "0.5")
+    start_at_city(telegram, 4001)
+    confirmed_all(telegram)
+
+    telegram.push({"update_id": 2**63, "message": {"text": "/start"}})
+    unreadable = telegram.push({"message": "not an object"})
+    telegram.misanswer("getUpdates", 200, {"ok": True, "result": 7}, times=2)
+    broken = {"ok": False, "error_code": 400, "description": "Bad", "parameters": [1]}
+    telegram.misanswer("sendMessage", 400, broken)
+    telegram.send_text(4002, "/start")  # refused with the broken answer: never sent
+    telegram.wait_until(lambda: faults(telegram, "sendMessage", 4002), what="the broken answer")
+    telegram.send_text(4003, "/start")
+
+    telegram.wait_text(4003, CITY_PROMPT)
+    telegram.wait_until(
+        lambda: any(int(r.params.get("offset") or 0) > unreadable
+                    for r in telegram.requests_to("getUpdates")),
+        what="the unreadable update confirmed",
+    )  # fmt: skip
+    telegram.send_text(4001, "/cancel")
+    telegram.wait_text(4001, EXITING)
+    bots.process.terminate()
+    assert bots.process.wait(10) == 0
+    output = bots.output()
+    for said in ("out of range", "could not be read", "not a list"):
+        assert output.count(said) == 1, output
+    assert "NOT SENT" in output  # the one send answered with the broken error, once

@@ -29,6 +29,7 @@ from frontends.telegram.logs import Redactor
 from frontends.telegram.polling import Journaled, Poller
 from frontends.telegram.routing import Route, conversation_key
 from frontends.telegram.sending import (
+    MAX_RETRY_AFTER,
     Bucket,
     ChatGone,
     Keyboard,
@@ -275,6 +276,36 @@ def test_429_waits_as_long_as_telegram_asks() -> None:
     reason = classify(telegram_error(429, retry_after=7))
 
     assert isinstance(reason, RetryAfter) and reason.seconds == 7
+
+
+@pytest.mark.parametrize(
+    ("asked", "waited"), [(1e400, MAX_RETRY_AFTER), (100000, MAX_RETRY_AFTER), ("soon", 1.0),
+                          (float("nan"), 1.0), (-5, 1.0)],
+)  # fmt: skip
+def test_a_wait_a_server_asks_for_is_capped(asked: object, waited: float) -> None:
+    reason = classify(telegram_error(429, retry_after=asked))
+
+    assert isinstance(reason, RetryAfter) and reason.seconds == waited
+
+
+@pytest.mark.parametrize("parameters", [[1], "text", 7, None])
+def test_error_parameters_that_are_not_an_object_are_ignored(parameters: object) -> None:
+    body = {"ok": False, "error_code": 429, "description": "x", "parameters": parameters}
+    error = apihelper.ApiTelegramException("sendMessage", response(429), body)
+
+    reason = classify(error)
+
+    assert isinstance(reason, RetryAfter) and reason.seconds == 1.0
+
+
+def test_a_blocked_bot_or_a_chat_not_found_is_a_chat_gone() -> None:
+    assert isinstance(classify(telegram_error(403)), ChatGone)
+    error = apihelper.ApiTelegramException(
+        "sendMessage", response(400),
+        {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"},
+    )  # fmt: skip
+    assert isinstance(classify(error), ChatGone)
+    assert not isinstance(classify(telegram_error(400)), ChatGone)
 
 
 @pytest.mark.parametrize(

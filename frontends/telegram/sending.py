@@ -511,8 +511,8 @@ class _Sender(threading.Thread):
             )
             try:
                 self.outbox.api.send_chat_action(lane.chat_id, "typing")
-            except SendError as error:
-                log.debug("chat %s: typing action failed: %s", lane.chat_id, error)
+            except Exception as error:  # only a hint: never worth a thread
+                log.debug("chat %s: typing action failed: %r", lane.chat_id, error)
             return
         job = lane.jobs[0]
         if job.paced:

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 T = TypeVar("T")
 
-FaultKind = Literal["status", "drop"]
+FaultKind = Literal["status", "drop", "raw"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class _Fault:
     kind: FaultKind
     status: int = 0
     retry_after: int | None = None
+    body: Any = None  # for "raw": the JSON answer as it is
 
 
 class TelegramError(Exception):
@@ -546,6 +547,16 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         with self._cond:
             self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
 
+    def misanswer(self, method: str, status: int, body: Any, *, times: int = 1) -> None:
+        """Answer the next `times` calls of `method` with `body` as JSON, however malformed.
+
+        A misbehaving Bot API server or proxy: ``{"ok": True, "result": 7}`` for
+        ``getUpdates``, an error whose ``parameters`` is not an object...
+        """
+        with self._cond:
+            fault = _Fault("raw", status, body=body)
+            self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
+
     def down(self, method: str, status: int = 502, *, retry_after: int | None = None) -> None:
         """Answer every call of `method` with `status` until :meth:`up` (an outage)."""
         with self._cond:
@@ -903,7 +914,9 @@ class _Handler(KeepAliveHandler):
             return
         status = fault.status
         fake._record(method, params, str(status))
-        if status == 429:
+        if fault.kind == "raw":
+            self._raw(status, json.dumps(fault.body).encode(), "application/json")
+        elif status == 429:
             retry_after = fault.retry_after if fault.retry_after is not None else 1
             self._answer(
                 429,
