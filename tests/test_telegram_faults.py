@@ -33,6 +33,7 @@ from tests.test_telegram_restart import (
     answered,
     check_chats,
     confirmed_all,
+    now,
     start_at_city,
     start_at_place,
 )
@@ -278,3 +279,24 @@ def test_a_misbehaving_bot_api_server_does_not_silence_the_bot(
     for said in ("out of range", "could not be read", "not a list"):
         assert output.count(said) == 1, output
     assert "NOT SENT" in output  # the one send answered with the broken error, once
+
+
+# -- issue 14, item 5: forged button data ----------------------------------------------------------
+
+
+def test_forged_button_data_gets_an_answer_and_changes_nothing(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    question = start_at_place(telegram, 5001)[5001]
+    tag = question.buttons[0][1].split(":")[0]
+
+    forged = [f"{tag}:\u00b2", f"{tag}:1\u00b2", "garbage", f"{tag}:99", f"{tag}:1:\u00b2", ""]
+    presses = [telegram.press(5001, question, 0, data=data) for data in forged]
+
+    for press in presses:
+        telegram.wait_until(lambda press=press: telegram.answered(press), what="an answer")
+    assert now(telegram, question).buttons == question.buttons  # still there, still open
+    telegram.press(5001, now(telegram, question), "London, Ontario, Canada")
+    telegram.wait_text(5001, NEXT_PROMPT)
+    assert "Traceback" not in bots.output() and "ERROR" not in bots.output()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Protocol
 
 from telebot import types, util
@@ -55,6 +56,10 @@ REDELIVERY_WINDOW = 1_000_000
 def new_update(update_id: int, last: int | None) -> bool:
     """Whether `update_id` is new, given the last one taken (the engine's source policy)."""
     return last is None or not last - REDELIVERY_WINDOW < update_id <= last
+
+#: Callback data as the bot makes it: question tag, option number, owner in a group.
+_OUR_DATA = re.compile(r"[0-9a-f]{1,32}:[0-9]{1,3}(:[0-9]{1,20})?", re.ASCII)
+
 
 class EngineEvent(Protocol):
     """A scheduler call (``begin``, ``send``, ``cancel``, ``post``) still missing its source.
@@ -201,18 +206,26 @@ class Updates:
 
         tag, number, owner = [*(press.data or "").split(":", 2), "", ""][:3]
         if owner and owner != str(press.from_user.id):
-            name = self.registry.route(f"{chat.id}:{owner}").name if owner.isdigit() else None
+            known = owner.isascii() and owner.isdecimal()
+            name = self.registry.route(f"{chat.id}:{owner}").name if known else None
             answer(PRESS_NOT_YOURS.format(name=name or "someone else"))
             return None
         question = self.registry.question(key)
+        # Callback data comes from the client: anything may arrive ("1²", 64 bytes
+        # of noise). Only data of our own form names a question; a press that
+        # names none changes nothing, least of all the open question's buttons.
+        ours = _OUR_DATA.fullmatch(press.data or "") is not None
         if (
             question is None
+            or not ours
             or question.tag != tag
-            or not number.isdigit()
             or int(number) >= len(question.options)
         ):
             answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
-            if getattr(message, "reply_markup", None) is not None:
+            shows_open = question is not None and (
+                question.tag == tag or question.message_id == pressed
+            )
+            if ours and not shows_open and getattr(message, "reply_markup", None) is not None:
                 self.scheduler.say(key, unbutton(chat.id, pressed))
             return None
         option = question.options[int(number)]
