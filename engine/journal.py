@@ -287,6 +287,8 @@ class SqliteJournal(KeptJournal):
         exists = os.path.exists(self.path)
         if exists and not _writable(self.path):
             raise JournalError(f"{self.path}: the state file is read-only")
+        if not exists:
+            _create_private(self.path)
         try:
             connection = sqlite3.connect(
                 self.path, timeout=0.5, isolation_level=None, check_same_thread=False
@@ -308,6 +310,7 @@ class SqliteJournal(KeptJournal):
         # instead of both answering the same users.
         connection.execute("PRAGMA locking_mode = EXCLUSIVE")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
+        self._check(connection)
         if version > SCHEMA_VERSION:
             raise JournalError(
                 f"{self.path}: written by a newer version (format {version}, "
@@ -324,7 +327,16 @@ class SqliteJournal(KeptJournal):
         connection.executescript(_SCHEMA)  # executescript commits first
         self._migrate(connection, version)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("PRAGMA quick_check").fetchone()
+
+    def _check(self, connection: sqlite3.Connection) -> None:
+        """Refuse, before writing anything, a file SQLite's own check finds damaged."""
+        found = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+        if found != ["ok"]:
+            raise JournalError(
+                f"{self.path}: the state file is damaged (SQLite's check: "
+                f"{' '.join(found[0].split())}); "
+                "not touching it"
+            )
 
     def _migrate(self, connection: sqlite3.Connection, version: int) -> None:
         """Bring a file of an older format up to date, in one transaction."""
@@ -507,10 +519,11 @@ class SqliteJournal(KeptJournal):
         query = self._connection.execute
         saved: dict[str, Saved] = {}
         since: dict[str, int] = {}
+        # The class name read as bytes: a damaged one must not stop everyone's start.
         for key, class_path, fields, seq, at in query(
-            "SELECT key, state_class, state_fields, since, at FROM conversations"
+            "SELECT key, CAST(state_class AS BLOB), state_fields, since, at FROM conversations"
         ):
-            saved[key] = Saved(key, Snapshot(class_path, fields), last_active=at)
+            saved[key] = Saved(key, _snapshot(key, class_path, fields), last_active=at)
             since[key] = seq
             self._seq = max(self._seq, seq)
         for batch, blob, at in query("SELECT id, steps, at FROM batches ORDER BY id"):
@@ -530,8 +543,15 @@ class SqliteJournal(KeptJournal):
                 self._ops.append((_DROP_BATCH, (batch,)))
         for key, texts in query("SELECT * FROM mailbox"):
             if key in saved:
-                saved[key].mailbox = pickle.loads(texts)
-                self._mailboxes[key] = list(saved[key].mailbox)
+                try:
+                    mailbox = list(pickle.loads(texts))
+                except Exception as error:  # only this conversation is lost: it starts over
+                    log.warning("conversation %s: its waiting messages cannot be read (%r)",
+                                key, error)  # fmt: skip
+                    saved[key].snapshot = Snapshot(_UNREADABLE_STATE, b"")
+                    continue
+                saved[key].mailbox = mailbox
+                self._mailboxes[key] = list(mailbox)
         for key, due in query("SELECT key, due FROM deadlines"):
             if key in saved:
                 saved[key].deadline = due
@@ -561,6 +581,23 @@ class _Pickled(bytes):
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+#: The class name of a state that cannot be read: restoring it fails, so the
+#: scheduler tells that user the conversation starts over, as after a change of flow.
+_UNREADABLE_STATE = "(unreadable state)"
+
+
+def _snapshot(key: str, class_path: Any, fields: Any) -> Snapshot:
+    """A conversation's saved state as read back; a damaged one cannot be restored."""
+    try:
+        name = bytes(class_path).decode("utf-8")
+    except (TypeError, UnicodeDecodeError):
+        name = ""
+    if not name.isprintable() or not name:
+        log.warning("conversation %s: its state's class name is damaged", key)
+        return Snapshot(_UNREADABLE_STATE, b"")
+    return Snapshot(name, fields if isinstance(fields, bytes) else b"")
+
+
 def _read_step(print_: str, value: Any, error: Any) -> Step:
     try:
         if isinstance(value, _Pickled):
@@ -570,6 +607,20 @@ def _read_step(print_: str, value: Any, error: Any) -> Step:
     except Exception:  # a class that is gone or changed: the flow must start over
         return Step(_UNREADABLE)
     return Step(print_, value, error)
+
+
+def _create_private(path: str) -> None:
+    """Create the empty state file readable by its owner only (0600, whatever the umask).
+
+    It holds chat ids and what users typed. SQLite gives the ``-wal`` and
+    ``-shm`` files it makes beside it the database file's permissions.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # made meanwhile: SQLite opens it as it is
+        pass
+    except OSError as error:
+        raise JournalError(f"{path}: cannot create the state file ({error.strerror})") from None
 
 
 def _writable(path: str) -> bool:

@@ -126,6 +126,15 @@ class ForgetUser:
 
 
 @dataclass(slots=True)
+class Say:
+    """Show `output` in `key`'s chat for the frontend itself (its own reply), journaled."""
+
+    key: Key
+    output: Output
+    source: int | None = None
+
+
+@dataclass(slots=True)
 class Post:
     """Run `action` on the scheduler's thread after the batch commits (or only take `source`)."""
 
@@ -182,7 +191,7 @@ class Stop:
 _Shown = tuple[Delivery, Callable[[Key, Any, Receipt], None]]
 
 #: Events that may carry a source (an update id): taken once.
-_SOURCED = frozenset((Begin, Message, Cancel, Post, ForgetUser))
+_SOURCED = frozenset((Begin, Message, Cancel, Post, ForgetUser, Say))
 
 
 class _Chat(Runner):
@@ -278,6 +287,7 @@ class Scheduler:
             Message: self._message,
             Cancel: self._cancel,
             Post: self._post,
+            Say: self._say,
             Done: self._done,
             Wake: self._wake,
             Expire: self._expire,
@@ -341,6 +351,17 @@ class Scheduler:
         `source` as taken (an update the frontend ignores).
         """
         self._inbox.put(Post(action, source))
+
+    def say(self, key: Key, output: Output, *, source: int | None = None) -> None:
+        """Show `output` to `key`'s user on the frontend's own behalf, like a flow's output.
+
+        For a frontend's replies that must not be lost (``/help``, "Not
+        started", a button press's answer): with a confirming frontend it is
+        journaled until :meth:`Frontend.sent`, so a crash does not lose it.
+        It goes to :meth:`Frontend.deliver` after the batch commits, in its
+        place among the conversation's messages; no conversation is needed.
+        """
+        self._inbox.put(Say(key, output, source))
 
     def already_taken(self, source: int) -> bool:
         """Whether an event from `source` was taken before (so would be skipped)."""
@@ -569,6 +590,9 @@ class Scheduler:
     def _post(self, event: Post) -> None:
         if event.action is not None:
             self._later(event.action)
+
+    def _say(self, event: Say) -> None:
+        self._show(self._as_message, event.key, event.output)
 
     def _done(self, event: Done) -> None:
         chat = event.chat

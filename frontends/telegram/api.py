@@ -10,6 +10,8 @@ import telebot
 from telebot import apihelper, types
 
 from frontends.telegram.sending import (
+    MAX_RETRY_AFTER,
+    ChatGone,
     Keyboard,
     PermanentError,
     RetryAfter,
@@ -28,16 +30,22 @@ def classify(error: Exception) -> SendError:
     (and so the token): requests' errors are named by their type only.
     """
     if isinstance(error, apihelper.ApiTelegramException):
-        code = int(error.error_code)
-        reason = f"HTTP {code}: {error.description}"
-        parameters = error.result_json.get("parameters") or {}
+        code = _status(error.error_code)
+        description = str(error.description)[:200]  # a server's text: untrusted, bounded
+        reason = f"HTTP {code}: {description}"
+        answer = error.result_json if isinstance(error.result_json, dict) else {}
+        parameters = answer.get("parameters")
+        if not isinstance(parameters, dict):  # a misbehaving server: as if none were given
+            parameters = {}
         if code == 429:
             return RetryAfter(_seconds(parameters.get("retry_after"), 1.0), reason)
-        if code >= 500:
+        if code >= 500 or code == 0:
             return TransientError(reason)
+        if code == 403 or (code == 400 and "chat not found" in description.lower()):
+            return ChatGone(reason)
         return PermanentError(reason)
     if isinstance(error, apihelper.ApiHTTPException):
-        status = int(error.result.status_code)
+        status = _status(error.result.status_code)
         reason = f"HTTP {status} {error.result.reason or ''}".strip()
         if status == 429:
             return RetryAfter(_seconds(error.result.headers.get("Retry-After"), 1.0), reason)
@@ -55,12 +63,27 @@ def classify(error: Exception) -> SendError:
     return PermanentError(f"{type(error).__name__}")
 
 
+def _status(raw: object) -> int:
+    """An HTTP status or Bot API error code as a number; 0 if it is none (a broken answer)."""
+    try:
+        return int(raw)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def _seconds(raw: object, default: float) -> float:
+    """A ``retry_after``: a number of seconds, capped at :data:`MAX_RETRY_AFTER`.
+
+    Anything else (text, ``NaN``, a negative number) counts as `default`;
+    too large a number (``1e400`` is infinite) as the cap.
+    """
     try:
         value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
-    return value if value >= 0 else default
+    if not value >= 0:  # NaN too
+        return default
+    return min(value, MAX_RETRY_AFTER)
 
 
 class TeleBotApi:

@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long one getUpdates long poll may wait for updates (default 25)",
     )  # fmt: skip
     tuning.add_argument(
+        "--retry-cap", type=POSITIVE, default=30.0, metavar="SECONDS",
+        help="the longest wait between attempts of a send that failed; a send is retried "
+        "until it works, however long Telegram is down (default 30)",
+    )  # fmt: skip
+    tuning.add_argument(
         "--drain-timeout", type=NON_NEGATIVE, default=3.0, metavar="SECONDS",
         help="on stop, how long queued messages may take to go out (default 3)",
     )  # fmt: skip

@@ -7,8 +7,16 @@ from collections.abc import Callable
 
 from engine.commands import Call, Choose, Command, Input, Print
 from engine.frontend import Frontend, Key, Notice, Receipt
-from frontends.telegram.routing import Question, Registry, question_tag, retire_buttons
-from frontends.telegram.sending import Keyboard, Outbox
+from frontends.telegram.routing import (
+    PressAnswer,
+    Question,
+    Registry,
+    Reply,
+    Unbutton,
+    question_tag,
+    retire_buttons,
+)
+from frontends.telegram.sending import AnswerCallback, EditMessage, Keyboard, Outbox
 from frontends.telegram.texts import NOTICES
 
 
@@ -58,7 +66,31 @@ class TelegramFrontend(Frontend):
         if question is not None:
             retire_buttons(self.outbox, question.chat_id, lambda: question.message_id)
 
+    def _confirmer(self, receipt: Receipt) -> Callable[[], None] | None:
+        return None if receipt is None else functools.partial(self.sent, receipt)
+
+    def _own(self, key: Key, output: Command, receipt: Receipt) -> bool:
+        """Show one of the bot's own outputs (see ``Scheduler.say``); False if it is none."""
+        if isinstance(output, Reply):  # the conversation goes on: keep its buttons
+            self._send(key, output.text, receipt)
+        elif isinstance(output, PressAnswer):
+            self.outbox.put(AnswerCallback(
+                self.registry.route(key).chat_id, callback_id=output.callback_id,
+                text=output.text, on_done=self._confirmer(receipt),
+            ))  # fmt: skip
+        elif isinstance(output, Unbutton):
+            message_id = output.message_id
+            self.outbox.put(EditMessage(
+                output.chat_id, message_id=lambda: message_id, text=output.text,
+                on_done=self._confirmer(receipt),
+            ))  # fmt: skip
+        else:
+            return False
+        return True
+
     def deliver(self, key: Key, command: Command, receipt: Receipt = None) -> None:
+        if self._own(key, command, receipt):
+            return
         if not isinstance(command, Print):
             raise TypeError(f"the Telegram frontend cannot show {command!r}")
         self._retire(self.registry.close(key))

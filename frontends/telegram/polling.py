@@ -23,6 +23,18 @@ _update_type: Any = types.Update
 #: The updates this bot asks for; anything else is ignored if it comes anyway.
 ALLOWED_UPDATES = ["message", "callback_query"]
 
+#: Update ids the journal can keep (SQLite's and PostgreSQL's 64-bit integers);
+#: a server sending others misbehaves, and those updates are skipped.
+MAX_UPDATE_ID = 2**63 - 1
+
+#: How long to wait before polling again when a poll brought only updates
+#: that cannot be taken (ids out of range, which are never confirmed).
+JUNK_WAIT = 1.0
+
+#: The longest the poller waits before polling again (after failures, or a
+#: server answering at once with nothing usable), whatever a server asks.
+MAX_POLL_WAIT = 60.0
+
 
 class Dispatcher(Protocol):
     """Where the poller hands updates (:class:`Updates`, or a test's stand-in)."""
@@ -104,6 +116,10 @@ class Poller(threading.Thread):
         self.dispatching = False  # handing a batch of updates over (else waiting)
         self.offset: int | None = None  # after the last update handed over
         self.confirmed: int | None = None  # the offset Telegram was last told
+        #: The highest update id handed to the engine: confirming the offset
+        #: waits until it is journaled (updates skipped since need not be).
+        self.handed: int | None = None
+        self._said: set[str] = set()  # what a misbehaving server did, logged once each
 
     # -- backoff
 
@@ -118,7 +134,7 @@ class Poller(threading.Thread):
     def _retry_delay(self, what: str, error: Exception, failures: int) -> float | None:
         """Log a failed call and say how long to wait before the next; None if fatal."""
         if isinstance(error, apihelper.ApiTelegramException):
-            code = int(error.error_code)
+            code = error.error_code if isinstance(error.error_code, int) else 0
             if code == 409:
                 delay = self.backoff(failures)
                 log.error(
@@ -133,9 +149,10 @@ class Poller(threading.Thread):
             if code in (401, 404):
                 return None
         reason = classify(error)
-        if isinstance(reason, RetryAfter):
-            log.warning("%s: rate limited, waiting %gs as Telegram asks", what, reason.seconds)
-            return reason.seconds
+        if isinstance(reason, RetryAfter):  # capped: a server may ask for days
+            wait = min(reason.seconds, MAX_POLL_WAIT)
+            log.warning("%s: rate limited, waiting %gs as Telegram asks", what, wait)
+            return wait
         delay = self.backoff(failures)
         log.warning("%s failed (%s); retrying in %.1fs", what, self.redact(str(reason)), delay)
         return delay
@@ -212,6 +229,13 @@ class Poller(threading.Thread):
                 self.stopping.wait(delay)
                 continue
             self.confirmed = offset
+            if not isinstance(raw, list):  # a misbehaving server: as a failed call
+                failures += 1
+                delay = self.backoff(failures)
+                self._once("getUpdates answered a result that is not a list of updates; "
+                           "retrying with backoff")  # fmt: skip
+                self.stopping.wait(delay)
+                continue
             if failures:
                 log.info("polling works again after %d failure(s)", failures)
                 failures = 0
@@ -219,10 +243,19 @@ class Poller(threading.Thread):
                 return  # not confirmed yet: Telegram sends them again next time
             self.dispatching = True
             try:
-                for item in raw or []:
+                before = self.offset
+                for item in raw:
                     self.offset = self._take(item, self.offset)
             finally:
                 self.dispatching = False
+            if raw and self.offset == before:  # only updates that can never be taken
+                self.stopping.wait(JUNK_WAIT)  # they come back at once: don't spin
+
+    def _once(self, what: str) -> None:
+        """Log a misbehaving server's answer the first time it comes, not at every poll."""
+        if what not in self._said and len(self._said) < 100:
+            self._said.add(what)
+            log.warning("%s", what)
 
     def confirm(self, timeout: float = 2.0) -> None:
         """On stop: tell Telegram which updates were handed over, so none comes again.
@@ -260,14 +293,21 @@ class Poller(threading.Thread):
         wanted = self.offset
         if wanted is None:
             return None
-        journaled = self.journaled.wait_for(wanted - 1, wait)
+        if self.handed is None:  # nothing handed over: all of them were skipped
+            return wanted
+        journaled = self.journaled.wait_for(self.handed, wait)
+        if journaled is not None and journaled >= self.handed:
+            return wanted  # and the updates skipped after it, which were never handed over
         return wanted if journaled is None else min(wanted, journaled + 1)
 
     def _take(self, item: Any, offset: int | None) -> int | None:
         """Handle one raw update; return the next offset."""
         update_id = item.get("update_id") if isinstance(item, dict) else None
-        if not isinstance(update_id, int):
-            log.warning("ignoring an update without an update_id")
+        if type(update_id) is not int:
+            self._once("ignoring an update without an update_id")
+            return offset
+        if not 0 <= update_id <= MAX_UPDATE_ID:  # confirming it could drop real updates
+            self._once(f"ignoring an update whose id {update_id} is out of range")
             return offset
         offset = max(offset or 0, update_id + 1)
         if self.updates.taken(update_id):
@@ -275,10 +315,11 @@ class Poller(threading.Thread):
             return offset
         try:
             update = _update_type.de_json(item)
-        except Exception as error:
-            log.warning("ignoring update %s, which could not be read: %r", update_id, error)
+        except Exception as error:  # confirmed all the same: it would come back for ever
+            self._once(f"ignoring an update that could not be read ({type(error).__name__})")
             log.debug("the unreadable update %s", update_id, exc_info=True)
             return offset
+        self.handed = update_id
         try:
             self.updates.handle(update)
         except Exception:

@@ -44,7 +44,7 @@ from frontends.telegram.frontend import TelegramFrontend
 from frontends.telegram.logs import Redactor, setup_logging
 from frontends.telegram.polling import Journaled
 from frontends.telegram.routing import Registry
-from frontends.telegram.sending import Outbox
+from frontends.telegram.sending import Outbox, Retrying
 from frontends.telegram.texts import help_text
 from frontends.telegram.updates import Updates, new_update
 
@@ -72,7 +72,10 @@ class Bot:
         self.stopping = threading.Event()
         self.bot = telebot.TeleBot(settings.token, threaded=False)
         self.registry = Registry()
-        self.outbox = Outbox(TeleBotApi(self.bot), senders=args.senders, pacing=pacing_from(args))
+        self.outbox = Outbox(
+            TeleBotApi(self.bot), senders=args.senders, pacing=pacing_from(args),
+            retrying=Retrying(max_backoff=args.retry_cap),
+        )  # fmt: skip
         self.halted: str | None = None  # why the engine stopped by itself
         self.journaled = Journaled()
         self.frontend = TelegramFrontend(

@@ -8,9 +8,35 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.commands import Choose
+from engine.commands import Choose, Output
 from engine.frontend import Key
 from frontends.telegram.sending import MESSAGE_LIMIT, EditMessage, Outbox, utf16_len
+
+# -- the bot's own outputs: journaled by the engine like a flow's (Scheduler.say) ------
+
+
+@dataclass(frozen=True)
+class Reply(Output):
+    """A reply of the bot's own (``/help``, "Not started"...): the open question stays open."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PressAnswer(Output):
+    """The answer to a button press (``answerCallbackQuery``), sent at once, unpaced."""
+
+    callback_id: str
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Unbutton(Output):
+    """Take the buttons off a message; with `text`, show that text instead (the choice made)."""
+
+    chat_id: int
+    message_id: int
+    text: str | None = None
 
 
 def is_group(chat_type: str | None) -> bool:
@@ -125,6 +151,20 @@ class Registry:
             return self._questions.get(key)
 
 
+def unbutton(
+    chat_id: int, message_id: int, text: str | None = None, answer: str | None = None
+) -> Unbutton:
+    """An :class:`Unbutton` for a pressed message: with `answer`, shown below its `text`."""
+    return Unbutton(chat_id, message_id, _answered(text, answer))
+
+
+def _answered(text: str | None, answer: str | None) -> str | None:
+    if answer is None or text is None:
+        return None
+    edited = f"{text}\n\n→ {answer}"
+    return edited if utf16_len(edited) <= MESSAGE_LIMIT else None
+
+
 def retire_buttons(
     outbox: Outbox,
     chat_id: int,
@@ -133,9 +173,4 @@ def retire_buttons(
     answer: str | None = None,
 ) -> None:
     """Queue taking the buttons off a message; with `answer`, show it below `text`."""
-    edited = None
-    if answer is not None and text is not None:
-        edited = f"{text}\n\n→ {answer}"
-        if utf16_len(edited) > MESSAGE_LIMIT:
-            edited = None
-    outbox.put(EditMessage(chat_id, message_id=message_id, text=edited))
+    outbox.put(EditMessage(chat_id, message_id=message_id, text=_answered(text, answer)))

@@ -12,8 +12,18 @@ keeps the ordering, pacing and retry rules testable without any HTTP.
   bursts), another per group chat (Telegram allows about 20 a minute there)
   and one shared by all threads (about 30 a second). Rate ``0`` turns a
   bucket off.
-* A job that finally fails (a permanent error, too many retries, or the
-  shutdown deadline) is logged with its chat id; nothing is dropped silently.
+* A failure that may pass (a 5xx, a timeout, a 429) is never a reason to
+  give up: the job waits, with backoff capped at ``Retrying.max_backoff``
+  (``retry_after`` capped at :data:`MAX_RETRY_AFTER`), for as long as it
+  takes, and the chat's later jobs wait behind it, in order. A lane waiting
+  costs nothing but a timer. Staying up is never less safe than crashing:
+  a message is confirmed (``on_done``) only once Telegram took it.
+* Only an answer that can never succeed ends a job: the chat is gone
+  (:class:`ChatGone`: 403 blocked, 400 chat not found), which drops every
+  job queued for it with one log line, or a request Telegram refuses
+  (another :class:`PermanentError`), logged as the bug it is.
+* Jobs still queued when the bot stops are not confirmed, so with a journal
+  they are sent after the restart; one INFO line counts them.
 """
 
 from __future__ import annotations
@@ -66,6 +76,15 @@ class TransientError(SendError):
 
 class PermanentError(SendError):
     """Retrying cannot help: 400 Bad Request, 403 Forbidden (blocked), ..."""
+
+
+class ChatGone(PermanentError):
+    """The chat can take nothing more: the user blocked the bot, or the chat is gone."""
+
+
+#: The longest wait a ``retry_after`` may impose, in seconds. A server asking
+#: for more (a misbehaving proxy, ``1e400``) is waited this long, then tried again.
+MAX_RETRY_AFTER = 300.0
 
 
 class BotApi(Protocol):
@@ -243,12 +262,10 @@ class Pacing:
 
 @dataclass(frozen=True)
 class Retrying:
-    """How hard to try before a job is given up (and logged)."""
+    """How long to wait between attempts of a job that failed for now (it is never given up)."""
 
     first_backoff: float = 0.25  # seconds, doubled each transient failure ...
     max_backoff: float = 30.0  # ... up to this
-    max_attempts: int = 8  # transient failures in a row, then give up
-    max_retry_after: int = 20  # 429 answers in a row, then give up
 
 
 # ---------------------------------------------------------------- jobs
@@ -319,6 +336,8 @@ class EditMessage(Job):
 
     message_id: Callable[[], int | None] = field(default=lambda: None)
     text: str | None = None
+    #: Called once it is done, or given up for good (see :attr:`SendText.on_done`).
+    on_done: Callable[[], None] | None = None
     paced = True
 
     def run(self, api: BotApi) -> None:
@@ -336,8 +355,15 @@ class EditMessage(Job):
 
 @dataclass(eq=False)
 class AnswerCallback(Job):
+    """The answer to a button press: sent at once by a thread of its own, never paced.
+
+    Telegram shows a spinner on the button until it comes, and rejects one
+    that comes late, so it never waits behind the chat's messages.
+    """
+
     callback_id: str = ""
     text: str | None = None
+    on_done: Callable[[], None] | None = None
 
     def run(self, api: BotApi) -> None:
         api.answer_callback(self.callback_id, self.text)
@@ -398,7 +424,7 @@ class _Lane:
 class _Sender(threading.Thread):
     """One sender thread: serves the lanes of the chats pinned to it."""
 
-    def __init__(self, outbox: Outbox, index: int) -> None:
+    def __init__(self, outbox: Outbox, index: int | str) -> None:
         super().__init__(name=f"telegram-sender-{index}", daemon=True)
         self.outbox = outbox
         self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -417,7 +443,7 @@ class _Sender(threading.Thread):
                 if not any(lane.jobs for lane in self.lanes.values()):
                     return
                 if now >= self.outbox.deadline:
-                    self._abandon_all("the bot is shutting down and the drain time ran out")
+                    self.outbox.left_unsent(self._abandon_all())
                     return
             wait = self._step(now)
             if self.stopping:
@@ -485,8 +511,8 @@ class _Sender(threading.Thread):
             )
             try:
                 self.outbox.api.send_chat_action(lane.chat_id, "typing")
-            except SendError as error:
-                log.debug("chat %s: typing action failed: %s", lane.chat_id, error)
+            except Exception as error:  # only a hint: never worth a thread
+                log.debug("chat %s: typing action failed: %r", lane.chat_id, error)
             return
         job = lane.jobs[0]
         if job.paced:
@@ -497,37 +523,24 @@ class _Sender(threading.Thread):
             job.run(self.outbox.api)
         except RetryAfter as error:
             lane.throttled += 1
-            if lane.throttled > self.outbox.retrying.max_retry_after:
-                self._give_up(lane, f"still rate limited after {lane.throttled - 1} waits")
-            else:
-                log.warning(
-                    "chat %s: rate limited (429), retrying the %s in %gs",
-                    lane.chat_id,
-                    job.describe(),
-                    error.seconds,
-                )
-                lane.not_before = self.outbox.clock() + error.seconds
+            wait = min(MAX_RETRY_AFTER, max(0.0, error.seconds))
+            self.outbox.failed(lane.chat_id, job, f"rate limited, waiting {wait:g}s")
+            lane.not_before = self.outbox.clock() + wait
         except TransientError as error:
             lane.failures += 1
-            if lane.failures >= self.outbox.retrying.max_attempts:
-                self._give_up(lane, f"{lane.failures} attempts failed, the last with: {error}")
-            else:
-                delay = self.outbox.backoff(lane.failures)
-                log.warning(
-                    "chat %s: sending the %s failed (%s); retry %d in %.2fs",
-                    lane.chat_id,
-                    job.describe(),
-                    error,
-                    lane.failures,
-                    delay,
-                )
-                lane.not_before = self.outbox.clock() + delay
+            delay = self.outbox.backoff(lane.failures)
+            self.outbox.failed(lane.chat_id, job, f"{error}; retry {lane.failures} in {delay:.2f}s")
+            lane.not_before = self.outbox.clock() + delay
+        except ChatGone as error:
+            self._chat_gone(lane, str(error))
         except PermanentError as error:
-            self._give_up(lane, str(error))
+            self._refused(lane, str(error))
         except Exception:
             log.exception("chat %s: unexpected error sending the %s", lane.chat_id, job.describe())
-            self._give_up(lane, "unexpected error (see above)")
+            self._refused(lane, "unexpected error (see above)")
         else:
+            if lane.failures or lane.throttled:
+                self.outbox.recovered(lane.chat_id)
             self._done(lane)
         finally:
             self.current = None
@@ -539,16 +552,32 @@ class _Sender(threading.Thread):
         if finished and on_done is not None:
             on_done()
 
-    def _give_up(self, lane: _Lane, reason: str, *, stopping: bool = False) -> None:
+    def _refused(self, lane: _Lane, reason: str) -> None:
+        """Telegram refused the head job for good (a bug of ours): log it, go on with the next."""
         job = lane.jobs[0]
         level = logging.ERROR if isinstance(job, SendText) else logging.WARNING
         log.log(level, "chat %s: NOT SENT: the %s: %s", lane.chat_id, job.describe(), reason)
-        self._done(lane, finished=not stopping)  # dropped at a stop: sent after the restart
+        self._done(lane)
 
-    def _abandon_all(self, reason: str) -> None:
+    def _chat_gone(self, lane: _Lane, reason: str) -> None:
+        """The chat can take nothing more: drop all its queued jobs, with one line."""
+        count = len(lane.jobs)
+        log.info("chat %s: %s; dropping %d queued job(s) for it", lane.chat_id, reason, count)
+        while lane.jobs:
+            self._done(lane)
+        lane.typing_next = None
+
+    def _abandon_all(self) -> int:
+        """At the stop deadline: leave every queued job unconfirmed (sent after a restart)."""
+        count = 0
         for lane in self.lanes.values():
             while lane.jobs:
-                self._give_up(lane, reason, stopping=True)
+                if isinstance(lane.jobs[0], SendText):
+                    count += 1
+                log.debug("chat %s: not sent before the stop: the %s", lane.chat_id,
+                          lane.jobs[0].describe())  # fmt: skip
+                self._done(lane, finished=False)
+        return count
 
 
 class Outbox:
@@ -572,8 +601,49 @@ class Outbox:
         self.global_bucket = SharedBucket(self.pacing.global_rate, self.pacing.global_rate, clock())
         self.deadline = float("inf")
         self._senders = [_Sender(self, index) for index in range(senders)]
+        #: Answers to button presses go on a thread of their own, never behind messages.
+        self._answers = _Sender(self, "answers")
+        self._senders.append(self._answers)
         self._lock = threading.Lock()
         self._closed = False
+        #: Chats whose head job last failed for now, and whether that was said.
+        self._failing: set[int] = set()
+        self._unsent_at_stop = 0
+
+    @property
+    def failing(self) -> bool:
+        """Whether some chat's sends are failing for now (Telegram unreachable, 5xx, 429)."""
+        return bool(self._failing)
+
+    def failed(self, chat_id: int, job: Job, reason: str) -> None:
+        """A job failed for now and will be tried again (from a sender thread).
+
+        One WARNING when sending starts failing, not one per attempt: an
+        outage of minutes would otherwise fill the log.
+        """
+        with self._lock:
+            first = not self._failing
+            self._failing.add(chat_id)
+        if first:
+            log.warning(
+                "sending to Telegram fails (chat %s, the %s: %s); retrying until it works, "
+                "nothing is dropped", chat_id, job.describe(), reason,
+            )  # fmt: skip
+        else:
+            log.debug("chat %s: the %s failed: %s", chat_id, job.describe(), reason)
+
+    def recovered(self, chat_id: int) -> None:
+        """A chat's job went out after failures (from a sender thread)."""
+        with self._lock:
+            self._failing.discard(chat_id)
+            last = not self._failing
+        if last:
+            log.info("sending to Telegram works again")
+
+    def left_unsent(self, count: int) -> None:
+        """A sender stopped with `count` messages unsent: counted for one line at the end."""
+        with self._lock:
+            self._unsent_at_stop += count
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th transient failure in a row (jittered)."""
@@ -583,18 +653,20 @@ class Outbox:
         for sender in self._senders:
             sender.start()
 
-    def _sender_of(self, chat_id: int) -> _Sender:
-        digest = hashlib.blake2b(str(chat_id).encode(), digest_size=4).digest()
-        return self._senders[int.from_bytes(digest, "big") % len(self._senders)]
+    def _sender_of(self, job: Job) -> _Sender:
+        if isinstance(job, AnswerCallback):
+            return self._answers
+        digest = hashlib.blake2b(str(job.chat_id).encode(), digest_size=4).digest()
+        return self._senders[int.from_bytes(digest, "big") % (len(self._senders) - 1)]
 
     def put(self, job: Job) -> None:
         """Queue `job` behind the chat's earlier jobs."""
         with self._lock:
             if not self._closed:
-                self._sender_of(job.chat_id).inbox.put(job)
+                self._sender_of(job).inbox.put(job)
                 return
-        if not isinstance(job, _Typing):
-            log.error("chat %s: NOT SENT: the %s: shutting down", job.chat_id, job.describe())
+        if not isinstance(job, _Typing):  # not confirmed: sent after the restart
+            log.debug("chat %s: not sent, stopping: the %s", job.chat_id, job.describe())
 
     def send_text(
         self,
@@ -639,7 +711,8 @@ class Outbox:
     def close(self, timeout: float = 5.0) -> bool:
         """Stop taking jobs, send what is queued within `timeout`, stop the threads.
 
-        Whatever is still unsent at the deadline is logged with its chat id.
+        Whatever is still unsent at the deadline is left unconfirmed (with a
+        journal it goes out after the restart) and counted in one INFO line.
         Returns whether every thread finished in time.
         """
         with self._lock:
@@ -655,10 +728,14 @@ class Outbox:
             if sender.is_alive():
                 finished = False
                 job = sender.current
-                if job is not None:
-                    log.error(
-                        "chat %s: the %s was still being sent at shutdown and may be lost",
-                        job.chat_id,
-                        job.describe(),
-                    )
+                if job is not None:  # unconfirmed: it goes again after the restart
+                    log.warning(
+                        "chat %s: the %s was still being sent at the stop; it is sent again "
+                        "after the restart, so it may arrive twice", job.chat_id, job.describe(),
+                    )  # fmt: skip
+        if self._unsent_at_stop:
+            log.info(
+                "%d message(s) not sent before the stop; they go out after the restart",
+                self._unsent_at_stop,
+            )
         return finished

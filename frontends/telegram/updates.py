@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Protocol
 
 from telebot import types, util
@@ -11,11 +12,13 @@ from telebot import types, util
 from engine.frontend import Key, Notice
 from engine.scheduler import Scheduler
 from frontends.telegram.routing import (
+    PressAnswer,
     Registry,
+    Reply,
     Route,
     conversation_key,
     is_group,
-    retire_buttons,
+    unbutton,
 )
 from frontends.telegram.sending import AnswerCallback, Outbox
 from frontends.telegram.texts import (
@@ -53,6 +56,10 @@ REDELIVERY_WINDOW = 1_000_000
 def new_update(update_id: int, last: int | None) -> bool:
     """Whether `update_id` is new, given the last one taken (the engine's source policy)."""
     return last is None or not last - REDELIVERY_WINDOW < update_id <= last
+
+#: Callback data as the bot makes it: question tag, option number, owner in a group.
+_OUR_DATA = re.compile(r"[0-9a-f]{1,32}:[0-9]{1,3}(:[0-9]{1,20})?", re.ASCII)
+
 
 class EngineEvent(Protocol):
     """A scheduler call (``begin``, ``send``, ``cancel``, ``post``) still missing its source.
@@ -106,12 +113,11 @@ class Updates:
         return self.scheduler.already_taken(update_id)
 
     def _reply(self, key: Key, text: str) -> EngineEvent:
-        """A reply of the bot's own, in its place among the conversation's messages."""
-        route = self.registry.route(key)
-        send = functools.partial(
-            self.outbox.send_text, route.chat_id, text, reply_to=route.reply_to
-        )
-        return functools.partial(self.scheduler.post, send)
+        """A reply of the bot's own, in its place among the conversation's messages.
+
+        Journaled like a flow's output (``Scheduler.say``): a crash does not lose it.
+        """
+        return functools.partial(self.scheduler.say, key, Reply(text))
 
     def on_message(self, message: types.Message) -> EngineEvent | None:
         """A message: text for a conversation, a command, or something else."""
@@ -195,24 +201,32 @@ class Updates:
         key = conversation_key(chat.id, press.from_user.id, group)
         pressed: int = message.message_id
 
-        def answer(text: str | None) -> None:
-            self.outbox.put(AnswerCallback(chat.id, callback_id=press.id, text=text))
+        def answer(text: str | None) -> None:  # journaled, sent at once (not paced)
+            self.scheduler.say(key, PressAnswer(press.id, text))
 
         tag, number, owner = [*(press.data or "").split(":", 2), "", ""][:3]
         if owner and owner != str(press.from_user.id):
-            name = self.registry.route(f"{chat.id}:{owner}").name if owner.isdigit() else None
+            known = owner.isascii() and owner.isdecimal()
+            name = self.registry.route(f"{chat.id}:{owner}").name if known else None
             answer(PRESS_NOT_YOURS.format(name=name or "someone else"))
             return None
         question = self.registry.question(key)
+        # Callback data comes from the client: anything may arrive ("1²", 64 bytes
+        # of noise). Only data of our own form names a question; a press that
+        # names none changes nothing, least of all the open question's buttons.
+        ours = _OUR_DATA.fullmatch(press.data or "") is not None
         if (
             question is None
+            or not ours
             or question.tag != tag
-            or not number.isdigit()
             or int(number) >= len(question.options)
         ):
             answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
-            if getattr(message, "reply_markup", None) is not None:
-                retire_buttons(self.outbox, chat.id, lambda: pressed)
+            shows_open = question is not None and (
+                question.tag == tag or question.message_id == pressed
+            )
+            if ours and not shows_open and getattr(message, "reply_markup", None) is not None:
+                self.scheduler.say(key, unbutton(chat.id, pressed))
             return None
         option = question.options[int(number)]
         self.registry.close(key)
@@ -224,9 +238,9 @@ class Updates:
             )
         # The pressed message shows the choice. (After a restart, or with an
         # older copy of the same question, it need not be the latest one.)
-        retire_buttons(
-            self.outbox, chat.id, lambda: pressed, getattr(message, "text", None), option
+        self.scheduler.say(
+            key, unbutton(chat.id, pressed, getattr(message, "text", None), option)
         )
         if question.message_id not in (None, pressed):
-            retire_buttons(self.outbox, chat.id, lambda: question.message_id)
+            self.scheduler.say(key, unbutton(chat.id, question.message_id))
         return functools.partial(self.scheduler.send, key, option)

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 T = TypeVar("T")
 
-FaultKind = Literal["status", "drop"]
+FaultKind = Literal["status", "drop", "raw"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class _Fault:
     kind: FaultKind
     status: int = 0
     retry_after: int | None = None
+    body: Any = None  # for "raw": the JSON answer as it is
 
 
 class TelegramError(Exception):
@@ -303,6 +304,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         self._answers: dict[str, str | None] = {}
         self._requests: list[Request] = []
         self._faults: dict[str, deque[_Fault]] = {}
+        self._down: dict[str, _Fault] = {}  # lasting outages, by method (see `down`)
         self._confirmed = 0  # highest update_id confirmed by an offset
         self.commands: list[dict[str, Any]] | None = None
         self._webhook: _Webhook | None = None  # set by setWebhook (see `webhook`)
@@ -545,6 +547,26 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         with self._cond:
             self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
 
+    def misanswer(self, method: str, status: int, body: Any, *, times: int = 1) -> None:
+        """Answer the next `times` calls of `method` with `body` as JSON, however malformed.
+
+        A misbehaving Bot API server or proxy: ``{"ok": True, "result": 7}`` for
+        ``getUpdates``, an error whose ``parameters`` is not an object...
+        """
+        with self._cond:
+            fault = _Fault("raw", status, body=body)
+            self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
+
+    def down(self, method: str, status: int = 502, *, retry_after: int | None = None) -> None:
+        """Answer every call of `method` with `status` until :meth:`up` (an outage)."""
+        with self._cond:
+            self._down[method] = _Fault("status", status, retry_after)
+
+    def up(self, method: str) -> None:
+        """End the outage of `method` that :meth:`down` began."""
+        with self._cond:
+            self._down.pop(method, None)
+
     # -- reading what happened -------------------------------------------------------
 
     @property
@@ -641,7 +663,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
     def _take_fault(self, method: str) -> _Fault | None:
         with self._cond:
             faults = self._faults.get(method)
-            return faults.popleft() if faults else None
+            return faults.popleft() if faults else self._down.get(method)
 
     def _find_message(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
         with self._cond:
@@ -892,7 +914,9 @@ class _Handler(KeepAliveHandler):
             return
         status = fault.status
         fake._record(method, params, str(status))
-        if status == 429:
+        if fault.kind == "raw":
+            self._raw(status, json.dumps(fault.body).encode(), "application/json")
+        elif status == 429:
             retry_after = fault.retry_after if fault.retry_after is not None else 1
             self._answer(
                 429,
