@@ -412,7 +412,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         flow = load(args.flow)
         if args.state is not None:
-            journal = open_journal(args.state)
+            journal = open_journal(args.state, args.flow)
     except ConfigError as error:
         return fail(parser.prog, error)
     stdin: TextIO = sys.stdin if sys.stdin is not None else io.StringIO()  # `<&-`: no input

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 import textwrap
@@ -213,20 +214,54 @@ class ProgramParser(argparse.ArgumentParser):
 # -- starting up ------------------------------------------------------------------------
 
 
-def load(spec: str) -> Flow:
-    """The flow `spec` names (``MODULE:ATTR``); ConfigError in one line if it cannot be had."""
+def load(spec: str, environ: Mapping[str, str] | None = None) -> Flow:
+    """The flow `spec` names (``MODULE:ATTR``), its settings checked; else ConfigError.
+
+    The flow's own ``check(environ)`` (see :func:`check_flow_settings`) runs
+    against `environ` (default ``os.environ``), so a bad setting is told in
+    one line at start rather than looking like an outage to every user later.
+    """
     try:
-        return load_flow(spec)
+        flow = load_flow(spec)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_flow_settings(flow, os.environ if environ is None else environ)
+    return flow
 
 
-def open_journal(path: str) -> SqliteJournal:
-    """The journal kept in the file `path`; ConfigError in one line if it cannot be used."""
+def check_flow_settings(flow: object, environ: Mapping[str, str]) -> None:
+    """Run `flow`'s ``check(environ)``, if it has one; its ValueError becomes a ConfigError.
+
+    A flow (its first state class, or the callable making it) may define
+    ``check`` as a static method that reads the variables its ``settings``
+    name and raises ``ValueError`` with a one-line reason for a bad value.
+    """
+    check = getattr(flow, "check", None)
+    if not callable(check):
+        return
     try:
-        return SqliteJournal(path)
+        check(environ)
+    except ValueError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
+
+
+def open_journal(path: str, flow: str) -> SqliteJournal:
+    """The journal kept in the file `path`, claimed for the flow spec `flow`; else ConfigError.
+
+    A state file belongs to the flow that first wrote it: opening it for
+    another ``--flow`` is refused in one line naming its flow, since its
+    conversations would otherwise go on in the other flow's code.
+    """
+    try:
+        journal = SqliteJournal(path)
     except JournalError as error:
         raise ConfigError(str(error)) from None
+    try:
+        journal.claim(flow)
+    except JournalError as error:
+        journal.close()
+        raise ConfigError(str(error)) from None
+    return journal
 
 
 def log_to_stderr(

@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     redactor = Redactor(settings.token)
     try:
         flow = load(args.flow)
-        journal = open_journal(args.state)
+        journal = open_journal(args.state, args.flow)
     except ConfigError as error:
         return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)
