@@ -199,6 +199,11 @@ class _WebhookMethods:
         with self._cond:
             self._faults.clear()
 
+    def in_flight(self: Any) -> int:
+        """Webhook deliveries posted and not yet answered."""
+        with self._cond:
+            return len(self._webhook.busy_updates) if self._webhook else 0
+
     @property
     def webhook(self: Any) -> str | None:
         """The webhook URL set, or None."""
