@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -36,6 +37,7 @@ from flows.openmeteo import (
     Place,
     ServiceUnavailable,
     Weather,
+    check_settings,
     compass_point,
     current_weather,
     search_places,
@@ -157,6 +159,11 @@ class AskCity(State):
         "OPEN_METEO_FORECAST_URL": f"forecast endpoint (default {DEFAULT_FORECAST_URL})",
         "OPEN_METEO_TIMEOUT": "HTTP timeout in seconds, READ or CONNECT,READ (default 3.05,10)",
     }
+
+    @staticmethod
+    def check(environ: Mapping[str, str]) -> None:
+        """Refuse bad `settings` at a program's start: ValueError, in one line."""
+        check_settings(environ)
 
     def run(self) -> Steps:
         city = ""

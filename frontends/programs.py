@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 import textwrap
@@ -214,12 +215,35 @@ class ProgramParser(argparse.ArgumentParser):
 # -- starting up ------------------------------------------------------------------------
 
 
-def load(spec: str) -> Flow:
-    """The flow `spec` names (``MODULE:ATTR``); ConfigError in one line if it cannot be had."""
+def load(spec: str, environ: Mapping[str, str] | None = None) -> Flow:
+    """The flow `spec` names (``MODULE:ATTR``), its settings checked; else ConfigError.
+
+    The flow's own ``check(environ)`` (see :func:`check_flow_settings`) runs
+    against `environ` (default ``os.environ``), so a bad setting is told in
+    one line at start rather than looking like an outage to every user later.
+    """
     try:
-        return load_flow(spec)
+        flow = load_flow(spec)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_flow_settings(flow, os.environ if environ is None else environ)
+    return flow
+
+
+def check_flow_settings(flow: object, environ: Mapping[str, str]) -> None:
+    """Run `flow`'s ``check(environ)``, if it has one; its ValueError becomes a ConfigError.
+
+    A flow (its first state class, or the callable making it) may define
+    ``check`` as a static method that reads the variables its ``settings``
+    name and raises ``ValueError`` with a one-line reason for a bad value.
+    """
+    check = getattr(flow, "check", None)
+    if not callable(check):
+        return
+    try:
+        check(environ)
+    except ValueError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
 
 
 #: Where the programs find a PostgreSQL URL when ``--state`` is not given.

@@ -92,7 +92,7 @@ def test_start_up_failures_are_one_line_config_errors(tmp_path: Path) -> None:
     damaged = tmp_path / "state.sqlite3"
     damaged.write_bytes(b"not a database" * 100)
     with pytest.raises(ConfigError, match=str(damaged)) as caught:
-        open_journal(str(damaged))
+        open_journal(str(damaged), "flows.weather:WeatherFlow")
     assert "\n" not in str(caught.value)
 
 

@@ -102,8 +102,12 @@ class Bot:
             redact=redactor.redact,
         )  # fmt: skip
         self.drain_timeout: float = args.drain_timeout
+        mode = "webhook" if isinstance(self.poller, webhook.WebhookReceiver) else "polling"
+        #: What the start is logged as (the listener is logged once it listens).
+        self.description = f"{mode} mode, flow {args.flow}, state file {args.state}"
 
     def run(self) -> int:
+        log.info("starting: %s", self.description)
         self.outbox.start()
         self.scheduler.start()
         self.poller.start()

@@ -97,7 +97,8 @@ class _Fault:
     kind: FaultKind
     status: int = 0
     retry_after: int | None = None
-    body: Any = None  # for "raw": the JSON answer as it is
+    body: bytes = b""  # for "raw": the exact answer
+    content_type: str = "application/json"
 
 
 class TelegramError(Exception):
@@ -197,6 +198,11 @@ class _WebhookMethods:
         """Forget the faults `fail` queued and not yet used."""
         with self._cond:
             self._faults.clear()
+
+    def in_flight(self: Any) -> int:
+        """Webhook deliveries posted and not yet answered."""
+        with self._cond:
+            return len(self._webhook.busy_updates) if self._webhook else 0
 
     @property
     def webhook(self: Any) -> str | None:
@@ -358,10 +364,22 @@ class FakeTelegram(_WebhookMethods, LocalServer):
     def push(self, update: dict[str, Any]) -> int:
         """Queue a raw update (its update_id is assigned); returns the update_id."""
         with self._cond:
-            update_id = next(self._update_ids)
+            update_id = self._new_update_id()
             self._updates.append({"update_id": update_id, **update})
             self._cond.notify_all()
             return update_id
+
+    def _new_update_id(self) -> int:
+        """The next update_id (under lock): above any the bot confirmed, as Telegram's are.
+
+        A bot fed a huge id by :meth:`answer_raw` confirms past it; later
+        updates are numbered after it rather than dropped as confirmed.
+        """
+        update_id = next(self._update_ids)
+        if update_id <= self._confirmed:
+            update_id = self._confirmed + 1
+            self._update_ids = itertools.count(update_id + 1)
+        return update_id
 
     def _next_message_id(self, chat_id: int) -> int:
         with self._cond:
@@ -413,7 +431,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         messages = [self.message(chat_id, text=text) for chat_id, text in chats_and_texts]
         with self._cond:
             for message in messages:
-                self._updates.append({"update_id": next(self._update_ids), "message": message})
+                self._updates.append({"update_id": self._new_update_id(), "message": message})
             self._cond.notify_all()
 
     def send_photo(self, chat_id: int, **kwargs: Any) -> dict[str, Any]:
@@ -553,9 +571,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         A misbehaving Bot API server or proxy: ``{"ok": True, "result": 7}`` for
         ``getUpdates``, an error whose ``parameters`` is not an object...
         """
-        with self._cond:
-            fault = _Fault("raw", status, body=body)
-            self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
+        self.answer_raw(method, body, status=status, times=times)
 
     def down(self, method: str, status: int = 502, *, retry_after: int | None = None) -> None:
         """Answer every call of `method` with `status` until :meth:`up` (an outage)."""
@@ -566,6 +582,31 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         """End the outage of `method` that :meth:`down` began."""
         with self._cond:
             self._down.pop(method, None)
+
+
+    def answer_raw(
+        self,
+        method: str,
+        body: Any,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` calls of `method` with exactly this, whatever it asks.
+
+        `body` is sent as is if it is ``bytes``, else as its JSON (any value:
+        ``{"ok": True, "result": "not a list"}``, ``[1, 2]``, ``None``...). So a
+        test plays a broken or hostile Bot API server, or injects arbitrary
+        update JSON: ``answer_raw("getUpdates", {"ok": True, "result": [...]})``
+        hands those updates over once, outside the queue (never redelivered).
+        A bot that confirms a huge id from them drops what is queued below it,
+        as Telegram would; updates pushed after that are numbered above it.
+        """
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        fault = _Fault("raw", status, body=raw, content_type=content_type)
+        with self._cond:
+            self._faults.setdefault(method, deque()).extend(fault for _ in range(times))
 
     # -- reading what happened -------------------------------------------------------
 
@@ -906,6 +947,10 @@ class _Handler(KeepAliveHandler):
 
     def _fault(self, method: str, params: dict[str, Any], fault: _Fault) -> None:
         fake = self.server.fake
+        if fault.kind == "raw":
+            fake._record(method, params, f"raw {fault.status}")
+            self._raw(fault.status, fault.body, fault.content_type)
+            return
         if fault.kind == "drop":
             fake._record(method, params, "drop")
             self.close_connection = True
@@ -914,9 +959,7 @@ class _Handler(KeepAliveHandler):
             return
         status = fault.status
         fake._record(method, params, str(status))
-        if fault.kind == "raw":
-            self._raw(status, json.dumps(fault.body).encode(), "application/json")
-        elif status == 429:
+        if status == 429:
             retry_after = fault.retry_after if fault.retry_after is not None else 1
             self._answer(
                 429,

@@ -7,7 +7,6 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from engine import Timeout
 from engine.commands import (
     Call,
     Forget,
@@ -18,6 +17,7 @@ from engine.commands import (
     Recall,
     Remember,
     Sleep,
+    Timeout,
     Who,
 )
 from engine.states import State, Steps
@@ -121,8 +121,8 @@ def tiny_png() -> bytes:
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8 bits, RGB
     pixels = zlib.compress(b"\x00\xff\x00\x00")  # filter byte, then one red pixel
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
 
 
@@ -182,4 +182,28 @@ class Hurry(State):
                 name = "stranger"
         yield Sleep(0.1)
         yield Print(f"Hello, {name}")
+        return None
+
+
+#: How long :class:`Remind` waits for a name, in seconds: long enough to kill and
+#: restart the bot before it passes.
+REMIND_AFTER = 6.0
+
+
+@dataclass(frozen=True)
+class Remind(State):
+    """A question with a deadline: unanswered, a reminder and the question again, then the end."""
+
+    reminded: bool = False
+
+    def run(self) -> Steps:
+        try:
+            name = yield Input("What is your name?", timeout=REMIND_AFTER)
+        except Timeout:
+            if self.reminded:
+                yield Print("No answer, goodbye")
+                return None
+            yield Print("Still there? I would like to know your name.")
+            return Remind(reminded=True)
+        yield Print(f"Hello, {name}!")
         return None

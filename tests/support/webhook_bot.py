@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.fake_telegram import TOKEN, FakeTelegram
+from tests.support.fake_telegram import ROOT, TOKEN, FakeTelegram
 from tests.support.openmeteo_server import FakeOpenMeteo
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET_PART = TOKEN.split(":")[1]
 HOOK_SECRET = "test-webhook-secret_0123456789"
 
