@@ -63,6 +63,11 @@ def classify(error: Exception) -> SendError:
     return PermanentError(f"{type(error).__name__}")
 
 
+def error_code(error: apihelper.ApiTelegramException) -> int:
+    """The Bot API error code of `error` as a number; 0 if the server sent none we can read."""
+    return _status(error.error_code)
+
+
 def _status(raw: object) -> int:
     """An HTTP status or Bot API error code as a number; 0 if it is none (a broken answer)."""
     try:

@@ -11,7 +11,7 @@ import telebot
 from telebot import apihelper, types
 
 from frontends.programs import backoff
-from frontends.telegram.api import classify
+from frontends.telegram.api import classify, error_code
 from frontends.telegram.sending import RetryAfter
 from frontends.telegram.texts import COMMANDS
 
@@ -134,7 +134,7 @@ class Poller(threading.Thread):
     def _retry_delay(self, what: str, error: Exception, failures: int) -> float | None:
         """Log a failed call and say how long to wait before the next; None if fatal."""
         if isinstance(error, apihelper.ApiTelegramException):
-            code = error.error_code if isinstance(error.error_code, int) else 0
+            code = error_code(error)
             if code == 409:
                 delay = self.backoff(failures)
                 log.error(

@@ -45,7 +45,6 @@ NON_TEXT = frozenset(
 MESSAGE_KINDS = frozenset(util.content_type_media) | frozenset(util.content_type_service) | NON_TEXT
 
 
-
 #: Update ids increase by one per update, so one that is not above the last
 #: taken was taken before, and is skipped. Not if it is far below, though:
 #: after a week without updates Telegram starts again from a random id, which
@@ -56,6 +55,7 @@ REDELIVERY_WINDOW = 1_000_000
 def new_update(update_id: int, last: int | None) -> bool:
     """Whether `update_id` is new, given the last one taken (the engine's source policy)."""
     return last is None or not last - REDELIVERY_WINDOW < update_id <= last
+
 
 #: Callback data as the bot makes it: question tag, option number, owner in a group.
 _OUR_DATA = re.compile(r"[0-9a-f]{1,32}:[0-9]{1,3}(:[0-9]{1,20})?", re.ASCII)
@@ -98,7 +98,11 @@ class Updates:
         """
         event: EngineEvent | None = None
         try:
-            if update.message is not None and update.message.content_type in MESSAGE_KINDS:
+            if not _well_formed(update):  # a misbehaving server's: taken, and nothing else
+                log.warning(
+                    "update %s is malformed (ids that are not numbers); skipped", update.update_id
+                )
+            elif update.message is not None and update.message.content_type in MESSAGE_KINDS:
                 event = self.on_message(update.message)
             elif update.callback_query is not None:
                 event = self.on_press(update.callback_query)
@@ -238,9 +242,38 @@ class Updates:
             )
         # The pressed message shows the choice. (After a restart, or with an
         # older copy of the same question, it need not be the latest one.)
-        self.scheduler.say(
-            key, unbutton(chat.id, pressed, getattr(message, "text", None), option)
-        )
+        self.scheduler.say(key, unbutton(chat.id, pressed, getattr(message, "text", None), option))
         if question.message_id not in (None, pressed):
             self.scheduler.say(key, unbutton(chat.id, question.message_id))
         return functools.partial(self.scheduler.send, key, option)
+
+
+def _well_formed(update: types.Update) -> bool:
+    """Whether the ids an update's handlers rely on are numbers, and its text is text.
+
+    pyTelegramBotAPI takes an update's fields as they come, so a misbehaving
+    server (or a proxy) can hand over a chat id that is a string or a text that
+    is a list; such an update must not reach the handlers.
+    """
+    message = update.message
+    if message is not None:
+        person = message.from_user
+        return (
+            _is_id(message.chat.id)
+            and (person is None or _is_id(person.id))
+            and _is_id(message.message_id)
+            and (message.text is None or isinstance(message.text, str))
+        )
+    press = update.callback_query
+    if press is not None:
+        chat = press.message.chat if press.message is not None else None
+        return (
+            _is_id(press.from_user.id)
+            and (chat is None or _is_id(chat.id))
+            and (press.data is None or isinstance(press.data, str))
+        )
+    return True
+
+
+def _is_id(value: object) -> bool:
+    return type(value) is int and -(2**63) <= value < 2**63

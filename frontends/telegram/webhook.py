@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 import waitress.server
 from telebot import apihelper, types
 
+from frontends.telegram.api import error_code
 from frontends.telegram.health import Health, Metrics, health_app, respond
 from frontends.telegram.polling import ALLOWED_UPDATES, Journaled, Poller
 from frontends.telegram.updates import Updates
@@ -485,7 +486,7 @@ class MeteredPoller(Poller):
     def _retry_delay(self, what: str, error: Exception, failures: int) -> float | None:
         if (
             isinstance(error, apihelper.ApiTelegramException)
-            and int(error.error_code) == 409
+            and error_code(error) == 409
             and self._webhook_is_set()
         ):
             if not self.webhook_reported:
@@ -587,7 +588,7 @@ class WebhookReceiver(Poller):
                 failures += 1
                 if (
                     isinstance(error, apihelper.ApiTelegramException)
-                    and int(error.error_code) == 400
+                    and error_code(error) == 400
                 ):
                     self.fatal = f"Telegram refused the webhook ({self._describe(error)})"
                     log.error("%s", self.fatal)
