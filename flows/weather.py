@@ -166,12 +166,12 @@ def greeting(user: User) -> str:
 def point_place(location: Location) -> Place:
     """A shared location as a place named by its coordinates (no search needed)."""
     latitude, longitude = round(location.latitude, 5), round(location.longitude, 5)
-    return Place(f"{latitude:g}, {longitude:g}", latitude, longitude)
+    return Place(f"{latitude}, {longitude}", latitude, longitude)
 
 
 def found_point(place: Place) -> str:
     """``Your location is at latitude 51.5 and longitude -0.12``."""
-    return f"Your location is at latitude {place.latitude:g} and longitude {place.longitude:g}"
+    return f"Your location is at latitude {place.latitude} and longitude {place.longitude}"
 
 
 def _kept_place(place: Place) -> dict[str, Any]:

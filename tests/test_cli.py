@@ -33,7 +33,7 @@ from engine.states import State, Steps
 from flows.weather import WeatherFlow
 from frontends.cli import ASK, ENDED, TerminalFrontend, run
 from tests.support.flows import tiny_png
-from tests.support.openmeteo_server import FakeOpenMeteo
+from tests.support.openmeteo_server import FakeOpenMeteo, load_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "frontends.cli"]
@@ -750,3 +750,50 @@ def test_a_picture_that_cannot_be_saved_is_said_in_one_line(tmp_path: Path) -> N
     )
     assert_quiet(result.stderr)
     assert result.returncode == 0
+
+
+# -- the weather flow's coordinates, forecast chart and start payload ---------------------
+
+
+def test_typed_coordinates_give_the_weather_there(openmeteo: FakeOpenMeteo) -> None:
+    openmeteo.set_forecast(48.2085, 16.3721, temperature=7.5, weather_code=0, wind_speed=0)
+    result = run_cli(input="48.2085, 16.3721\nquit\n")
+    assert result.stdout == (
+        HELLO + "Name a city: 48.2085, 16.3721\n"
+        "Your location is at latitude 48.2085 and longitude 16.3721\n"
+        "Current temperature is 7.5 °C\n"
+        "Clear sky, no wind\n" + WHAT_NEXT + "quit\n"
+        "Terminating\n"
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_forecast_prints_seven_days_and_saves_the_chart(
+    openmeteo: FakeOpenMeteo, tmp_path: Path
+) -> None:
+    openmeteo.add_place("Enschede", 52.21833, 6.89583, country="Netherlands")
+    openmeteo.set_forecast(
+        52.21833, 6.89583, series=load_fixture("forecast_hourly_daily_horizon_nulls")
+    )
+    pictures = tmp_path / "charts"
+    result = run_cli("--pictures", str(pictures), input="Enschede\nforecast\nquit\n")
+    saved = pictures / "picture-1.png"
+    assert (
+        "forecast\n"
+        "The next 7 days in Enschede:\n"
+        "Sat 17 Oct: high 18 °C, Clear sky\n"
+        "Sun 18 Oct: no forecast yet\n"
+        f"Picture saved to {saved}: The next 48 hours in Enschede\n" + WHAT_NEXT + "quit\n"
+    ) in result.stdout
+    assert saved.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_the_start_payload_is_the_city(openmeteo: FakeOpenMeteo) -> None:
+    openmeteo.add_place("New York", 40.71427, -74.00597, country="United States")
+    result = run_cli("--start", "new_york", input="quit\n")
+    assert result.stdout.startswith(
+        HELLO + "Found New York (United States) at latitude 40.71427 and longitude -74.00597\n"
+    )
+    assert [r.params.get("name") for r in openmeteo.requests_to("search")] == ["new york"]
+    assert (result.returncode, result.stderr) == (0, "")

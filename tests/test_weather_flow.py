@@ -783,7 +783,7 @@ def test_recent_places_are_offered_and_a_new_city_can_still_be_typed() -> None:
 
     flow = asking(memory)
     flow.answer(Location(1.0, 2.0))
-    assert flow.state == ShowWeather(Place("1, 2", 1.0, 2.0), point=True)
+    assert flow.state == ShowWeather(Place("1.0, 2.0", 1.0, 2.0), point=True)
 
 
 def test_the_last_five_places_are_remembered_newest_first_once_each() -> None:

@@ -15,9 +15,11 @@ import pytest
 import requests
 
 from tests.support.fake_telegram import TOKEN, FakeTelegram
+from tests.support.flows import CLASSIC
 from tests.support.openmeteo_server import FakeOpenMeteo
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The repository (so that ``tests.support.flows`` imports in the bot's process).
+ROOT = Path(__file__).resolve().parent.parent.parent
 SECRET_PART = TOKEN.split(":")[1]
 HOOK_SECRET = "test-webhook-secret_0123456789"
 
@@ -98,6 +100,8 @@ def start_bot_fixture(
         port = port or free_port()
         path = tmp_path / f"bot-{len(started)}.log"
         bot_options = ["--no-pacing", *options]
+        if "--flow" not in options:  # the text-only dialogue (see tests.support.flows)
+            bot_options += ["--flow", CLASSIC]
         bot = Bot(None, path, port)  # type: ignore[arg-type]
         if webhook:
             bot_options += ["--webhook", bot.hook_url, "--listen", f"127.0.0.1:{port}"]
