@@ -80,6 +80,22 @@ def test_a_photo_where_only_text_is_taken_gets_a_hint(
     assert not telegram.requests_to("getFile")  # not downloaded for nothing
 
 
+def test_a_photo_for_a_question_that_takes_photos_is_downloaded(
+    start_bot: StartBot, telegram: FakeTelegram  # noqa: F811
+) -> None:
+    telegram.add_file("photo-1", JPEG)
+    start_bot("--no-pacing", "--flow", "tests.support.flows:Snapshot")
+    telegram.send_text(42, "/start")
+    telegram.wait_text(42, "Send me a photo")
+    telegram.send_text(42, "hello")
+    telegram.wait_text(42, "Please send a photo.")
+
+    telegram.send_photo(42)
+
+    telegram.wait_text(42, f"Got {len(JPEG)} bytes: look")
+    assert [r.params.get("file_id") for r in telegram.requests_to("getFile")] == ["photo-1"]
+
+
 def test_a_deep_link_names_the_city(
     start_bot: StartBot, telegram: FakeTelegram, openmeteo: FakeOpenMeteo  # noqa: F811
 ) -> None:

@@ -14,6 +14,7 @@ from engine.commands import (
     Forget,
     Input,
     Location,
+    Photo,
     Picture,
     Print,
     Recall,
@@ -175,6 +176,16 @@ class Pin(State):
         where = yield Input("Share a location", accepts=Location)
         yield Print(f"Pinned {where.latitude} {where.longitude}")
         yield Picture(tiny_png())
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot(State):
+    """Asks for a photo and says how many bytes and what caption it got."""
+
+    def run(self) -> Steps:
+        photo = yield Input("Send me a photo", accepts=Photo)
+        yield Print(f"Got {len(photo.data)} bytes: {photo.caption}")
         return None
 
 
