@@ -174,6 +174,14 @@ def found_point(place: Place) -> str:
     return f"Your location is at latitude {place.latitude} and longitude {place.longitude}"
 
 
+def _is_point(place: Place) -> bool:
+    """Whether `place` is a shared location (see :func:`point_place`), not a named place."""
+    try:
+        return place.country is None and Location.parse(place.name) is not None
+    except ValueError:
+        return False
+
+
 def _kept_place(place: Place) -> dict[str, Any]:
     """What is remembered of a place: plain data, enough to show its weather again."""
     kept: dict[str, Any] = {"name": place.name, "latitude": place.latitude,
@@ -287,7 +295,8 @@ class AskCity(State):
             if isinstance(answer, Location):
                 return ShowWeather(point_place(answer), point=True)
             if answer in labels:
-                return ShowWeather(recent[labels.index(answer)])
+                place = recent[labels.index(answer)]
+                return ShowWeather(place, point=_is_point(place))
             city = str(answer or "").strip()
         try:
             places: list[Place] = yield Call(search_places, city)

@@ -914,3 +914,13 @@ def test_forecast_against_the_fake_server_draws_a_real_chart(openmeteo: FakeOpen
     assert flow.command.caption == "The next 48 hours in Antarctica"
     assert flow.resume() == AGAIN
     flow.check_replay()
+
+
+def test_a_remembered_location_chosen_again_is_told_as_a_location() -> None:
+    point = Place("51.5, -0.12", 51.5, -0.12)
+    flow = asking(weather.remembered({}, point))
+
+    flow.answer("0")
+
+    assert flow.state == ShowWeather(point, point=True)
+    flow.expect(Print("Your location is at latitude 51.5 and longitude -0.12"))

@@ -50,10 +50,11 @@ class TelegramFrontend(Frontend):
         keyboard: Keyboard | None = None,
         force_reply: bool = False,
         on_sent: Callable[[int, str], None] | None = None,
+        question_open: bool = False,
     ) -> None:
         route = self.registry.route(key)
         done = None if receipt is None else functools.partial(self.sent, receipt)
-        if keyboard is None and self.users.location_keyboard(key, False):
+        if keyboard is None and not question_open and self.users.location_keyboard(key, False):
             # The "Send my location" keyboard goes with the first message after its question.
             send_with_reply_keyboard(
                 self.outbox, route.chat_id, text, "remove", reply_to=route.reply_to, on_done=done
@@ -112,7 +113,8 @@ class TelegramFrontend(Frontend):
             self.sent(receipt)
             return
         if notice in (Notice.ALREADY_RUNNING, Notice.NOT_STARTED):
-            self._send(key, text, receipt)  # the conversation goes on: keep its buttons
+            # the conversation goes on: keep its buttons (and its location keyboard)
+            self._send(key, text, receipt, question_open=True)
         else:
             self.deliver(key, Print(text), receipt)
 
