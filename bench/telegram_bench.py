@@ -78,8 +78,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make `flows` and `tests` importable
     sys.path.insert(0, str(ROOT))
 
+from bench import chart_bench  # noqa: E402
 from flows.openmeteo import Place, Weather  # noqa: E402
 from flows.weather import CITY_PROMPT, NEXT_PROMPT, TERMINATING, conditions, found  # noqa: E402
+from frontends.telegram.texts import LOCATION_HINT  # noqa: E402
 from tests.support.fake_telegram import FakeTelegram  # noqa: E402
 from tests.support.fake_telegram import bot_environment as telegram_environment  # noqa: E402
 from tests.support.openmeteo_server import DEFAULT_WEATHER, FakeOpenMeteo, GeneratedCity  # noqa: E402
@@ -96,15 +98,26 @@ RUN_TIMEOUT = 120.0
 #: The bot counts as done when no Bot API call (but getUpdates) came for this long (s).
 QUIET = 0.3
 
+#: The dialogue every bot runs: the weather flow as the plain bot has it (text only).
+CLASSIC = ["--flow", "tests.support.flows:ClassicWeather"]
 BOTS: dict[str, list[str]] = {
-    "ours": [sys.executable, "-m", "frontends.telegram", "--no-pacing", "--state", "{state}"],
+    "ours": [
+        sys.executable, "-m", "frontends.telegram", "--no-pacing", "--state", "{state}", *CLASSIC,
+    ],
     "plain": [sys.executable, str(ROOT / "bench" / "plain_telebot_bot.py")],
     # ours again, taking updates by webhook (the fake posts them) instead of polling
     "webhook": [
         sys.executable, "-m", "frontends.telegram", "--no-pacing", "--state", "{state}",
-        "--webhook", "http://127.0.0.1:{port}/hook", "--listen", "127.0.0.1:{port}",
+        "--webhook", "http://127.0.0.1:{port}/hook", "--listen", "127.0.0.1:{port}", *CLASSIC,
     ],
+    # ours with the grown weather flow (flows.weather: greeting, remembered places offered
+    # with a location button, memory writes), driven through the same dialogue
+    "grown": [sys.executable, "-m", "frontends.telegram", "--no-pacing", "--state", "{state}"],
 }  # fmt: skip
+#: What the grown flow's greeting says after the name.
+GREETING_TAIL = "Name a city or share a location, and I tell you its weather."
+#: Charts drawn to measure the rendering cost per chart (reported apart).
+CHART_RENDERS = 10
 #: The webhook mode's CPU per update, at most, as a share of the plain bot's.
 WEBHOOK_TARGET_SHARE = 0.35
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -172,6 +185,8 @@ class User:
     script: list[tuple[str, str]] = field(default_factory=list)
     step: int = 0  # index into script of the message waiting for its reply
     pushed_at: float = 0.0
+    #: Run by the grown weather flow: greeted, and offered the places of before.
+    grown: bool = False
 
     def __post_init__(self) -> None:
         if not self.script:
@@ -191,9 +206,11 @@ class User:
             wind_direction=DEFAULT_WEATHER["wind_direction_10m"],
         )
         texts = [CITY_PROMPT]
+        if self.grown:  # the fake's users are named User<id>
+            texts.insert(0, f"Hello, User{self.chat_id}! {GREETING_TAIL}")
         for index, city in enumerate(self.cities):
             if index:
-                texts.append(CITY_PROMPT)
+                texts += [CITY_PROMPT, LOCATION_HINT] if self.grown else [CITY_PROMPT]
             place = Place(city.name, city.latitude, city.longitude, country="Testland")
             texts += [
                 found(place),
@@ -205,11 +222,13 @@ class User:
         return texts
 
 
-def make_users(openmeteo: FakeOpenMeteo, users: int, rounds: int) -> list[User]:
+def make_users(
+    openmeteo: FakeOpenMeteo, users: int, rounds: int, grown: bool = False
+) -> list[User]:
     """`users` users with `rounds` cities each, no two cities alike."""
     cities = openmeteo.add_cities(users * rounds)
     return [
-        User(chat_id=1_000 + n, cities=[cities[r * users + n] for r in range(rounds)])
+        User(chat_id=1_000 + n, cities=[cities[r * users + n] for r in range(rounds)], grown=grown)
         for n in range(users)
     ]
 
@@ -428,7 +447,7 @@ def run_bot(
     log = workdir / f"bot-{bot}.log"
     telegram = BenchTelegram()
     with telegram, FakeOpenMeteo() as openmeteo:
-        crowd = Crowd(telegram, make_users(openmeteo, users, rounds))
+        crowd = Crowd(telegram, make_users(openmeteo, users, rounds, grown=bot == "grown"))
         env = bot_environment(telegram, openmeteo)
         with running_bot(command, env, workdir, log) as process:
 
@@ -532,7 +551,7 @@ def run_all(
     rounds: int,
     repeat: int,
     workdir: Path,
-    bots: Sequence[str] = ("ours", "plain", "webhook"),
+    bots: Sequence[str] = ("ours", "plain", "webhook", "grown"),
 ) -> dict[str, list[Result]]:
     """Every bot `repeat` times, interleaved."""
     runs: dict[str, list[Result]] = {bot: [] for bot in bots}
@@ -622,6 +641,37 @@ def report(runs: dict[str, list[Result]]) -> Iterator[str]:
     yield f"  ours max latency <= plain's max (info): {_ms(mine)} vs {_ms(theirs)} ms  {verdict}"
     if "webhook" in runs:
         yield from _webhook_report(pooled(runs["webhook"]), ours, plain)
+    if "grown" in runs:
+        yield from _grown_report(pooled(runs["grown"]), ours, plain)
+
+
+def _grown_report(grown: Result, ours: Result, plain: Result) -> Iterator[str]:
+    """The grown weather flow beside the text-only one and the plain bot, same dialogue."""
+    yield "the grown weather flow (greeting, places offered with a location button, memory):"
+    yield f"{'':<22}{'grown':>12}{'ours':>12}{'plain':>12}{'grown/plain':>12}"
+    rows: list[tuple[str, float, float, float, str]] = [
+        ("bot CPU ms/update", grown.cpu_ms_per_update, ours.cpu_ms_per_update,
+         plain.cpu_ms_per_update, ".2f"),
+        ("Bot API calls/update", grown.calls_per_update, ours.calls_per_update,
+         plain.calls_per_update, ".2f"),
+        ("latency p50 ms", 1000 * percentile(grown.latencies, 50),
+         1000 * percentile(ours.latencies, 50), 1000 * percentile(plain.latencies, 50), ",.1f"),
+        ("peak RSS MB", grown.peak_kb / 1024, ours.peak_kb / 1024, plain.peak_kb / 1024, ".1f"),
+    ]  # fmt: skip
+    for name, mine, text_only, theirs, form in rows:
+        ratio = f"{mine / theirs:11.2f}x" if theirs else f"{'-':>12}"
+        yield f"{name:<22}{mine:>12{form}}{text_only:>12{form}}{theirs:>12{form}}{ratio}"
+
+
+def chart_report(renders: int = CHART_RENDERS) -> Iterator[str]:
+    """The forecast chart's rendering cost, per chart (on a worker thread in the bot)."""
+    first_ms, timings = chart_bench.run(renders)
+    chart = timings[0]
+    yield (
+        f"forecast chart, per chart (bench/chart_bench.py): {chart.median_ms:.1f} ms median, "
+        f"{chart.mean_ms:.1f} ms mean of {chart.count}; the first {first_ms:.0f} ms "
+        "(imports matplotlib)"
+    )
 
 
 def _webhook_report(hook: Result, ours: Result, plain: Result) -> Iterator[str]:
@@ -679,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         runs = run_all(args.users, args.rounds, args.repeat, workdir)
         for line in report(runs):
+            print(line, flush=True)
+        for line in chart_report():
             print(line, flush=True)
         if args.profile:
             profile = Path(args.profile).resolve()

@@ -43,14 +43,15 @@ def test_three_users_through_both_bots(tmp_path: Path) -> None:
 
     runs = bench.run_all(USERS, ROUNDS, 1, tmp_path)
 
-    assert set(runs) == {"ours", "plain", "webhook"}
+    assert set(runs) == {"ours", "plain", "webhook", "grown"}
     for bot, results in runs.items():
         (result,) = results
         assert bench.check(result) == [], bot
         assert (result.users, result.finished, result.updates) == (USERS, USERS, UPDATES)
         assert len(result.latencies) == UPDATES, bot  # every awaited reply seen
         assert result.wrong == [], bot
-        assert result.calls["sendMessage"] == MESSAGES, bot
+        greetings = USERS if bot == "grown" else 0
+        assert result.calls["sendMessage"] == MESSAGES + greetings, bot
         assert result.calls["editMessageReplyMarkup"] == USERS, bot  # "What next?" answered
         assert result.lookups == 2 * USERS * ROUNDS, bot
         assert result.peak_kb > 0

@@ -33,7 +33,7 @@ from engine.states import State, Steps
 from flows.weather import WeatherFlow
 from frontends.cli import EXIT_INPUT_ENDED, LineReader, TerminalFrontend, run
 from tests.support.flows import tiny_png
-from tests.support.openmeteo_server import FakeOpenMeteo
+from tests.support.openmeteo_server import FakeOpenMeteo, load_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "frontends.cli"]
@@ -48,7 +48,9 @@ Which one do you mean?
 3) London, Kentucky, United States
 4) London, Arkansas, United States
 > """
-WHAT_NEXT = "What next?\n0) continue\n1) quit\n> "
+WHAT_NEXT = "What next?\n0) continue\n1) quit\n2) forecast\n> "
+#: The weather flow's greeting of the local user (LOGNAME=ann, see cli_env).
+HELLO = "Hello, ann! Name a city or share a location, and I tell you its weather.\n"
 UNAVAILABLE = "The weather service is unavailable right now, please try again later."
 
 
@@ -86,6 +88,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONIOENCODING"] = "utf-8"  # whatever the locale of the test run
     env.pop("PYTHONSTARTUP", None)
+    env["LOGNAME"] = "ann"  # the local user the weather flow greets
     env.update(extra)
     return env
 
@@ -223,11 +226,11 @@ def test_a_whole_session(openmeteo: FakeOpenMeteo) -> None:
     openmeteo.set_forecast(42.98339, -81.23304, temperature=21.5, weather_code=0, wind_speed=0)
     result = run_cli(input="London\n1\ncontinue\n東京\nquit\n")
     assert result.stdout == (
-        "Name a city: London\n" + LONDON_CHOICES + "1\n"
+        HELLO + "Name a city: London\n" + LONDON_CHOICES + "1\n"
         "Found London (Canada) at latitude 42.98339 and longitude -81.23304\n"
         "Current temperature is 21.5 °C\n"
         "Clear sky, no wind\n" + WHAT_NEXT + "continue\n"
-        "Name a city: 東京\n"
+        "Name a city: \n0) London, Ontario, Canada\n> 東京\n"
         "Found 東京 (日本) at latitude 35.6895 and longitude 139.69171\n"
         "Current temperature is 15.6 °C\n"
         "Overcast, wind 4.8 km/h from the north\n" + WHAT_NEXT + "quit\n"
@@ -244,7 +247,7 @@ def test_answering_line_by_line_as_a_person_does(openmeteo: FakeOpenMeteo) -> No
         session.send("London")
         session.expect(LONDON_CHOICES)
         # Nothing came between the prompt and the echoed answer: it waited for it.
-        assert session.stdout == "Name a city: London\n" + LONDON_CHOICES
+        assert session.stdout == HELLO + "Name a city: London\n" + LONDON_CHOICES
         session.send("London, Ohio, United States")
         session.expect("Found London (United States) at latitude 39.88645")
         session.expect(WHAT_NEXT)
@@ -260,12 +263,13 @@ def test_the_service_failing_then_working(openmeteo: FakeOpenMeteo) -> None:
     openmeteo.fail("rate_limit", endpoint="forecast")
     result = run_cli(input="London\nLondon\n0\nLondon\n0\nquit\n")
     assert result.stdout == (
-        "Name a city: London\n"
+        HELLO + "Name a city: London\n"
         f"{UNAVAILABLE}\n"
         "Name a city: London\n" + LONDON_CHOICES + "0\n"
         "Found London (United Kingdom) at latitude 51.50853 and longitude -0.12574\n"
         f"{UNAVAILABLE}\n"
-        "Name a city: London\n" + LONDON_CHOICES + "0\n"
+        "Name a city: \n0) London, England, United Kingdom\n> London\n"
+        + LONDON_CHOICES + "0\n"
         "Found London (United Kingdom) at latitude 51.50853 and longitude -0.12574\n"
         "Current temperature is 15.6 °C\n"
         "Overcast, wind 4.8 km/h from the north\n" + WHAT_NEXT + "quit\n"
@@ -286,7 +290,7 @@ def test_invalid_choices_are_asked_again(openmeteo: FakeOpenMeteo) -> None:
     result = run_cli(input="London\n7\nohio\n\n-1\n 2 \ncontinue\n")
     try_again = "Try again\n" + LONDON_CHOICES
     assert result.stdout == (
-        "Name a city: London\n"
+        HELLO + "Name a city: London\n"
         + LONDON_CHOICES
         + "7\n"
         + try_again
@@ -300,7 +304,7 @@ def test_invalid_choices_are_asked_again(openmeteo: FakeOpenMeteo) -> None:
         "Found London (United States) at latitude 39.88645 and longitude -83.44825\n"
         "Current temperature is 15.6 °C\n"
         "Overcast, wind 4.8 km/h from the north\n" + WHAT_NEXT + "continue\n"
-        "Name a city: \n"  # then the input ends
+        "Name a city: \n0) London, Ohio, United States\n> \n"  # then the input ends
     )
     assert result.returncode == EXIT_INPUT_ENDED
     assert result.stderr == ""
@@ -312,9 +316,9 @@ def test_invalid_choices_are_asked_again(openmeteo: FakeOpenMeteo) -> None:
 @pytest.mark.parametrize(
     ("typed", "shown"),
     [
-        ("", "Name a city: \n"),
-        ("London\n", "Name a city: London\n" + LONDON_CHOICES + "\n"),
-        ("London", "Name a city: London\n" + LONDON_CHOICES + "\n"),  # no final newline
+        ("", HELLO + "Name a city: \n"),
+        ("London\n", HELLO + "Name a city: London\n" + LONDON_CHOICES + "\n"),
+        ("London", HELLO + "Name a city: London\n" + LONDON_CHOICES + "\n"),  # no final newline
     ],
     ids=["at once", "mid-dialogue", "last line without newline"],
 )
@@ -372,7 +376,7 @@ def test_ctrl_c_during_a_slow_request_exits_at_once(openmeteo: FakeOpenMeteo) ->
         assert session.wait() == 130
         assert time.monotonic() - interrupted < 3.0
         assert_quiet(session.stderr)
-        assert session.stdout == "Name a city: London\n"
+        assert session.stdout == HELLO + "Name a city: London\n"
 
 
 # -- failures -------------------------------------------------------------------
@@ -447,8 +451,9 @@ def test_with_state_ctrl_c_keeps_the_conversation_for_the_next_run(
     assert (result.returncode, result.stderr) == (0, "")
     assert len(openmeteo.requests_to("search")) == 1  # not searched again
     result = run_cli("--state", state, input="")  # that conversation is over
+    remembered = "Name a city: \n0) London, Ontario, Canada\n> \n"  # the place looked up
     assert (result.returncode, result.stdout, result.stderr) == (
-        EXIT_INPUT_ENDED, "Name a city: \n", ""
+        EXIT_INPUT_ENDED, HELLO + remembered, ""
     )
 
 
@@ -476,12 +481,11 @@ def test_with_state_the_end_of_input_ends_the_conversation(
 ) -> None:
     state = str(tmp_path / "state.sqlite3")
     first = run_cli("--state", state, input="London\n")
-    assert (first.returncode, first.stdout) == (
-        EXIT_INPUT_ENDED, "Name a city: London\n" + LONDON_CHOICES + "\n"
-    )
+    shown = HELLO + "Name a city: London\n" + LONDON_CHOICES + "\n"
+    assert (first.returncode, first.stdout) == (EXIT_INPUT_ENDED, shown)
     again = run_cli("--state", state, input="")
     assert (again.returncode, again.stdout, again.stderr) == (
-        EXIT_INPUT_ENDED, "Name a city: \n", ""
+        EXIT_INPUT_ENDED, HELLO + "Name a city: \n", ""
     )
 
 
@@ -811,3 +815,50 @@ def test_a_closed_output_at_start_ends_with_status_1_and_one_line() -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr == f"{PROG}: error: the standard output is closed\n"
+
+
+# -- the weather flow's coordinates, forecast chart and start payload ---------------------
+
+
+def test_typed_coordinates_give_the_weather_there(openmeteo: FakeOpenMeteo) -> None:
+    openmeteo.set_forecast(48.2085, 16.3721, temperature=7.5, weather_code=0, wind_speed=0)
+    result = run_cli(input="48.2085, 16.3721\nquit\n")
+    assert result.stdout == (
+        HELLO + "Name a city: 48.2085, 16.3721\n"
+        "Your location is at latitude 48.2085 and longitude 16.3721\n"
+        "Current temperature is 7.5 °C\n"
+        "Clear sky, no wind\n" + WHAT_NEXT + "quit\n"
+        "Terminating\n"
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_forecast_prints_seven_days_and_saves_the_chart(
+    openmeteo: FakeOpenMeteo, tmp_path: Path
+) -> None:
+    openmeteo.add_place("Enschede", 52.21833, 6.89583, country="Netherlands")
+    openmeteo.set_forecast(
+        52.21833, 6.89583, series=load_fixture("forecast_hourly_daily_horizon_nulls")
+    )
+    pictures = tmp_path / "charts"
+    result = run_cli("--pictures", str(pictures), input="Enschede\nforecast\nquit\n")
+    saved = pictures / "picture-1.png"
+    assert (
+        "forecast\n"
+        "The next 7 days in Enschede:\n"
+        "Sat 17 Oct: high 18 °C, Clear sky\n"
+        "Sun 18 Oct: no forecast yet\n"
+        f"Picture saved to {saved}: The next 48 hours in Enschede\n" + WHAT_NEXT + "quit\n"
+    ) in result.stdout
+    assert saved.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_the_start_payload_is_the_city(openmeteo: FakeOpenMeteo) -> None:
+    openmeteo.add_place("New York", 40.71427, -74.00597, country="United States")
+    result = run_cli("--start", "new_york", input="quit\n")
+    assert result.stdout.startswith(
+        HELLO + "Found New York (United States) at latitude 40.71427 and longitude -74.00597\n"
+    )
+    assert [r.params.get("name") for r in openmeteo.requests_to("search")] == ["new york"]
+    assert (result.returncode, result.stderr) == (0, "")

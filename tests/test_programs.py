@@ -68,9 +68,11 @@ def test_a_flow_without_help_gets_a_generic_line() -> None:
 
 def test_the_weather_flow_says_what_it_does_and_reads() -> None:
     assert help_text(WeatherFlow).startswith(
-        "I tell you the current weather anywhere in the world: name a city, pick the place "
-        "you mean if there are several, and I show its temperature, sky and wind. "
-        "Weather data by Open-Meteo.com.\n\n/start - begin a conversation"
+        "I tell you the current weather anywhere in the world: name a city (or share a "
+        "location), pick the place you mean if there are several, and I show its temperature, "
+        "sky and wind; then, if you like, the next 7 days and a chart of the next 48 hours. "
+        "I remember the last 5 places you looked up, to offer them next time, and nothing "
+        "else. Weather data by Open-Meteo.com.\n\n/start - begin a conversation"
     )
 
 

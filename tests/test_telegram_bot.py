@@ -21,8 +21,9 @@ import pytest
 
 from engine.journal import SqliteJournal
 from flows.weather import NEXT_PROMPT, PLACE_PROMPT
+from frontends.telegram.texts import UNKNOWN_COMMAND
 from tests.support.fake_telegram import SECRET, TOKEN, FakeTelegram, Sent, bot_environment
-from tests.support.flows import long_text
+from tests.support.flows import CLASSIC, long_text
 from tests.support.openmeteo_server import FakeOpenMeteo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,8 @@ def start_bot(
     started: list[BotProcess] = []
 
     def start(*options: str, ready: bool = True, env: dict[str, str] | None = None) -> BotProcess:
+        if "--flow" not in options:  # the text-only dialogue (see tests.support.flows)
+            options = (*options, "--flow", CLASSIC)
         path = tmp_path / f"bot-{len(started)}.log"
         with path.open("wb") as output:
             process = subprocess.Popen(
@@ -144,7 +147,7 @@ def test_a_whole_weather_conversation(
     assert telegram.messages(42)[1].keyboard is None
     assert telegram.answered(pressed)
     assert all("parse_mode" not in params for params in sent_params(telegram))
-    assert [c["command"] for c in telegram.commands or []] == ["start", "cancel", "help"]
+    assert [c["command"] for c in telegram.commands or []] == ["start", "cancel", "forget", "help"]
 
     telegram.send_text(42, "Paris")  # the conversation is over
     telegram.wait_text(42, NOT_STARTED)
@@ -197,7 +200,7 @@ def test_text_before_start_and_the_other_commands(
     texts = [m.text for m in telegram.wait_messages(9, 3)]
     assert texts[0] == NOT_STARTED
     assert "weather" in texts[1] and "/start" in texts[1] and "/cancel" in texts[1]
-    assert texts[2] == "Unknown command /weather. I know /start, /cancel and /help."
+    assert texts[2] == "Unknown command /weather. I know /start, /cancel, /forget and /help."
 
 
 def test_buttons_after_their_question_or_their_conversation(
@@ -421,7 +424,7 @@ def test_a_long_message_is_split(start_bot: StartBot, telegram: FakeTelegram) ->
     # A barrier, not a pause: the bot keeps each chat's order, so whatever the
     # flow still had to say would come before the answer to this.
     telegram.send_text(14, "/weather")
-    telegram.wait_text(14, "Unknown command /weather. I know /start, /cancel and /help.")
+    telegram.wait_text(14, UNKNOWN_COMMAND.format(command="/weather"))
     texts = telegram.texts(14)[:-1]
     assert len(texts) == 3
     assert all(len(text) <= 4096 for text in texts)

@@ -33,6 +33,7 @@ import pytest
 
 from flows.weather import CITY_PROMPT, NEXT_PROMPT, PLACE_PROMPT, TERMINATING
 from tests.support.fake_telegram import SECRET, FakeTelegram, Sent, bot_environment
+from tests.support.flows import CLASSIC
 from tests.support.openmeteo_server import FakeOpenMeteo
 
 T = TypeVar("T")
@@ -126,6 +127,8 @@ class Bots:
         """Start the bot (unpaced) and wait until it polls: it has recovered by then."""
         assert not self.started or self.process.poll() is not None, "one bot at a time"
         if not self.started:
+            if "--flow" not in options:  # the text-only dialogue (see tests.support.flows)
+                options = (*options, "--flow", CLASSIC)
             self.options = options
         polls = len(self.telegram.requests_to("getUpdates"))
         log = self.directory / f"bot-{len(self.started)}.log"

@@ -29,7 +29,8 @@ def test_json_logs_are_one_object_a_line_without_message_texts(
     )
     messages = [entry["message"] for entry in entries]
     assert messages[0] == (
-        "starting: webhook mode, flow flows.weather:WeatherFlow, state file weather-bot.sqlite3"
+        "starting: webhook mode, flow tests.support.flows:ClassicWeather, state file "
+        "weather-bot.sqlite3"
     )
     assert any("webhook mode: Telegram posts to" in message for message in messages), messages
     assert any("stopped" in message for message in messages), messages

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import requests
 import telebot
 from telebot import apihelper, types
 
+from frontends.telegram.media import ReplyKeyboard
 from frontends.telegram.sending import (
     MAX_RETRY_AFTER,
     ChatGone,
@@ -21,6 +23,10 @@ from frontends.telegram.sending import (
 
 #: Seconds a send may take (connect and read) before it counts as failed.
 SEND_TIMEOUT = 15
+#: Seconds an upload (a picture) or a download (a user's photo) may take.
+FILE_TIMEOUT = 60
+#: The text of the reply-keyboard button that shares the user's location.
+LOCATION_BUTTON = "Send my location"
 
 
 def classify(error: Exception) -> SendError:
@@ -154,3 +160,68 @@ class TeleBotApi:
 
     def answer_callback(self, callback_id: str, text: str | None) -> None:
         self._call(self.bot.answer_callback_query, callback_id, text=text)
+
+    def send_with_reply_keyboard(
+        self, chat_id: int, text: str, *, reply_to: int | None, keyboard: ReplyKeyboard
+    ) -> int:
+        markup: types.ReplyKeyboardMarkup | types.ReplyKeyboardRemove
+        if keyboard == "location":
+            # selective: in a group, only the person asked (replied to) sees it
+            markup = types.ReplyKeyboardMarkup(
+                resize_keyboard=True, one_time_keyboard=True, selective=True
+            )
+            markup.add(types.KeyboardButton(LOCATION_BUTTON, request_location=True))
+        else:
+            markup = types.ReplyKeyboardRemove(selective=True)
+        message = self._call(
+            self.bot.send_message,
+            chat_id,
+            text,
+            reply_markup=markup,
+            reply_parameters=_reply(reply_to),
+            timeout=SEND_TIMEOUT,
+        )
+        return int(message.message_id)
+
+    def send_photo(
+        self, chat_id: int, png: bytes, *, caption: str | None, reply_to: int | None
+    ) -> int:
+        # A named file: pyTelegramBotAPI sends it multipart with a file name and type.
+        upload = types.InputFile(io.BytesIO(png), file_name="picture.png")
+        message = self._call(
+            self.bot.send_photo,
+            chat_id,
+            upload,
+            caption=caption,
+            reply_parameters=_reply(reply_to),
+            timeout=FILE_TIMEOUT,
+        )
+        return int(message.message_id)
+
+    def download(self, file_id: str, limit: int) -> bytes:
+        """The file's bytes, at most `limit` of them (:class:`PermanentError` beyond)."""
+        info = self._call(self.bot.get_file, file_id)
+        if info.file_size is not None and info.file_size > limit:
+            raise PermanentError(f"the file is larger than {limit} bytes")
+        url = str(apihelper.FILE_URL or "https://api.telegram.org/file/bot{0}/{1}").format(
+            self.bot.token, info.file_path
+        )
+        body: bytes = self._call(_fetch, url, limit)
+        return body
+
+
+def _reply(reply_to: int | None) -> types.ReplyParameters | None:
+    if reply_to is None:
+        return None
+    return types.ReplyParameters(reply_to, allow_sending_without_reply=True)
+
+
+def _fetch(url: str, limit: int) -> bytes:
+    """GET `url` (which holds the token: errors never quote it), at most `limit` bytes."""
+    with requests.get(url, timeout=(5, FILE_TIMEOUT), stream=True) as response:
+        if response.status_code != 200:
+            raise TransientError(f"HTTP {response.status_code} downloading a file")
+        body = response.raw.read(limit + 1, decode_content=True)
+    if len(body) > limit:
+        raise PermanentError(f"the file is larger than {limit} bytes")
+    return bytes(body)

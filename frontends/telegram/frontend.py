@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from engine.commands import Call, Choose, Command, Input, Print
+from engine.commands import Call, Choose, Command, Input, Location, Picture, Print, User, takes
 from engine.frontend import Frontend, Key, Notice, Receipt
+from frontends.telegram.media import send_picture, send_with_reply_keyboard
 from frontends.telegram.routing import (
     PressAnswer,
     Question,
@@ -17,7 +18,8 @@ from frontends.telegram.routing import (
     retire_buttons,
 )
 from frontends.telegram.sending import AnswerCallback, EditMessage, Keyboard, Outbox
-from frontends.telegram.texts import NOTICES
+from frontends.telegram.texts import LOCATION_HINT, NOTICES
+from frontends.telegram.users import Users
 
 
 class TelegramFrontend(Frontend):
@@ -26,6 +28,7 @@ class TelegramFrontend(Frontend):
     name = "Telegram"
     notices = NOTICES
     confirms_delivery = True
+    extra_commands = (Picture,)
 
     def __init__(
         self,
@@ -33,11 +36,18 @@ class TelegramFrontend(Frontend):
         registry: Registry,
         on_halt: Callable[[str], None] | None = None,
         on_commit: Callable[[int | None], None] | None = None,
+        users: Users | None = None,
     ) -> None:
         self.outbox = outbox
         self.registry = registry
         self.on_halt = on_halt
         self.on_commit = on_commit
+        #: Who each conversation is with (filled by the updates), what its question takes.
+        self.users = users if users is not None else Users()
+
+    def user(self, key: Key) -> User:
+        """Who `key`'s conversation is with, from the latest update (never blocks)."""
+        return self.users.user(key)
 
     def _send(
         self,
@@ -48,8 +58,16 @@ class TelegramFrontend(Frontend):
         keyboard: Keyboard | None = None,
         force_reply: bool = False,
         on_sent: Callable[[int, str], None] | None = None,
+        question_open: bool = False,
     ) -> None:
         route = self.registry.route(key)
+        done = None if receipt is None else functools.partial(self.sent, receipt)
+        if keyboard is None and not question_open and self.users.location_keyboard(key, False):
+            # The "Send my location" keyboard goes with the first message after its question.
+            send_with_reply_keyboard(
+                self.outbox, route.chat_id, text, "remove", reply_to=route.reply_to, on_done=done
+            )
+            return
         self.outbox.send_text(
             route.chat_id,
             text,
@@ -57,6 +75,19 @@ class TelegramFrontend(Frontend):
             keyboard=keyboard,
             force_reply=force_reply and route.user_id is not None,
             on_sent=on_sent,
+            on_done=done,
+        )
+
+    def _ask_location(self, key: Key, text: str, receipt: Receipt) -> None:
+        """Send `text` with the "Send my location" keyboard."""
+        route = self.registry.route(key)
+        self.users.location_keyboard(key, True)
+        send_with_reply_keyboard(
+            self.outbox,
+            route.chat_id,
+            text,
+            "location",
+            reply_to=route.reply_to,
             on_done=None if receipt is None else functools.partial(self.sent, receipt),
         )
 
@@ -91,6 +122,18 @@ class TelegramFrontend(Frontend):
     def deliver(self, key: Key, command: Command, receipt: Receipt = None) -> None:
         if self._own(key, command, receipt):
             return
+        if isinstance(command, Picture):
+            self._retire(self.registry.close(key))
+            route = self.registry.route(key)
+            send_picture(
+                self.outbox,
+                route.chat_id,
+                command.png,
+                command.caption,
+                reply_to=route.reply_to,
+                on_done=None if receipt is None else functools.partial(self.sent, receipt),
+            )
+            return
         if not isinstance(command, Print):
             raise TypeError(f"the Telegram frontend cannot show {command!r}")
         self._retire(self.registry.close(key))
@@ -102,15 +145,20 @@ class TelegramFrontend(Frontend):
             self.sent(receipt)
             return
         if notice in (Notice.ALREADY_RUNNING, Notice.NOT_STARTED):
-            self._send(key, text, receipt)  # the conversation goes on: keep its buttons
+            # the conversation goes on: keep its buttons (and its location keyboard)
+            self._send(key, text, receipt, question_open=True)
         else:
             self.deliver(key, Print(text), receipt)
 
     def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
         self.registry.activate(key)
         self._retire(self.registry.close(key))
+        self.users.asked(key, question.accepts)
+        location = takes(question, Location)
         if isinstance(question, Input):
-            if question.prompt and question.prompt.strip():
+            if location:
+                self._ask_location(key, question.prompt or LOCATION_HINT, receipt)
+            elif question.prompt and question.prompt.strip():
                 self._send(key, question.prompt, receipt, force_reply=True)
             else:  # nothing to send, so nothing that would end "typing…" either
                 self.outbox.typing(self.registry.route(key).chat_id, on=False)
@@ -128,11 +176,18 @@ class TelegramFrontend(Frontend):
             self.registry.sent(shown, message_id)
 
         prompt = question.prompt if question.prompt.strip() else "Choose one:"
+        if location:  # the buttons of the options, then the location keyboard below
+            self._send(key, prompt, None, keyboard=keyboard, on_sent=on_sent)
+            self._ask_location(key, LOCATION_HINT, receipt)
+            return
         self._send(key, prompt, receipt, keyboard=keyboard, on_sent=on_sent)
 
     def restored(self, key: Key, question: Input | Choose) -> None:
         """After a restart: the question is on screen already; its buttons work again."""
         self.registry.activate(key)
+        self.users.asked(key, question.accepts)
+        if takes(question, Location):  # shown before: the next message takes it away
+            self.users.location_keyboard(key, True)
         if isinstance(question, Choose):
             route = self.registry.route(key)
             tag = question_tag(question)
@@ -140,11 +195,13 @@ class TelegramFrontend(Frontend):
 
     def working(self, key: Key, command: Command) -> None:
         self.registry.activate(key)
+        self.users.asked(key, ())
         self._retire(self.registry.close(key))
         if isinstance(command, Call):
             self.outbox.typing(self.registry.route(key).chat_id)
 
     def ended(self, key: Key) -> None:
+        self.users.asked(key, ())
         self.outbox.typing(self.registry.route(key).chat_id, on=False)
         self._retire(self.registry.end(key))
 

@@ -47,6 +47,7 @@ from frontends.telegram.routing import Registry
 from frontends.telegram.sending import Outbox, Retrying
 from frontends.telegram.texts import help_text
 from frontends.telegram.updates import Updates, new_update
+from frontends.telegram.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Bot:
     ) -> None:
         helper: Any = apihelper  # its settings are module globals, typed by their defaults
         helper.API_URL = settings.api_url + "/bot{0}/{1}"
+        helper.FILE_URL = settings.api_url + "/file/bot{0}/{1}"  # photos users send
         helper.CONNECT_TIMEOUT = 10
         helper.READ_TIMEOUT = SEND_TIMEOUT
         self.transport = telegram_http.install(
@@ -72,6 +74,7 @@ class Bot:
         self.stopping = threading.Event()
         self.bot = telebot.TeleBot(settings.token, threaded=False)
         self.registry = Registry()
+        self.users = Users()
         self.outbox = Outbox(
             TeleBotApi(self.bot), senders=args.senders, pacing=pacing_from(args),
             retrying=Retrying(max_backoff=args.retry_cap),
@@ -83,6 +86,7 @@ class Bot:
             self.registry,
             on_halt=self._engine_halted,
             on_commit=self.journaled.committed,
+            users=self.users,
         )
         self.journal = journal
         self.metrics = health.Metrics()
@@ -95,7 +99,9 @@ class Bot:
             sources=new_update,
             observer=self.metrics.observer(),
         )
-        self.updates = Updates(self.scheduler, self.outbox, self.registry, help_text(flow))
+        self.updates = Updates(
+            self.scheduler, self.outbox, self.registry, help_text(flow), users=self.users
+        )
         self.poller = webhook.receiver(
             args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
             outbox=self.outbox, metrics=self.metrics, journaled=self.journaled,

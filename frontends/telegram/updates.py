@@ -9,8 +9,10 @@ from typing import Protocol
 
 from telebot import types, util
 
+from engine.commands import Location, Photo
 from engine.frontend import Key, Notice
 from engine.scheduler import Scheduler
+from frontends.telegram.media import PHOTO_LIMIT, MediaApi
 from frontends.telegram.routing import (
     PressAnswer,
     Registry,
@@ -20,15 +22,18 @@ from frontends.telegram.routing import (
     is_group,
     unbutton,
 )
-from frontends.telegram.sending import AnswerCallback, Outbox
+from frontends.telegram.sending import AnswerCallback, Outbox, SendError
 from frontends.telegram.texts import (
+    FORGOTTEN,
     NOTICES,
+    PHOTO_FAILED,
     PRESS_ENDED,
     PRESS_NOT_YOURS,
     PRESS_STALE,
     TEXT_PLEASE,
     UNKNOWN_COMMAND,
 )
+from frontends.telegram.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +85,14 @@ class Updates:
         outbox: Outbox,
         registry: Registry,
         help_text: str,
+        users: Users | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.outbox = outbox
         self.registry = registry
         self.help_text = help_text
+        #: Who wrote, for the flows' ``Who`` (shared with the frontend).
+        self.users = users if users is not None else Users()
         self.username = ""  # the bot's, set by the poller from getMe
         self.bot_id: int | None = None
 
@@ -135,11 +143,23 @@ class Updates:
         group = is_group(chat.type)
         key = conversation_key(chat.id, person.id, group)
         if group:
-            route = Route(chat.id, person.id, message.message_id, person.first_name or None)
+            name = person.first_name if isinstance(person.first_name, str) else None
+            route = Route(chat.id, person.id, message.message_id, name or None)
         else:
             route = Route(chat.id)
         self.registry.saw(key, route)
+        self.users.saw(
+            key,
+            user_id=person.id,
+            first_name=person.first_name,
+            language=person.language_code,
+            private=not group,
+        )
 
+        if message.content_type in ("location", "venue", "photo"):
+            answer = self._answer_of(key, group, message)
+            if answer is not None:
+                return answer
         if message.content_type != "text" or message.text is None:
             return self._not_text(key, group, message.content_type)
         text: str = message.text
@@ -175,7 +195,12 @@ class Updates:
             return None
         name = name.casefold()
         if name == "start":
+            # t.me/<bot>?start=berlin arrives as "/start berlin": the flow's User.start
+            payload = text.split(maxsplit=1)[1].strip() if len(text.split(maxsplit=1)) > 1 else ""
+            self.users.started(key, payload or None)
             return functools.partial(self.scheduler.begin, key)
+        if name == "forget":
+            return functools.partial(self._forget, key, self._reply(key, FORGOTTEN))
         if name == "cancel":
             return functools.partial(self.scheduler.cancel, key)
         if name == "help":
@@ -184,11 +209,54 @@ class Updates:
             return self._reply(key, UNKNOWN_COMMAND.format(command=f"/{name}"))
         return None
 
+    def _forget(self, key: Key, reply: EngineEvent, *, source: int | None) -> None:
+        """``/forget``: the user's memory goes, then the reply (in that order)."""
+        self.scheduler.forget(key, source=source)
+        reply(source=None)
+
+    def _answer_of(self, key: Key, group: bool, message: types.Message) -> EngineEvent | None:
+        """A shared location, a venue or a photo as an answer; ``None``: treat as non-text."""
+        if group and not self.registry.is_active(key):
+            return None  # group chatter
+        point = message.location or (message.venue.location if message.venue else None)
+        if point is not None:
+            try:
+                location = Location(point.latitude, point.longitude)
+            except (TypeError, ValueError):
+                log.debug("ignoring a location that is not one: %r", point)
+                return None
+            return functools.partial(self.scheduler.send, key, location)
+        if message.photo and Photo in self.users.accepts(key):
+            return self._photo(key, message)
+        return None
+
+    def _photo(self, key: Key, message: types.Message) -> EngineEvent:
+        """Download the photo (its largest size within the limit) for a question taking photos.
+
+        On the polling thread, so updates stay in order; photos are only
+        fetched for a question that asks for one.
+        """
+        sizes = [size for size in message.photo or [] if (size.file_size or 0) <= PHOTO_LIMIT]
+        best = max(sizes, key=lambda size: size.width * size.height, default=None)
+        api: MediaApi = self.outbox.api  # type: ignore[assignment]
+        try:
+            if best is None:
+                raise SendError("the photo is too large")
+            data = api.download(best.file_id, PHOTO_LIMIT)
+        except SendError as error:
+            log.warning("chat %s: could not download a photo: %s", message.chat.id, error)
+            return self._reply(key, PHOTO_FAILED)
+        return functools.partial(self.scheduler.send, key, Photo(data, message.caption or None))
+
     def _not_text(self, key: Key, group: bool, kind: str | None) -> EngineEvent | None:
         if kind not in NON_TEXT:
             log.debug("ignoring a %s message", kind)
             return None
         if self.registry.is_active(key):
+            accepts = self.users.accepts(key)
+            if accepts and str not in accepts and Location in accepts:
+                hint = NOTICES.get(Notice.SEND_LOCATION, Notice.SEND_LOCATION.value)
+                return self._reply(key, hint)
             return self._reply(key, TEXT_PLEASE)
         if not group:
             return self._reply(key, NOTICES[Notice.NOT_STARTED])
@@ -204,6 +272,11 @@ class Updates:
         group = is_group(chat.type)
         key = conversation_key(chat.id, press.from_user.id, group)
         pressed: int = message.message_id
+        person = press.from_user
+        self.users.saw(
+            key, user_id=person.id, first_name=person.first_name,
+            language=person.language_code, private=not group,
+        )  # fmt: skip
 
         def answer(text: str | None) -> None:  # journaled, sent at once (not paced)
             self.scheduler.say(key, PressAnswer(press.id, text))

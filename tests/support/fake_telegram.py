@@ -24,6 +24,8 @@ the ``with`` block ends.
 from __future__ import annotations
 
 import contextlib
+import email.parser
+import email.policy
 import itertools
 import json
 import os
@@ -84,6 +86,20 @@ class Sent:
     parse_mode: str | None = None
     edits: int = 0
     at: float = 0.0
+    #: The whole reply_markup as sent (a reply keyboard, its removal...), or None.
+    markup: dict[str, Any] | None = None
+    #: For ``sendPhoto``: the uploaded file's bytes (the caption is `text`).
+    photo: bytes | None = None
+
+    @property
+    def reply_keyboard(self) -> list[dict[str, Any]]:
+        """The buttons of a reply keyboard (e.g. ``request_location``), row by row."""
+        rows = (self.markup or {}).get("keyboard") or []
+        return [button for row in rows for button in row]
+
+    @property
+    def removes_keyboard(self) -> bool:
+        return bool((self.markup or {}).get("remove_keyboard"))
 
     @property
     def buttons(self) -> list[tuple[str, str]]:
@@ -316,6 +332,8 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         self._webhook: _Webhook | None = None  # set by setWebhook (see `webhook`)
         #: Each webhook delivery attempt: (update_id, HTTP status or 0 if none).
         self.deliveries: list[tuple[int, int]] = []
+        #: Files users sent, by file_id (see add_file).
+        self.files: dict[str, bytes] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -439,6 +457,34 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         message = self.message(chat_id, photo=photo, caption="look", **kwargs)
         self.push({"message": message})
         return message
+
+    def send_location(
+        self, chat_id: int, latitude: float, longitude: float, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A user shares a location (by the attachment menu or the keyboard's button)."""
+        location = {"latitude": latitude, "longitude": longitude}
+        message = self.message(chat_id, location=location, **kwargs)
+        self.push({"message": message})
+        return message
+
+    def send_venue(
+        self, chat_id: int, latitude: float, longitude: float, title: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A user shares a venue (a place picked from the map, with its name)."""
+        location = {"latitude": latitude, "longitude": longitude}
+        venue = {"location": location, "title": title, "address": f"{title} street 1"}
+        message = self.message(chat_id, location=location, venue=venue, **kwargs)
+        self.push({"message": message})
+        return message
+
+    def add_file(self, file_id: str, data: bytes) -> None:
+        """A file users can send (``getFile`` and the file URL serve it)."""
+        with self._cond:
+            self.files[file_id] = data
+
+    def pictures(self, chat_id: int) -> list[Sent]:
+        """The photos the bot uploaded to the chat (``Sent.photo`` holds the bytes)."""
+        return [sent for sent in self.messages(chat_id) if sent.photo is not None]
 
     def send_sticker(self, chat_id: int, **kwargs: Any) -> dict[str, Any]:
         sticker = {
@@ -808,11 +854,45 @@ class FakeTelegram(_WebhookMethods, LocalServer):
             entities=_json(params.get("entities")) or [],
             parse_mode=params.get("parse_mode"),
             at=time.monotonic(),
+            markup=markup or None,
         )
         with self._cond:
             self._sent.setdefault(chat_id, []).append(sent)
             self._cond.notify_all()
             return self._bot_message_json(self.chat(chat_id), sent)
+
+    def _api_sendPhoto(self, params: dict[str, Any]) -> Any:
+        chat_id = self._chat_id(params)
+        photo = params.get("photo")
+        if not isinstance(photo, bytes):
+            raise TelegramError(400, "Bad Request: there is no photo in the request")
+        if not photo.startswith(b"\x89PNG") and not photo.startswith(b"\xff\xd8"):
+            raise TelegramError(400, "Bad Request: IMAGE_PROCESS_FAILED")
+        caption = str(params.get("caption") or "")
+        if len(caption) > 1024:
+            raise TelegramError(400, "Bad Request: message caption is too long")
+        reply = _json(params.get("reply_parameters")) or {}
+        sent = Sent(
+            chat_id=chat_id,
+            message_id=self._next_message_id(chat_id),
+            text=caption,
+            reply_to=reply.get("message_id"),
+            at=time.monotonic(),
+            photo=photo,
+        )
+        with self._cond:
+            self._sent.setdefault(chat_id, []).append(sent)
+            self._cond.notify_all()
+            return self._bot_message_json(self.chat(chat_id), sent)
+
+    def _api_getFile(self, params: dict[str, Any]) -> Any:
+        file_id = str(params.get("file_id") or "")
+        with self._cond:
+            data = self.files.get(file_id)
+        if data is None:
+            raise TelegramError(400, "Bad Request: invalid file_id")
+        return {"file_id": file_id, "file_unique_id": file_id, "file_size": len(data),
+                "file_path": f"photos/{file_id}.jpg"}  # fmt: skip
 
     def _api_sendChatAction(self, params: dict[str, Any]) -> Any:
         self._chat_id(params)
@@ -870,6 +950,20 @@ def _json(value: Any) -> Any:
     return value
 
 
+def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
+    """The fields of a multipart/form-data body: files as bytes, the rest as text."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():  # type: ignore[attr-defined]
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        data = part.get_payload(decode=True) or b""
+        fields[str(name)] = data if part.get_filename() else data.decode("utf-8")
+    return fields
+
+
 def _int(value: Any, default: Any) -> Any:
     try:
         return int(value)
@@ -909,11 +1003,30 @@ class _Handler(KeepAliveHandler):
         elif body and kind == "application/x-www-form-urlencoded":
             form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
             params.update({k: v[0] for k, v in form.items()})
+        elif body and kind == "multipart/form-data":  # sendPhoto: files as bytes
+            params.update(_multipart(self.headers.get("Content-Type") or "", body))
         return params
+
+    def _serve_file(self, path: str) -> bool:
+        """``/file/bot<token>/photos/<file_id>.jpg``: a file a user sent."""
+        match = re.fullmatch(r"/file/bot([^/]+)/photos/([^/]+)\.jpg", path)
+        if match is None:
+            return False
+        fake = self.server.fake
+        fake._record("file", {"file_id": match[2]}, None if match[1] == fake.token else "401")
+        with fake._cond:
+            data = fake.files.get(match[2]) if match[1] == fake.token else None
+        if data is None:
+            self._raw(404, b"Not Found", "text/plain")
+        else:
+            self._raw(200, data, "image/jpeg")
+        return True
 
     def _serve(self) -> None:
         fake = self.server.fake
         path = urlsplit(self.path).path
+        if self._serve_file(path):
+            return
         match = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", path)
         try:
             params = self._params()

@@ -6,12 +6,15 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
+from typing import ClassVar
 
 from engine.commands import (
     Call,
+    Choose,
     Forget,
     Input,
     Location,
+    Photo,
     Picture,
     Print,
     Recall,
@@ -21,6 +24,15 @@ from engine.commands import (
     Who,
 )
 from engine.states import State, Steps
+from flows import weather
+from flows.openmeteo import (
+    NameTooLong,
+    Place,
+    ServiceUnavailable,
+    Weather,
+    current_weather,
+    search_places,
+)
 
 
 def long_text() -> str:
@@ -207,3 +219,91 @@ class Remind(State):
             return Remind(reminded=True)
         yield Print(f"Hello, {name}!")
         return None
+
+
+@dataclass(frozen=True)
+class Snapshot(State):
+    """Asks for a photo and says how many bytes and what caption it got."""
+
+    def run(self) -> Steps:
+        photo = yield Input("Send me a photo", accepts=Photo)
+        yield Print(f"Got {len(photo.data)} bytes: {photo.caption}")
+        return None
+
+
+# -- the weather flow as it was before it learnt who, where, memory and pictures -----------
+#
+# The bot's plumbing tests (ordering, restarts, webhooks, groups) compare whole
+# chats message by message; they run this text-only dialogue, so they test the
+# plumbing, while tests/test_telegram_flow.py tests the grown weather flow.
+
+
+@dataclass(frozen=True)
+class ClassicWeather(State):
+    """``Name a city: `` (text only) -> search -> pick -> weather -> continue/quit."""
+
+    help: ClassVar[str] = weather.WeatherFlow.help
+
+    def run(self) -> Steps:
+        city = ""
+        while not city:
+            city = str((yield Input(weather.CITY_PROMPT)) or "").strip()
+        try:
+            places: list[Place] = yield Call(search_places, city)
+        except NameTooLong:
+            yield Print(weather.NAME_TOO_LONG)
+            return ClassicWeather()
+        except ServiceUnavailable:
+            yield Print(weather.UNAVAILABLE)
+            return ClassicWeather()
+        if not places:
+            yield Print(weather.NOTHING_FOUND)
+            return ClassicWeather()
+        if len(places) == 1:
+            return ClassicShow(places[0])
+        return ClassicChoose(tuple(places[: weather.MAX_CHOICES]))
+
+
+@dataclass(frozen=True)
+class ClassicChoose(State):
+    places: tuple[Place, ...]
+
+    def run(self) -> Steps:
+        labels = weather.place_labels(self.places)
+        label = yield Choose(weather.PLACE_PROMPT, labels)
+        return ClassicShow(self.places[labels.index(label)])
+
+
+@dataclass(frozen=True)
+class ClassicShow(State):
+    place: Place
+
+    def run(self) -> Steps:
+        yield Print(weather.found(self.place))
+        try:
+            now: Weather = yield Call(current_weather, self.place.latitude, self.place.longitude)
+        except ServiceUnavailable:
+            yield Print(weather.UNAVAILABLE)
+            return ClassicWeather()
+        yield Print(f"Current temperature is {now.temperature} °C")
+        yield Print(weather.conditions(now))
+        return ClassicAgain()
+
+
+@dataclass(frozen=True)
+class ClassicAgain(State):
+    def run(self) -> Steps:
+        minutes = weather.IDLE_MINUTES
+        try:
+            choice = yield Choose(weather.NEXT_PROMPT, ["continue", "quit"], timeout=minutes * 60)
+        except Timeout:
+            yield Print(weather.stopped(minutes))
+            return None
+        if choice == "quit":
+            yield Print(weather.TERMINATING)
+            return None
+        return ClassicWeather()
+
+
+#: ``--flow`` for the plumbing tests (see above).
+CLASSIC = "tests.support.flows:ClassicWeather"

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.support.fake_telegram import ROOT, TOKEN, FakeTelegram
+from tests.support.flows import CLASSIC
 from tests.support.openmeteo_server import FakeOpenMeteo
 
 SECRET_PART = TOKEN.split(":")[1]
@@ -97,6 +98,8 @@ def start_bot_fixture(
         port = port or free_port()
         path = tmp_path / f"bot-{len(started)}.log"
         bot_options = ["--no-pacing", *options]
+        if "--flow" not in options:  # the text-only dialogue (see tests.support.flows)
+            bot_options += ["--flow", CLASSIC]
         bot = Bot(None, path, port)  # type: ignore[arg-type]
         if webhook:
             bot_options += ["--webhook", bot.hook_url, "--listen", f"127.0.0.1:{port}"]
