@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from frontends.telegram.sending import (
     SendError,
     TransientError,
 )
+
+log = logging.getLogger(__name__)
 
 #: Seconds a send may take (connect and read) before it counts as failed.
 SEND_TIMEOUT = 15
@@ -67,6 +70,20 @@ def classify(error: Exception) -> SendError:
     if isinstance(error, requests.RequestException):
         return TransientError(type(error).__name__)
     return PermanentError(f"{type(error).__name__}")
+
+
+def sent_id(message: object) -> int:
+    """The id of a message Telegram says it took; 0 when its answer holds none.
+
+    A 200 whose result is not a message (a misbehaving server or proxy) is
+    taken as sent: sending again could say it twice. Only its buttons cannot
+    be removed later, since their message is not known.
+    """
+    message_id = getattr(message, "message_id", None)
+    if type(message_id) is int:
+        return message_id
+    log.warning("Telegram took a message but its answer names none (%.100r)", message)
+    return 0
 
 
 def error_code(error: apihelper.ApiTelegramException) -> int:
@@ -141,7 +158,7 @@ class TeleBotApi:
             reply_parameters=reply,
             timeout=SEND_TIMEOUT,
         )
-        return int(message.message_id)
+        return sent_id(message)
 
     def send_chat_action(self, chat_id: int, action: str) -> None:
         self._call(self.bot.send_chat_action, chat_id, action, timeout=SEND_TIMEOUT)
@@ -181,7 +198,7 @@ class TeleBotApi:
             reply_parameters=_reply(reply_to),
             timeout=SEND_TIMEOUT,
         )
-        return int(message.message_id)
+        return sent_id(message)
 
     def send_photo(
         self, chat_id: int, png: bytes, *, caption: str | None, reply_to: int | None
@@ -196,7 +213,7 @@ class TeleBotApi:
             reply_parameters=_reply(reply_to),
             timeout=FILE_TIMEOUT,
         )
-        return int(message.message_id)
+        return sent_id(message)
 
     def download(self, file_id: str, limit: int) -> bytes:
         """The file's bytes, at most `limit` of them (:class:`PermanentError` beyond)."""
