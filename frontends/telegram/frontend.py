@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from engine.commands import Call, Choose, Command, Input, Print
 from engine.frontend import Frontend, Key, Notice, Receipt
 from frontends.telegram.routing import (
+    BUTTONS_NOTE,
+    ROUTE_NOTE,
     PressAnswer,
     Question,
     Registry,
     Reply,
+    Route,
     Unbutton,
     question_tag,
     retire_buttons,
 )
 from frontends.telegram.sending import AnswerCallback, EditMessage, Keyboard, Outbox
 from frontends.telegram.texts import NOTICES
+
+if TYPE_CHECKING:
+    from engine.scheduler import Scheduler
 
 
 class TelegramFrontend(Frontend):
@@ -38,6 +45,16 @@ class TelegramFrontend(Frontend):
         self.registry = registry
         self.on_halt = on_halt
         self.on_commit = on_commit
+        #: Set by the program: positions and notes in the journal (see ask, reopened).
+        self.scheduler: Scheduler | None = None
+        self._noted_buttons: dict[Key, tuple[str, int]] = {}  # after a restart, until restored
+
+    def _position(self, key: Key) -> int | None:
+        return None if self.scheduler is None else self.scheduler.position(key)
+
+    def _note(self, key: Key, name: str, value: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.note(key, name, value)
 
     def _send(
         self,
@@ -109,6 +126,10 @@ class TelegramFrontend(Frontend):
     def ask(self, key: Key, question: Input | Choose, receipt: Receipt = None) -> None:
         self.registry.activate(key)
         self._retire(self.registry.close(key))
+        self._noted_buttons.pop(key, None)
+        route = self.registry.route(key)
+        if route.user_id is not None:  # a group: whom to quote after a restart too
+            self._note(key, ROUTE_NOTE, (route.reply_to, route.name))
         if isinstance(question, Input):
             if question.prompt and question.prompt.strip():
                 self._send(key, question.prompt, receipt, force_reply=True)
@@ -116,16 +137,17 @@ class TelegramFrontend(Frontend):
                 self.outbox.typing(self.registry.route(key).chat_id, on=False)
                 self.sent(receipt)
             return
-        route = self.registry.route(key)
-        tag = question_tag(question)
+        tag = question_tag(question, self._position(key))
         shown = Question(key, route.chat_id, tag, question.options)
         self.registry.open(shown)
         # In a group the buttons name whose they are: anyone there can press them.
         owner = "" if route.user_id is None else f":{route.user_id}"
         keyboard = tuple((option, f"{tag}:{n}{owner}") for n, option in enumerate(question.options))
 
-        def on_sent(message_id: int, text: str) -> None:
+        def on_sent(message_id: int, text: str) -> None:  # on a sender thread
             self.registry.sent(shown, message_id)
+            # So that after a restart its buttons can still be taken off.
+            self._note(key, BUTTONS_NOTE, (tag, message_id))
 
         prompt = question.prompt if question.prompt.strip() else "Choose one:"
         self._send(key, prompt, receipt, keyboard=keyboard, on_sent=on_sent)
@@ -133,10 +155,30 @@ class TelegramFrontend(Frontend):
     def restored(self, key: Key, question: Input | Choose) -> None:
         """After a restart: the question is on screen already; its buttons work again."""
         self.registry.activate(key)
-        if isinstance(question, Choose):
-            route = self.registry.route(key)
-            tag = question_tag(question)
-            self.registry.open(Question(key, route.chat_id, tag, question.options))
+        noted = self._noted_buttons.pop(key, None)
+        if not isinstance(question, Choose):
+            return
+        tag = question_tag(question, self._position(key))
+        open_now = self.registry.question(key)
+        if open_now is not None and open_now.tag == tag:  # sent again just now
+            return
+        shown = Question(key, self.registry.route(key).chat_id, tag, question.options)
+        if noted is not None and noted[0] == tag:
+            shown.message_id = noted[1]
+        elif noted is None:  # asked by an earlier version, or before its send was noted
+            shown.legacy_tag = question_tag(question)
+        self.registry.open(shown)
+
+    def reopened(self, key: Key, notes: dict[str, Any]) -> None:
+        """After a restart: where the question's buttons are; in a group, whom to quote."""
+        buttons: Any = notes.get(BUTTONS_NOTE)
+        if _pair(buttons, str, int):
+            self._noted_buttons[key] = buttons
+        quoted: Any = notes.get(ROUTE_NOTE)
+        route = Route.of(key)
+        if route.user_id is not None and _pair(quoted, (int, type(None)), (str, type(None))):
+            route.reply_to, route.name = quoted
+            self.registry.saw(key, route)
 
     def working(self, key: Key, command: Command) -> None:
         self.registry.activate(key)
@@ -145,6 +187,7 @@ class TelegramFrontend(Frontend):
             self.outbox.typing(self.registry.route(key).chat_id)
 
     def ended(self, key: Key) -> None:
+        self._noted_buttons.pop(key, None)
         self.outbox.typing(self.registry.route(key).chat_id, on=False)
         self._retire(self.registry.end(key))
 
@@ -156,3 +199,13 @@ class TelegramFrontend(Frontend):
         """The journal holds every update up to `source`: the poller may confirm them."""
         if self.on_commit is not None:
             self.on_commit(source)
+
+
+def _pair(value: Any, first: type | tuple[type, ...], second: type | tuple[type, ...]) -> bool:
+    """Whether a note read back is the pair it should be (a damaged one is ignored)."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], first)
+        and isinstance(value[1], second)
+    )

@@ -95,6 +95,7 @@ class Bot:
             sources=new_update,
             observer=self.metrics.observer(),
         )
+        self.frontend.scheduler = self.scheduler  # for positions and notes
         self.updates = Updates(self.scheduler, self.outbox, self.registry, help_text(flow))
         self.poller = webhook.receiver(
             args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
