@@ -20,6 +20,7 @@ in that chat.
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import subprocess
 import sys
@@ -879,3 +880,30 @@ def test_in_a_group_the_first_reply_after_a_restart_still_quotes_the_person(
     again = telegram.wait_text(group, CITY_PROMPT, after=5)
     assert again.reply_to == city["message_id"]
     assert now(telegram, question).text == answered(NEXT_PROMPT, "continue")
+
+
+# -- a full disk -----------------------------------------------------------------------------
+
+
+def test_after_a_full_disk_halts_the_bot_nothing_more_is_sent_so_nothing_goes_twice(
+    bots: Bots, telegram: Telegram, tmp_path: Path
+) -> None:
+    bots.start("--retry-cap", "0.2", "--drain-timeout", "5")
+    chats = range(301, 341)
+    telegram.down("sendMessage")  # the prompts wait in the outbox, journaled
+    start = [(chat, "/start") for chat in chats]
+    telegram.send_texts(start)
+    confirmed_all(telegram)
+    # The disk fills up: no file of the bot's may grow by a page any more.
+    sizes = [path.stat().st_size for path in tmp_path.iterdir() if path.is_file()]
+    limit = max(sizes) + 2048
+    resource.prlimit(bots.process.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    telegram.send_text(399, "/start")  # its commit fails: the engine halts
+    wait_for(lambda: "the engine stops" in bots.output(), "the halt")
+    telegram.up("sendMessage")  # Telegram is back while the bot stops
+    assert bots.process.wait(15) == 1
+    sent = [chat for chat in chats if telegram.messages(chat)]
+    assert not sent, "sent after the halt, so sent twice after the restart"
+
+    bots.restart()
+    check_chats(telegram, {chat: [CITY_PROMPT, EXITING] for chat in chats})

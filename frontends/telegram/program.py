@@ -114,6 +114,9 @@ class Bot:
 
     def _engine_halted(self, reason: str) -> None:
         self.halted = reason  # the engine logged it
+        # What is queued can no longer be confirmed: sent now, it would go again
+        # after the restart. It waits for the restart instead.
+        self.outbox.halt()
         self.stopping.set()
 
     def request_stop(self, signum: int, frame: pytypes.FrameType | None) -> None:
