@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from engine.commands import Choose, Command, Input, Location, Photo, Print, User
 
@@ -186,6 +186,13 @@ class Frontend:
 
         A chat needs nothing (the question is on screen); a terminal, started
         anew, shows it again by calling :meth:`ask`.
+        """
+
+    def reopened(self, key: Key, notes: dict[str, Any]) -> None:
+        """After a restart: what this frontend noted on `key`'s conversation. Optional.
+
+        Notes are written with ``Scheduler.note``; this is called before
+        :meth:`restored`, for conversations that have any.
         """
 
     def working(self, key: Key, command: Command) -> None:

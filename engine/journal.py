@@ -37,6 +37,8 @@ class Saved:
     deadline: float | None = None
     #: The wall-clock time of its last recorded step or state (``None``: not known).
     last_active: float | None = None
+    #: What the frontend noted for it (:meth:`Journal.note`), by name.
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class Journal:
@@ -71,6 +73,24 @@ class Journal:
 
     def stamp(self, when: float) -> None:
         """The wall-clock time of the batch being recorded: the last activity it shows."""
+
+    def position(self, key: str) -> int:
+        """Where `key`'s conversation is: the same after a restart, changed by every step.
+
+        Every state entered and every step recorded gives a higher number
+        (never one an earlier conversation of `key` had), so a frontend can
+        tell a question from an identical one asked before (button data).
+        This base journal keeps nothing: always 0.
+        """
+        return 0
+
+    def note(self, key: str, name: str, value: Any) -> None:
+        """Keep `value` (plain data) as `key`'s `name`, with this batch, until `key` ends.
+
+        For a frontend's own record of a conversation (where its question's
+        buttons are, whom to answer in a group), given back after a restart
+        in :attr:`Saved.notes`. ``None`` deletes it.
+        """
 
     def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
         """An output of `kind` is handed to the frontend; not yet confirmed."""
@@ -186,7 +206,7 @@ class KeptJournal(Journal):
 
 #: The file format this code writes. A file with a higher number was written
 #: by a newer version and is refused rather than misread.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Flows' memory per user (``Remember``): one pickled dict per user id.
 _MEMORY_TABLE = """
@@ -210,6 +230,7 @@ _MIGRATIONS = {
         ALTER TABLE batches ADD COLUMN at REAL;
     """
     + _MEMORY_TABLE,  # format 3: times, timer deadlines and flows' memory per user
+    3: "",  # format 4: frontends' notes per conversation (a table made by _SCHEMA)
 }
 
 _SCHEMA = """
@@ -221,6 +242,9 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, steps BLOB NOT NULL, at REAL);
 CREATE TABLE IF NOT EXISTS deadlines (key TEXT PRIMARY KEY, due REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mailbox (key TEXT PRIMARY KEY, texts BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notes (
+    key TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (key, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outgoing (
     receipt INTEGER PRIMARY KEY, key TEXT NOT NULL, kind TEXT NOT NULL, item BLOB NOT NULL
 );
@@ -238,6 +262,10 @@ _SAVE_MEMORY = "INSERT OR REPLACE INTO memory VALUES (?, ?)"
 _DROP_MEMORY = "DELETE FROM memory WHERE user = ?"
 _SET_DEADLINE = "INSERT OR REPLACE INTO deadlines VALUES (?, ?)"
 _DROP_DEADLINE = "DELETE FROM deadlines WHERE key = ?"
+_SAVE_NOTE = "INSERT OR REPLACE INTO notes VALUES (?, ?, ?)"
+_DROP_NOTE = "DELETE FROM notes WHERE key = ? AND name = ?"
+_DROP_NOTES = "DELETE FROM notes WHERE key = ?"
+_SAVE_SEQ = "INSERT OR REPLACE INTO meta VALUES ('seq', ?)"
 _SAVE_SOURCE = "INSERT OR REPLACE INTO meta VALUES ('last_source', ?)"
 #: What a journal gives back for a value it could not save or read back (the
 #: fingerprint of such a step, the class of such a state): its conversation starts over.
@@ -273,10 +301,14 @@ class SqliteJournal(KeptJournal):
         self._ops: list[tuple[str, tuple[Any, ...]]] = []
         self._steps: list[tuple[Any, ...]] = []  # this batch's
         self._seq = 0  # the last step's sequence number, journal-wide
+        self._seq_written = 0  # kept in `meta`: a number is never given twice, even after
+        # its conversation's rows are gone (positions must not come back)
         self._batch = 1  # the id the current batch will get
         self._needed: dict[int, int] = {}  # batch id -> steps in it still needed
         self._held: dict[str, list[int]] = {}  # key -> batch ids holding its steps
         self._timed: set[str] = set()  # keys with a row in `deadlines`
+        self._noted: set[str] = set()  # keys with rows in `notes`
+        self._positions: dict[str, int] = {}  # key -> its latest state's or step's number
         self._at: float | None = None  # this batch's wall-clock time (see stamp)
         self._closing = threading.Lock()
         self._connection = self._open()
@@ -359,6 +391,9 @@ class SqliteJournal(KeptJournal):
         self._release(key)
         if key in self._timed:
             self._drop_deadline(key)
+        # A number of its own: a state entered is a new position even with no step.
+        self._seq += 1
+        self._positions[key] = self._seq
         self._ops.append(
             (_SAVE_STATE, (key, snapshot.state_class, snapshot.fields, self._seq, self._at))
         )
@@ -366,6 +401,7 @@ class SqliteJournal(KeptJournal):
     def step(self, key: str, command: Command, value: Any, error: BaseException | None) -> None:
         """Record the value about to be sent in."""
         self._seq += 1
+        self._positions[key] = self._seq
         if key in self._timed:  # the timer it waited on is done with
             self._drop_deadline(key)
         if error is None and type(value) in _PLAIN:  # most answers: kept as they are
@@ -397,6 +433,27 @@ class SqliteJournal(KeptJournal):
             self._drop_deadline(key)
         self._ops.append((_DROP_CONVERSATION, (key,)))
         self._drop_mailbox(key)
+        self._positions.pop(key, None)
+        if key in self._noted:
+            self._noted.discard(key)
+            self._ops.append((_DROP_NOTES, (key,)))
+
+    def position(self, key: str) -> int:
+        """The sequence number of `key`'s latest state or step (journal-wide, so never reused)."""
+        return self._positions.get(key, 0)
+
+    def note(self, key: str, name: str, value: Any) -> None:
+        """Keep the frontend's `value` for `key` until it ends."""
+        if value is None:
+            self._ops.append((_DROP_NOTE, (key, name)))
+            return
+        try:
+            blob = pickle.dumps(value, _PROTOCOL)
+        except Exception as failure:
+            log.warning("conversation %s: cannot keep the note %s (%s)", key, name, failure)
+            return
+        self._noted.add(key)
+        self._ops.append((_SAVE_NOTE, (key, name, blob)))
 
     def deadline(self, key: str, when: float) -> None:
         """Keep the deadline until `key` moves on."""
@@ -468,6 +525,9 @@ class SqliteJournal(KeptJournal):
         self._steps = []
         if source is not None:
             ops.append((_SAVE_SOURCE, (source,)))
+        if self._seq > self._seq_written:
+            ops.append((_SAVE_SEQ, (self._seq,)))
+            self._seq_written = self._seq
         if ops:
             self._write(ops)
 
@@ -519,12 +579,14 @@ class SqliteJournal(KeptJournal):
         query = self._connection.execute
         saved: dict[str, Saved] = {}
         since: dict[str, int] = {}
+        for (seq,) in query("SELECT value FROM meta WHERE name = 'seq'"):
+            self._seq = self._seq_written = int(seq)
         # The class name read as bytes: a damaged one must not stop everyone's start.
         for key, class_path, fields, seq, at in query(
             "SELECT key, CAST(state_class AS BLOB), state_fields, since, at FROM conversations"
         ):
             saved[key] = Saved(key, _snapshot(key, class_path, fields), last_active=at)
-            since[key] = seq
+            since[key] = self._positions[key] = seq
             self._seq = max(self._seq, seq)
         for batch, blob, at in query("SELECT id, steps, at FROM batches ORDER BY id"):
             self._batch = batch + 1
@@ -534,6 +596,7 @@ class SqliteJournal(KeptJournal):
                 if key in saved and seq > since[key]:
                     conversation = saved[key]
                     conversation.steps.append(_read_step(print_, value, error))
+                    self._positions[key] = seq  # steps come in order
                     if at is not None:  # batches only get later
                         conversation.last_active = at
                     self._held.setdefault(key, []).append(batch)
@@ -558,7 +621,20 @@ class SqliteJournal(KeptJournal):
                 self._timed.add(key)
             else:
                 self._ops.append((_DROP_DEADLINE, (key,)))
+        self._read_notes(saved)
         return iter(saved.values())
+
+    def _read_notes(self, saved: dict[str, Saved]) -> None:
+        """Give each conversation its notes back; one that cannot be read is dropped."""
+        for key, name, blob in self._connection.execute("SELECT key, name, value FROM notes"):
+            if key not in saved:
+                self._ops.append((_DROP_NOTES, (key,)))
+                continue
+            self._noted.add(key)
+            try:
+                saved[key].notes[name] = pickle.loads(blob)
+            except Exception as error:  # only a frontend's convenience is lost
+                log.warning("conversation %s: its note %s cannot be read (%r)", key, name, error)
 
     def close(self) -> None:
         """Write what is buffered and close the file (a failure is logged, not raised)."""

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: The schema version this code writes (the SQLite journal's format number:
 #: both keep the same things). A database with a higher number was written by
 #: a newer version and is refused rather than misread.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The PostgreSQL schema (namespace) holding the journal's tables.
 NAMESPACE = "yielded"
 #: The bot a journal belongs to unless told otherwise.
@@ -69,13 +69,23 @@ CREATE TABLE IF NOT EXISTS {_N}.memory (
 );
 """
 
+#: Frontends' notes per conversation (Journal.note), from schema 4.
+_NOTES = f"""
+CREATE TABLE IF NOT EXISTS {_N}.notes (
+    bot TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL, value BYTEA NOT NULL,
+    PRIMARY KEY (bot, key, name)
+);
+"""
 _SCHEMA = f"""
 CREATE SCHEMA IF NOT EXISTS {_N};
 CREATE TABLE IF NOT EXISTS {_N}.meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS {_N}.bots (bot TEXT PRIMARY KEY, last_source BIGINT, flow TEXT);
+CREATE TABLE IF NOT EXISTS {_N}.bots (
+    bot TEXT PRIMARY KEY, last_source BIGINT, flow TEXT, serial BIGINT NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS {_N}.conversations (
     bot TEXT NOT NULL, key TEXT NOT NULL,
     state_class TEXT NOT NULL, state_fields BYTEA NOT NULL, at DOUBLE PRECISION,
+    since BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (bot, key)
 );
 CREATE TABLE IF NOT EXISTS {_N}.steps (
@@ -92,7 +102,7 @@ CREATE TABLE IF NOT EXISTS {_N}.outgoing (
     key TEXT NOT NULL, kind TEXT NOT NULL, item BYTEA NOT NULL,
     PRIMARY KEY (bot, receipt)
 );
-""" + _MEMORY_AND_TIMERS
+""" + _MEMORY_AND_TIMERS + _NOTES
 
 #: How a database of schema 1 (the first PostgreSQL journal, before timers and
 #: memory) is brought to 3: times, deadlines, memory, the flow per bot, and
@@ -105,6 +115,12 @@ ALTER TABLE {_N}.steps ADD COLUMN at DOUBLE PRECISION;
 ALTER TABLE {_N}.mailbox ADD COLUMN items BYTEA;
 """ + _MEMORY_AND_TIMERS
 _UPGRADE_FROM_1_END = f"ALTER TABLE {_N}.mailbox DROP COLUMN texts, ALTER COLUMN items SET NOT NULL"
+#: Schema 3 to 4: each state's position (see Journal.position), the highest
+#: position given per bot, and frontends' notes.
+_UPGRADE_FROM_3 = f"""
+ALTER TABLE {_N}.bots ADD COLUMN serial BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE {_N}.conversations ADD COLUMN since BIGINT NOT NULL DEFAULT 0;
+""" + _NOTES
 
 _DROP_STEPS = f"DELETE FROM {_N}.steps WHERE bot = %s AND key = ANY(%s)"
 _DROP_CONVERSATIONS = f"DELETE FROM {_N}.conversations WHERE bot = %s AND key = ANY(%s)"
@@ -112,9 +128,19 @@ _DROP_CONVERSATIONS = f"DELETE FROM {_N}.conversations WHERE bot = %s AND key = 
 # per table and batch, which costs a fraction of a statement per row.
 _SAVE_STATES = (
     f"INSERT INTO {_N}.conversations "
-    "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::float8[]) "
+    "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::float8[], %s::int8[]) "
     "ON CONFLICT (bot, key) DO UPDATE SET state_class = EXCLUDED.state_class, "
-    "state_fields = EXCLUDED.state_fields, at = EXCLUDED.at"
+    "state_fields = EXCLUDED.state_fields, at = EXCLUDED.at, since = EXCLUDED.since"
+)
+_SAVE_SERIAL = f"UPDATE {_N}.bots SET serial = GREATEST(serial, %s) WHERE bot = %s"
+_DROP_ALL_NOTES = f"DELETE FROM {_N}.notes WHERE bot = %s AND key = ANY(%s)"
+_DROP_NOTES = (
+    f"DELETE FROM {_N}.notes WHERE bot = %s "
+    "AND (key, name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+)
+_SAVE_NOTES = (
+    f"INSERT INTO {_N}.notes SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
+    "ON CONFLICT (bot, key, name) DO UPDATE SET value = EXCLUDED.value"
 )
 _ADD_STEPS = (
     f"INSERT INTO {_N}.steps "
@@ -168,6 +194,14 @@ class PostgresJournal(KeptJournal):
         # What the database holds, as far as this (the only) writer knows.
         self._stored_steps: set[str] = set()
         self._counts: dict[str, int] = {}  # key -> steps since its snapshot
+        # Positions (see Journal.position): a key's is its state's `since` plus
+        # its steps since; `serial` is the highest given, so never given twice.
+        self._since: dict[str, int] = {}
+        self._serial = 0
+        self._serial_written = 0
+        self._notes: dict[tuple[str, str], bytes | None] = {}  # this batch's; None: dropped
+        self._noted: set[str] = set()  # keys with rows in `notes`
+        self._unnoted: set[str] = set()  # this batch: keys whose notes all go
         self._timed: set[str] = set()  # keys with a row in `deadlines`
         self._closing = threading.Lock()
         self._connection = self._open()
@@ -210,7 +244,7 @@ class PostgresJournal(KeptJournal):
                 log.info("%s: upgraded the journal from schema %d to %d", self.label, version,
                          SCHEMA_VERSION)
             connection.execute(
-                f"INSERT INTO {_N}.bots VALUES (%s, NULL, NULL) ON CONFLICT DO NOTHING",
+                f"INSERT INTO {_N}.bots (bot) VALUES (%s) ON CONFLICT DO NOTHING",
                 (self.bot,),
             )
         # Held for the connection's life: a second instance of the bot is refused
@@ -228,6 +262,8 @@ class PostgresJournal(KeptJournal):
     def entered(self, key: str, snapshot: Snapshot) -> None:
         """Save the new state; the steps before it are no longer needed."""
         self._release(key)
+        self._serial = max(self._serial, self.position(key)) + 1
+        self._since[key] = self._serial
         self._counts[key] = 0
         self._snapshots[key] = snapshot
         self._at_of_state[key] = self._at
@@ -251,10 +287,33 @@ class PostgresJournal(KeptJournal):
 
     def ended(self, key: str) -> None:
         """Forget the conversation."""
+        self._serial = max(self._serial, self.position(key))  # never given again
         self._release(key)
         self._counts.pop(key, None)
+        self._since.pop(key, None)
         self._snapshots[key] = None
         self._drop_mailbox(key)
+        if key in self._noted:
+            self._noted.discard(key)
+            self._unnoted.add(key)
+            for pending in [n for n in self._notes if n[0] == key]:
+                del self._notes[pending]
+
+    def position(self, key: str) -> int:
+        """Its state's number plus its steps since (see :meth:`Journal.position`)."""
+        return self._since.get(key, 0) + self._counts.get(key, 0)
+
+    def note(self, key: str, name: str, value: Any) -> None:
+        """Keep the frontend's `value` for `key` until it ends."""
+        if value is None:
+            self._notes[(key, name)] = None
+            return
+        try:
+            self._notes[(key, name)] = pickle.dumps(value, _PROTOCOL)
+        except Exception as failure:
+            log.warning("conversation %s: cannot keep the note %s (%s)", key, name, failure)
+            return
+        self._noted.add(key)
 
     def deadline(self, key: str, when: float) -> None:
         """Keep the deadline until `key` moves on."""
@@ -320,10 +379,15 @@ class PostgresJournal(KeptJournal):
         bot = self.bot
         ended = [key for key, kept in self._snapshots.items() if kept is None]
         saved = [
-            (key, kept.state_class, kept.fields, self._at_of_state.get(key))
+            (key, kept.state_class, kept.fields, self._at_of_state.get(key), self._since[key])
             for key, kept in self._snapshots.items()
             if kept is not None
         ]
+        dropped_notes = [note for note, value in self._notes.items() if value is None]
+        notes = [(*note, value) for note, value in self._notes.items() if value is not None]
+        serial = []
+        if self._serial > self._serial_written:
+            serial, self._serial_written = [(self._serial, bot)], self._serial
         steps = [row for rows in self._new_steps.values() for row in rows]
         kept_mailboxes, emptied = self._mailbox_changes()
         undated = [key for key, due in self._deadlines.items() if due is None]
@@ -344,6 +408,10 @@ class PostgresJournal(KeptJournal):
             (_ADD_OUTGOING, _columns(bot, list(self._outputs.values()))),
             (_DROP_OUTGOING, [(bot, self._delivered)] if self._delivered else []),
             (_SAVE_SOURCE, [(source, bot)] if source is not None else []),
+            (_SAVE_SERIAL, serial),
+            (_DROP_ALL_NOTES, [(bot, sorted(self._unnoted))] if self._unnoted else []),
+            (_DROP_NOTES, _columns(bot, dropped_notes)),
+            (_SAVE_NOTES, _columns(bot, notes)),
         ]
         self._stored_steps.update(self._new_steps)
         return [(statement, rows) for statement, rows in plan if rows]
@@ -357,6 +425,8 @@ class PostgresJournal(KeptJournal):
         self._memory_written.clear()
         self._outputs = {}
         self._delivered = []
+        self._notes = {}
+        self._unnoted = set()
 
     def _write(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         # The lock only matters at the end: a program closing the journal while
@@ -411,12 +481,14 @@ class PostgresJournal(KeptJournal):
         """Every saved conversation of this bot, with its steps, waiting messages and deadline."""
         saved: dict[str, Saved] = {}
         bot = (self.bot,)
-        for key, class_path, fields, at in self._read(
-            f"SELECT key, state_class, state_fields, at FROM {_N}.conversations WHERE bot = %s",
+        for key, class_path, fields, at, since in self._read(
+            f"SELECT key, state_class, state_fields, at, since FROM {_N}.conversations "
+            "WHERE bot = %s",
             bot,
         ):
             saved[key] = Saved(key, Snapshot(class_path, bytes(fields)), last_active=at)
             self._counts[key] = 0
+            self._since[key] = since
         for key, _seq, print_, answer, at in self._read(
             f"SELECT key, seq, fingerprint, answer, at FROM {_N}.steps "
             "WHERE bot = %s ORDER BY key, seq",
@@ -441,7 +513,26 @@ class PostgresJournal(KeptJournal):
                 self._timed.add(key)
             else:
                 self._deadlines[key] = None
+        self._read_notes(saved)
+        serial = self._read(f"SELECT serial FROM {_N}.bots WHERE bot = %s", bot)
+        self._serial = self._serial_written = max(
+            [serial[0][0] if serial else 0, *(self.position(key) for key in saved)]
+        )
         return iter(saved.values())
+
+    def _read_notes(self, saved: dict[str, Saved]) -> None:
+        """Give each conversation its notes back; one that cannot be read is dropped."""
+        for key, name, blob in self._read(
+            f"SELECT key, name, value FROM {_N}.notes WHERE bot = %s", (self.bot,)
+        ):
+            self._noted.add(key)
+            if key not in saved:
+                self._unnoted.add(key)
+                continue
+            try:
+                saved[key].notes[name] = pickle.loads(blob)
+            except Exception as error:  # only a frontend's convenience is lost
+                log.warning("conversation %s: its note %s cannot be read (%r)", key, name, error)
 
     def _read(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._closing:
@@ -485,6 +576,10 @@ class PostgresJournal(KeptJournal):
                 for seq, step in enumerate(saved.steps, 1)
             ]
             self._counts[key] = len(saved.steps)
+            self._serial += 1
+            self._since[key] = self._serial
+            for name, value in saved.notes.items():
+                self.note(key, name, value)
             if saved.mailbox:
                 self._mailboxes[key] = list(saved.mailbox)
                 self._changed_mailboxes.add(key)
@@ -557,6 +652,8 @@ def _upgrade(connection: psycopg.Connection[Any], version: int) -> None:
             [(pickle.dumps(list(texts), _PROTOCOL), bot, key) for bot, key, texts in rows],
         )
         connection.execute(_UPGRADE_FROM_1_END.encode())
+    if version <= 3:
+        connection.execute(_UPGRADE_FROM_3.encode())
     connection.execute(
         f"UPDATE {_N}.meta SET value = %s WHERE name = 'schema_version'", (str(SCHEMA_VERSION),)
     )

@@ -135,6 +135,15 @@ class Say:
 
 
 @dataclass(slots=True)
+class Note:
+    """A frontend's note on `key`'s conversation, to journal while it runs."""
+
+    key: Key
+    name: str
+    value: Any
+
+
+@dataclass(slots=True)
 class Post:
     """Run `action` on the scheduler's thread after the batch commits (or only take `source`)."""
 
@@ -288,6 +297,7 @@ class Scheduler:
             Cancel: self._cancel,
             Post: self._post,
             Say: self._say,
+            Note: self._note,
             Done: self._done,
             Wake: self._wake,
             Expire: self._expire,
@@ -362,6 +372,23 @@ class Scheduler:
         place among the conversation's messages; no conversation is needed.
         """
         self._inbox.put(Say(key, output, source))
+
+    def note(self, key: Key, name: str, value: Any) -> None:
+        """Journal a frontend's note on `key`'s conversation (plain data; ``None`` deletes it).
+
+        Safe from any thread; kept with the next batch while the conversation
+        runs, dropped when it ends, and given back after a restart through
+        :meth:`Frontend.reopened` (where a question's buttons are, say).
+        """
+        self._inbox.put(Note(key, name, value))
+
+    def position(self, key: Key) -> int:
+        """The journal's position of `key`'s conversation (see ``Journal.position``).
+
+        For a frontend, from its methods (on the scheduler's thread): the same
+        for a question after a restart, different for any later question.
+        """
+        return self.journal.position(key)
 
     def already_taken(self, source: int) -> bool:
         """Whether an event from `source` was taken before (so would be skipped)."""
@@ -593,6 +620,10 @@ class Scheduler:
 
     def _say(self, event: Say) -> None:
         self._show(self._as_message, event.key, event.output)
+
+    def _note(self, event: Note) -> None:
+        if event.key in self._chats:  # one that ended has nothing to note
+            self.journal.note(event.key, event.name, event.value)
 
     def _done(self, event: Done) -> None:
         chat = event.chat
@@ -951,6 +982,8 @@ class Scheduler:
             self._due_after_restart[saved.key] = saved.deadline
         chat = _Chat(saved.key, Runner.restored(saved.snapshot), now)
         chat.replay(saved.steps)
+        if saved.notes:  # before it asks again: `restored` may need them
+            self._later(self.frontend.reopened, saved.key, saved.notes)
         chat.entered = self._on_enter
         chat.replaying = True
         if saved.mailbox:

@@ -27,7 +27,8 @@ import pytest
 from engine import Call, Choose, Input, Print, Sleep, State
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.journals import open_journal
-from engine.postgres_journal import PostgresJournal, redact
+from engine.postgres_journal import SCHEMA_VERSION, PostgresJournal, redact
+from engine.runner import Snapshot
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import RecordingFrontend
@@ -422,14 +423,13 @@ def test_a_database_from_a_newer_version_is_refused_and_left_alone(postgres_url:
     PostgresJournal(postgres_url).close()
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("UPDATE yielded.meta SET value = '99' WHERE name = 'schema_version'")
-    assert "written by a newer version (schema 99, this one reads up to 3)" in _refusal(
-        postgres_url
-    )
+    newer = f"written by a newer version (schema 99, this one reads up to {SCHEMA_VERSION})"
+    assert newer in _refusal(postgres_url)
     with psycopg.connect(postgres_url) as connection:
         tables = connection.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'yielded'"
         ).fetchone()
-    assert tables == (8,)
+    assert tables == (9,)  # none added, none dropped
 
 
 def test_a_bot_in_use_by_another_instance_is_refused_until_it_stops(postgres_url: str) -> None:
@@ -717,4 +717,47 @@ def test_a_schema_1_database_is_upgraded_and_its_conversations_resume(postgres_u
         version = connection.execute(
             "SELECT value FROM yielded.meta WHERE name = 'schema_version'"
         ).fetchone()
-    assert version == ("3",)
+    assert version == (str(SCHEMA_VERSION),)
+
+
+def test_positions_and_notes_are_the_same_after_a_restart_and_go_with_the_conversation(
+    state: str,
+) -> None:
+    journal = open_journal(state)
+    journal.entered("ann", Snapshot("tests.test_journal.Round", b"x"))
+    journal.step("ann", Input("Number? "), "2", None)
+    journal.entered("bob", Snapshot("tests.test_journal.Round", b"x"))
+    journal.note("ann", "buttons", ("abc", 7))
+    journal.note("ann", "route", (3, "Ann"))
+    journal.note("ann", "gone", 1)
+    journal.commit(None)
+    journal.note("ann", "gone", None)
+    journal.commit(None)
+    ann, bob = journal.position("ann"), journal.position("bob")
+    assert 0 not in (ann, bob)
+    journal.close()
+
+    again = open_journal(state)
+    saved = {conversation.key: conversation for conversation in again.unfinished()}
+    assert saved["ann"].notes == {"buttons": ("abc", 7), "route": (3, "Ann")}
+    assert saved["bob"].notes == {}
+    assert (again.position("ann"), again.position("bob")) == (ann, bob)
+    # Every step and every state entered moves a conversation on; never back.
+    again.step("ann", Choose("Again?", ["continue", "quit"]), "continue", None)
+    moved = again.position("ann")
+    again.entered("ann", Snapshot("tests.test_journal.Round", b"y"))
+    assert ann < moved < again.position("ann")
+    last = again.position("ann")
+    again.ended("ann")
+    again.entered("ann", Snapshot("tests.test_journal.Round", b"x"))  # begun anew
+    assert again.position("ann") > last
+    again.commit(None)
+    again.ended("ann")
+    again.commit(None)
+    again.close()
+
+    third = open_journal(state)
+    assert [conversation.key for conversation in third.unfinished()] == ["bob"]
+    third.entered("ann", Snapshot("tests.test_journal.Round", b"x"))  # after the restart
+    assert third.position("ann") > last
+    third.close()

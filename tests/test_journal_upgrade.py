@@ -164,7 +164,7 @@ def test_a_format_2_file_is_upgraded_and_its_conversations_resume(tmp_path: Path
     assert [step.value for step in saved.steps] == ["sleep"]
     assert saved.deadline is None and saved.last_active is None  # format 2 kept no times
     with closing(sqlite3.connect(path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         columns = {row[1] for row in connection.execute("PRAGMA table_info(batches)")}
         assert columns == {"id", "steps", "at"}
         assert connection.execute("SELECT count(*) FROM deadlines").fetchone()[0] == 0

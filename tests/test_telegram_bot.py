@@ -530,6 +530,24 @@ def test_sigterm_stops_promptly_with_status_0(start_bot: StartBot, telegram: Fak
     assert "stopped in" in bot.output()
 
 
+def test_sigterm_after_an_update_logs_no_conflict(
+    start_bot: StartBot, telegram: FakeTelegram
+) -> None:
+    bot = start_bot("--no-pacing")
+    telegram.send_text(18, "/help")
+    telegram.wait_text(18, "/start")
+    # In its next long poll, whose offset confirms the update: the stop must
+    # not poll again meanwhile (Telegram would end one of the two with 409).
+    telegram.wait_until(lambda: telegram.unconfirmed() == 0, what="the update confirmed")
+
+    assert bot.stop() == 0
+
+    output = bot.output()
+    assert "409" not in output and "WARNING" not in output and "ERROR" not in output, output
+    offsets = [r.params.get("offset") for r in telegram.requests_to("getUpdates")]
+    assert offsets == [None, "1001"], "confirmed twice: the second poll races the first"
+
+
 def test_sigterm_lets_queued_messages_go_out(start_bot: StartBot, telegram: FakeTelegram) -> None:
     bot = start_bot(
         "--flow", "tests.support.flows:Countdown",

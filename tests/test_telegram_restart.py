@@ -20,6 +20,7 @@ in that chat.
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from typing import TypeVar
 import pytest
 
 from flows.weather import CITY_PROMPT, NEXT_PROMPT, PLACE_PROMPT, TERMINATING
+from frontends.telegram.texts import PRESS_STALE
 from tests.support.fake_telegram import SECRET, FakeTelegram, Sent, bot_environment
 from tests.support.flows import CLASSIC
 from tests.support.openmeteo_server import FakeOpenMeteo
@@ -164,6 +166,13 @@ class Bots:
             quiet_since(self.telegram, 0.3)
         process.kill()
         assert process.wait(10) == -signal.SIGKILL
+
+    def terminate(self) -> None:
+        """Stop the running bot gracefully (SIGTERM) once it has been quiet a moment."""
+        process = self.process
+        quiet_since(self.telegram, 0.3)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0, self.output()
 
     def restart(self) -> None:
         """Start the bot again, in the same directory, with the same options."""
@@ -809,3 +818,95 @@ def test_a_message_not_yet_sent_at_the_crash_is_sent_after_the_restart(
             ]
         },
     )
+
+
+# -- buttons across restarts ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bots", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_old_buttons_do_not_answer_the_same_question_asked_after_a_restart(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo, stop: str
+) -> None:
+    bots.start()
+    first = start_at_next(telegram, {611: "Springfield"})[611]
+    old_quit = dict(first.buttons)["quit"]
+    bots.terminate() if stop == "SIGTERM" else bots.crash()
+    bots.restart()
+
+    telegram.send_text(611, "continue")  # typed: the question's buttons go all the same
+    telegram.wait_until(lambda: not now(telegram, first).buttons, what="the old buttons to go")
+    telegram.wait_text(611, CITY_PROMPT, after=5)
+    telegram.send_text(611, "Springfield")
+    second = telegram.wait_text(611, NEXT_PROMPT, after=6)
+    assert second.message_id != first.message_id
+
+    # A client still showing the old keyboard presses its "quit": the same
+    # text as the open question's button, but that question was answered.
+    stale = telegram.press(611, first, "quit", data=old_quit)
+    telegram.wait_until(lambda: telegram.answered(stale), what="the stale press answered")
+    assert telegram.answer_of(stale) == PRESS_STALE
+    assert now(telegram, second).buttons  # the open question keeps its buttons
+
+    telegram.press(611, second, "continue")
+    check_chats(
+        telegram,
+        {
+            611: [
+                CITY_PROMPT,
+                *SPRINGFIELD,
+                NEXT_PROMPT,
+                CITY_PROMPT,
+                *SPRINGFIELD,
+                answered(NEXT_PROMPT, "continue"),
+                CITY_PROMPT,
+                EXITING,
+            ]
+        },
+    )
+
+
+def test_in_a_group_the_first_reply_after_a_restart_still_quotes_the_person(
+    bots: Bots, telegram: Telegram, places: FakeOpenMeteo
+) -> None:
+    bots.start()
+    group, person = -620, 62
+    telegram.send_text(group, "/start", user_id=person)
+    telegram.wait_text(group, CITY_PROMPT)
+    city = telegram.send_text(group, "Springfield", user_id=person)
+    question = telegram.wait_text(group, NEXT_PROMPT)
+    assert question.reply_to == city["message_id"]
+    bots.terminate()
+    bots.restart()
+
+    telegram.press(group, question, "continue", user_id=person)
+    again = telegram.wait_text(group, CITY_PROMPT, after=5)
+    assert again.reply_to == city["message_id"]
+    assert now(telegram, question).text == answered(NEXT_PROMPT, "continue")
+
+
+# -- a full disk -----------------------------------------------------------------------------
+
+
+def test_after_a_full_disk_halts_the_bot_nothing_more_is_sent_so_nothing_goes_twice(
+    bots: Bots, telegram: Telegram, tmp_path: Path
+) -> None:
+    bots.start("--retry-cap", "0.2", "--drain-timeout", "5")
+    chats = range(301, 341)
+    telegram.down("sendMessage")  # the prompts wait in the outbox, journaled
+    start = [(chat, "/start") for chat in chats]
+    telegram.send_texts(start)
+    confirmed_all(telegram)
+    # The disk fills up: no file of the bot's may grow by a page any more.
+    sizes = [path.stat().st_size for path in tmp_path.iterdir() if path.is_file()]
+    limit = max(sizes) + 2048
+    resource.prlimit(bots.process.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    telegram.send_text(399, "/start")  # its commit fails: the engine halts
+    wait_for(lambda: "the engine stops" in bots.output(), "the halt")
+    telegram.up("sendMessage")  # Telegram is back while the bot stops
+    assert bots.process.wait(15) == 1
+    sent = [chat for chat in chats if telegram.messages(chat)]
+    assert not sent, "sent after the halt, so sent twice after the restart"
+
+    bots.restart()
+    check_chats(telegram, {chat: [CITY_PROMPT, EXITING] for chat in chats})

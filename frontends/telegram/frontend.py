@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from engine.commands import Call, Choose, Command, Input, Location, Picture, Print, User, takes
 from engine.frontend import Frontend, Key, Notice, Receipt
 from frontends.telegram.media import send_picture, send_with_reply_keyboard
 from frontends.telegram.routing import (
+    BUTTONS_NOTE,
+    ROUTE_NOTE,
     PressAnswer,
     Question,
     Registry,
     Reply,
+    Route,
     Unbutton,
     question_tag,
     retire_buttons,
@@ -20,6 +24,9 @@ from frontends.telegram.routing import (
 from frontends.telegram.sending import AnswerCallback, EditMessage, Keyboard, Outbox
 from frontends.telegram.texts import LOCATION_HINT, NOTICES
 from frontends.telegram.users import Users
+
+if TYPE_CHECKING:
+    from engine.scheduler import Scheduler
 
 
 class TelegramFrontend(Frontend):
@@ -44,10 +51,20 @@ class TelegramFrontend(Frontend):
         self.on_commit = on_commit
         #: Who each conversation is with (filled by the updates), what its question takes.
         self.users = users if users is not None else Users()
+        #: Set by the program: positions and notes in the journal (see ask, reopened).
+        self.scheduler: Scheduler | None = None
+        self._noted_buttons: dict[Key, tuple[str, int]] = {}  # after a restart, until restored
 
     def user(self, key: Key) -> User:
         """Who `key`'s conversation is with, from the latest update (never blocks)."""
         return self.users.user(key)
+
+    def _position(self, key: Key) -> int | None:
+        return None if self.scheduler is None else self.scheduler.position(key)
+
+    def _note(self, key: Key, name: str, value: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.note(key, name, value)
 
     def _send(
         self,
@@ -155,6 +172,10 @@ class TelegramFrontend(Frontend):
         self._retire(self.registry.close(key))
         self.users.asked(key, question.accepts)
         location = takes(question, Location)
+        self._noted_buttons.pop(key, None)
+        route = self.registry.route(key)
+        if route.user_id is not None:  # a group: whom to quote after a restart too
+            self._note(key, ROUTE_NOTE, (route.reply_to, route.name))
         if isinstance(question, Input):
             if location:
                 self._ask_location(key, question.prompt or LOCATION_HINT, receipt)
@@ -164,16 +185,17 @@ class TelegramFrontend(Frontend):
                 self.outbox.typing(self.registry.route(key).chat_id, on=False)
                 self.sent(receipt)
             return
-        route = self.registry.route(key)
-        tag = question_tag(question)
+        tag = question_tag(question, self._position(key))
         shown = Question(key, route.chat_id, tag, question.options)
         self.registry.open(shown)
         # In a group the buttons name whose they are: anyone there can press them.
         owner = "" if route.user_id is None else f":{route.user_id}"
         keyboard = tuple((option, f"{tag}:{n}{owner}") for n, option in enumerate(question.options))
 
-        def on_sent(message_id: int, text: str) -> None:
+        def on_sent(message_id: int, text: str) -> None:  # on a sender thread
             self.registry.sent(shown, message_id)
+            # So that after a restart its buttons can still be taken off.
+            self._note(key, BUTTONS_NOTE, (tag, message_id))
 
         prompt = question.prompt if question.prompt.strip() else "Choose one:"
         if location:  # the buttons of the options, then the location keyboard below
@@ -188,10 +210,30 @@ class TelegramFrontend(Frontend):
         self.users.asked(key, question.accepts)
         if takes(question, Location):  # shown before: the next message takes it away
             self.users.location_keyboard(key, True)
-        if isinstance(question, Choose):
-            route = self.registry.route(key)
-            tag = question_tag(question)
-            self.registry.open(Question(key, route.chat_id, tag, question.options))
+        noted = self._noted_buttons.pop(key, None)
+        if not isinstance(question, Choose):
+            return
+        tag = question_tag(question, self._position(key))
+        open_now = self.registry.question(key)
+        if open_now is not None and open_now.tag == tag:  # sent again just now
+            return
+        shown = Question(key, self.registry.route(key).chat_id, tag, question.options)
+        if noted is not None and noted[0] == tag:
+            shown.message_id = noted[1]
+        elif noted is None:  # asked by an earlier version, or before its send was noted
+            shown.legacy_tag = question_tag(question)
+        self.registry.open(shown)
+
+    def reopened(self, key: Key, notes: dict[str, Any]) -> None:
+        """After a restart: where the question's buttons are; in a group, whom to quote."""
+        buttons: Any = notes.get(BUTTONS_NOTE)
+        if _pair(buttons, str, int):
+            self._noted_buttons[key] = buttons
+        quoted: Any = notes.get(ROUTE_NOTE)
+        route = Route.of(key)
+        if route.user_id is not None and _pair(quoted, (int, type(None)), (str, type(None))):
+            route.reply_to, route.name = quoted
+            self.registry.saw(key, route)
 
     def working(self, key: Key, command: Command) -> None:
         self.registry.activate(key)
@@ -202,6 +244,7 @@ class TelegramFrontend(Frontend):
 
     def ended(self, key: Key) -> None:
         self.users.asked(key, ())
+        self._noted_buttons.pop(key, None)
         self.outbox.typing(self.registry.route(key).chat_id, on=False)
         self._retire(self.registry.end(key))
 
@@ -213,3 +256,13 @@ class TelegramFrontend(Frontend):
         """The journal holds every update up to `source`: the poller may confirm them."""
         if self.on_commit is not None:
             self.on_commit(source)
+
+
+def _pair(value: Any, first: type | tuple[type, ...], second: type | tuple[type, ...]) -> bool:
+    """Whether a note read back is the pair it should be (a damaged one is ignored)."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], first)
+        and isinstance(value[1], second)
+    )

@@ -116,6 +116,8 @@ class Poller(threading.Thread):
         self.dispatching = False  # handing a batch of updates over (else waiting)
         self.offset: int | None = None  # after the last update handed over
         self.confirmed: int | None = None  # the offset Telegram was last told
+        #: The offset of the getUpdates in flight: Telegram takes it on arrival.
+        self.polling_with: int | None = None
         #: The highest update id handed to the engine: confirming the offset
         #: waits until it is journaled (updates skipped since need not be).
         self.handed: int | None = None
@@ -212,6 +214,7 @@ class Poller(threading.Thread):
         api: Any = apihelper  # untyped module
         while not self.stopping.is_set():
             offset = self._journaled_offset()
+            self.polling_with = offset
             try:
                 raw = api.get_updates(
                     self.bot.token,
@@ -221,6 +224,8 @@ class Poller(threading.Thread):
                     long_polling_timeout=self.poll_timeout,
                 )
             except Exception as error:
+                if self.stopping.is_set():  # cut short by the stop (a 409 from confirm())
+                    return
                 failures += 1
                 delay = self._retry_delay("getUpdates", error, failures)
                 if delay is None:
@@ -261,10 +266,13 @@ class Poller(threading.Thread):
         """On stop: tell Telegram which updates were handed over, so none comes again.
 
         A short poll (no waiting) with the next offset; the updates it may
-        return are not confirmed and so come again after a restart.
+        return are not confirmed and so come again after a restart. Not when
+        the long poll still in flight carries that offset: Telegram took it
+        when that request arrived, and a second poll would make Telegram end
+        one of the two with 409 Conflict.
         """
         offset = self._journaled_offset(wait=0.0)
-        if self.dispatching or offset is None or offset == self.confirmed:
+        if self.dispatching or offset is None or offset in (self.confirmed, self.polling_with):
             return
         api: Any = apihelper
         try:

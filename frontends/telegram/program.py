@@ -99,6 +99,7 @@ class Bot:
             sources=new_update,
             observer=self.metrics.observer(),
         )
+        self.frontend.scheduler = self.scheduler  # for positions and notes
         self.updates = Updates(
             self.scheduler, self.outbox, self.registry, help_text(flow), users=self.users
         )
@@ -123,6 +124,9 @@ class Bot:
 
     def _engine_halted(self, reason: str) -> None:
         self.halted = reason  # the engine logged it
+        # What is queued can no longer be confirmed: sent now, it would go again
+        # after the restart. It waits for the restart instead.
+        self.outbox.halt()
         self.stopping.set()
 
     def request_stop(self, signum: int, frame: pytypes.FrameType | None) -> None:

@@ -72,14 +72,31 @@ class Question:
     tag: str  # names the question in the buttons' callback data
     options: tuple[str, ...]
     message_id: int | None = None  # the message with the buttons, once sent
+    #: Restored from a state file of an earlier version: the tag its buttons had then.
+    legacy_tag: str | None = None
+
+    def named(self, tag: str) -> bool:
+        """Whether button data with `tag` is for this question."""
+        return tag in (self.tag, self.legacy_tag)
 
 
-def question_tag(question: Choose) -> str:
-    """A short, stable name of a question: the same after a restart."""
-    digest = hashlib.blake2b(
-        "\x00".join((question.prompt, *question.options)).encode(), digest_size=6
-    )
-    return digest.hexdigest()
+#: Notes the frontend journals per conversation (``Scheduler.note``): the tag
+#: and message id of the open question's buttons, and in a group whom to quote.
+BUTTONS_NOTE = "buttons"
+ROUTE_NOTE = "route"
+
+
+def question_tag(question: Choose, position: int | None = None) -> str:
+    """A short name of one asking of a question: the same after a restart.
+
+    `position` is the conversation's (``Scheduler.position``): an identical
+    question asked later has another, so its buttons' data differ and an old
+    button cannot answer it. Without one, the name earlier versions gave.
+    """
+    parts = (question.prompt, *question.options)
+    if position is not None:
+        parts = (*parts, str(position))
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=6).hexdigest()
 
 
 class Registry:

@@ -708,18 +708,34 @@ class Outbox:
         """Show "typing" in the chat until its next message (or ``on=False``)."""
         self.put(_Typing(chat_id, on=on))
 
+    def halt(self) -> None:
+        """Send nothing more, from now on: the journal can no longer record what went out.
+
+        Called when the engine halted (its journal cannot be written). Every
+        job still queued was journaled as unsent, and goes out after the
+        restart; sending it now would send it twice. Only requests already
+        in flight finish. Does not wait: :meth:`close` still stops the threads.
+        """
+        self._stop_senders(deadline=self.clock())
+
+    def _stop_senders(self, deadline: float) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.deadline = deadline
+            for sender in self._senders:
+                sender.inbox.put(_STOP)
+
     def close(self, timeout: float = 5.0) -> bool:
         """Stop taking jobs, send what is queued within `timeout`, stop the threads.
 
         Whatever is still unsent at the deadline is left unconfirmed (with a
         journal it goes out after the restart) and counted in one INFO line.
-        Returns whether every thread finished in time.
+        After :meth:`halt`, nothing more is sent. Returns whether every
+        thread finished in time.
         """
-        with self._lock:
-            self._closed = True
-            self.deadline = self.clock() + timeout
-            for sender in self._senders:
-                sender.inbox.put(_STOP)
+        self._stop_senders(deadline=self.clock() + timeout)
         finished = True
         for sender in self._senders:
             if not sender.is_alive():

@@ -295,12 +295,12 @@ class Updates:
         if (
             question is None
             or not ours
-            or question.tag != tag
+            or not question.named(tag)
             or int(number) >= len(question.options)
         ):
             answer(PRESS_STALE if self.registry.is_active(key) else PRESS_ENDED)
             shows_open = question is not None and (
-                question.tag == tag or question.message_id == pressed
+                question.named(tag) or question.message_id == pressed
             )
             if ours and not shows_open and getattr(message, "reply_markup", None) is not None:
                 self.scheduler.say(key, unbutton(chat.id, pressed))

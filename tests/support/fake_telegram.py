@@ -328,6 +328,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         self._faults: dict[str, deque[_Fault]] = {}
         self._down: dict[str, _Fault] = {}  # lasting outages, by method (see `down`)
         self._confirmed = 0  # highest update_id confirmed by an offset
+        self._polls = 0  # getUpdates calls so far: a newer one ends one still waiting
         self.commands: list[dict[str, Any]] | None = None
         self._webhook: _Webhook | None = None  # set by setWebhook (see `webhook`)
         #: Each webhook delivery attempt: (update_id, HTTP status or 0 if none).
@@ -821,8 +822,16 @@ class FakeTelegram(_WebhookMethods, LocalServer):
             if offset > 0:
                 self._confirmed = max(self._confirmed, offset - 1)
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
-                self._cond.notify_all()
+            self._polls += 1
+            poll = self._polls
+            self._cond.notify_all()
             while not self._updates and not self._closed and self._webhook is None:
+                if self._polls != poll:  # as Telegram does: the newer call wins
+                    raise TelegramError(
+                        409,
+                        "Conflict: terminated by other getUpdates request; "
+                        "make sure that only one bot instance is running",
+                    )
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
