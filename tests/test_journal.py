@@ -422,14 +422,14 @@ def test_a_database_from_a_newer_version_is_refused_and_left_alone(postgres_url:
     PostgresJournal(postgres_url).close()
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("UPDATE yielded.meta SET value = '99' WHERE name = 'schema_version'")
-    assert "written by a newer version (schema 99, this one reads up to 3)" in _refusal(
+    assert "written by a newer version (schema 99, this one reads up to 4)" in _refusal(
         postgres_url
     )
     with psycopg.connect(postgres_url) as connection:
         tables = connection.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'yielded'"
         ).fetchone()
-    assert tables == (8,)
+    assert tables == (9,)  # schema 4 added `updates`
 
 
 def test_a_bot_in_use_by_another_instance_is_refused_until_it_stops(postgres_url: str) -> None:
@@ -717,4 +717,4 @@ def test_a_schema_1_database_is_upgraded_and_its_conversations_resume(postgres_u
         version = connection.execute(
             "SELECT value FROM yielded.meta WHERE name = 'schema_version'"
         ).fetchone()
-    assert version == ("3",)
+    assert version == ("4",)
