@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from frontends.telegram import webhook  # late: it builds on the other modules
 
     webhook.add_webhook_options(parser)
+    from frontends.telegram import cluster
+
+    cluster.add_shared_options(parser)
     return parser
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import telebot
 from telebot import apihelper
 
-from engine.journal import Journal
+from engine.journal import Journal, JournalError
+from engine.postgres_journal import DEFAULT_BOT, PostgresJournal
 from engine.scheduler import Scheduler
 from engine.states import Flow
 from frontends.programs import (
@@ -29,7 +30,7 @@ from frontends.programs import (
     open_journal,
     state_spec,
 )
-from frontends.telegram import health, webhook
+from frontends.telegram import cluster, health, webhook
 from frontends.telegram import http as telegram_http
 from frontends.telegram.api import SEND_TIMEOUT, TeleBotApi
 from frontends.telegram.config import (
@@ -86,26 +87,47 @@ class Bot:
         )
         self.journal = journal
         self.metrics = health.Metrics()
+        shared = isinstance(journal, PostgresJournal) and journal.shared
         self.scheduler = Scheduler(
             self.frontend,
             flow,
             workers=args.workers,
             idle_timeout=args.idle_timeout,
             journal=journal,
-            sources=new_update,
+            # Shared: the updates table takes each update once, in any order of ids.
+            sources=_every_update if shared else new_update,
             observer=self.metrics.observer(),
         )
         self.updates = Updates(self.scheduler, self.outbox, self.registry, help_text(flow))
+        self.cluster: cluster.Cluster | None = None
+        intake = None
+        if shared:
+            assert isinstance(journal, PostgresJournal)
+            self.cluster = cluster.Cluster(journal.url, journal.bot, journal, self.scheduler,
+                                           self.updates, args.shard_interval)  # fmt: skip
+            intake = cluster.SharedIntake(self.cluster.store, self.metrics)
         self.poller = webhook.receiver(
             args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
             outbox=self.outbox, metrics=self.metrics, journaled=self.journaled,
-            redact=redactor.redact,
+            redact=redactor.redact, intake=intake,
         )  # fmt: skip
+        if shared and not isinstance(self.poller, webhook.WebhookReceiver):
+            raise webhook.OptionError(
+                "--shared needs webhook mode (--webhook or TELEGRAM_WEBHOOK_URL); "
+                "polling by several instances is not built yet"
+            )
         self.drain_timeout: float = args.drain_timeout
 
     def run(self) -> int:
         self.outbox.start()
         self.scheduler.start()
+        if self.cluster is not None:
+            try:
+                self.cluster.start()
+            except JournalError as error:
+                log.error("%s", error)
+                self.halted = str(error)
+                self.stopping.set()
         self.poller.start()
         while not self.stopping.wait(1.0):
             pass
@@ -128,9 +150,13 @@ class Bot:
         # A long poll in flight is abandoned (its updates are not confirmed, so
         # Telegram sends them again); a batch being handed over is let finish.
         self.poller.join(1.0 if self.poller.dispatching else 0.05)
+        if self.cluster is not None:
+            self.cluster.feed.stop()  # no more updates handed over
         # Sends finish first, while the scheduler still runs to journal their
         # confirmations: whatever is not out by then is sent after a restart.
         finished = self.outbox.close(timeout=self.drain_timeout)
+        if self.cluster is not None:
+            self.cluster.stop()  # the shards go to the other instances
         self.scheduler.stop(timeout=1.0)
         self.journal.close()
         self.poller.confirm()
@@ -146,6 +172,11 @@ class Bot:
         return EXIT_FAILED if self.halted else EXIT_OK
 
 
+def _every_update(update_id: int, last: int | None) -> bool:
+    """Shared instances' source policy: the updates table already took each update once."""
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``weather-bot``: parse options, start the bot, run it until stopped; the exit status."""
     args = build_parser().parse_args(argv)
@@ -159,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         flow = load(args.flow)
         args.state = state_spec(args.state, os.environ, DEFAULT_STATE)
         assert args.state is not None  # there is a default
-        journal = open_journal(args.state, args.flow)
+        if args.shared:
+            journal: Journal = cluster.open_shared(args.state, args.flow, DEFAULT_BOT)
+        else:
+            journal = open_journal(args.state, args.flow)
     except ConfigError as error:
         return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)
