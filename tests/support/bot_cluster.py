@@ -23,7 +23,10 @@ READY = "webhook mode: Telegram posts"
 
 
 class BotCluster:
-    """`count` instances of the bot on `url`; ``with`` stops them all (SIGTERM, then SIGKILL)."""
+    """`count` instances of the bot on `url`; ``with`` stops them all (SIGTERM, then SIGKILL).
+
+    `shared=False` runs the bot as a single instance (any ``--state``), for comparison.
+    """
 
     def __init__(
         self,
@@ -34,12 +37,16 @@ class BotCluster:
         *,
         interval: float = 0.5,
         extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        shared: bool = True,
     ) -> None:
         self.telegram = telegram
         self.url = url
         self.directory = directory
         self.interval = interval
         self.extra = extra
+        self.env = env
+        self.shared = shared
         self.ports = [free_port() for _ in range(count)]
         self.proxy = RoundRobin([f"http://127.0.0.1:{port}" for port in self.ports])
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -54,15 +61,15 @@ class BotCluster:
         """Start instance `index` (on its port); wait until it takes updates."""
         self._runs += 1
         log = self.logs[index] = self.directory / f"instance-{index}-{self._runs}.log"
+        shared = ["--shared", "--shard-interval", str(self.interval)] if self.shared else []
         options = [
-            "--no-pacing", "--shared", "--shard-interval", str(self.interval),
-            "--state", self.url, "--webhook", self.proxy.url + HOOK_PATH,
+            "--no-pacing", *shared, "--state", self.url, "--webhook", self.proxy.url + HOOK_PATH,
             "--listen", f"127.0.0.1:{self.ports[index]}", *self.extra,
         ]  # fmt: skip
         with log.open("wb") as output:
             process = subprocess.Popen(
                 [sys.executable, "-m", "frontends.telegram", *options],
-                cwd=self.directory, env=environment(self.telegram),
+                cwd=self.directory, env=self.env or environment(self.telegram),
                 stdout=output, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.processes[index] = process

@@ -19,6 +19,11 @@ import requests
 PASSED = ("Content-Type", "X-Telegram-Bot-Api-Secret-Token")
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog (5) drops connections under a burst: a 1 s SYN retry each.
+    request_queue_size = 256
+
+
 class RoundRobin:
     """``with RoundRobin(urls) as proxy: proxy.url``: forwards POSTs to `urls` in turn."""
 
@@ -39,7 +44,7 @@ class RoundRobin:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="round-robin")
 
