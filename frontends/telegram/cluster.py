@@ -16,7 +16,6 @@ Polling mode (one instance polling under the lease) is not built yet.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import threading
@@ -27,7 +26,14 @@ from telebot import types
 
 from engine.frontend import Key
 from engine.journal import JournalError
-from engine.postgres_journal import NAMESPACE, PostgresJournal, _connect_options, _explain, redact
+from engine.postgres_journal import (
+    DEFAULT_BOT,
+    NAMESPACE,
+    PostgresJournal,
+    _connect_options,
+    _explain,
+    redact,
+)
 from engine.scheduler import Adoption, Scheduler
 from engine.shards import SHARDS, Shards, shard_of
 from frontends.programs import ConfigError
@@ -41,21 +47,6 @@ FEED_POLL = 0.25
 _N = NAMESPACE
 #: pyTelegramBotAPI's Update, whose ``de_json`` is not annotated.
 _update_type: Any = types.Update
-
-
-def add_shared_options(parser: argparse.ArgumentParser) -> None:
-    """``--shared`` and ``--shard-interval``."""
-    group = parser.add_argument_group("several instances")
-    group.add_argument(
-        "--shared", action="store_true",
-        help="run as one of several instances of the bot on one PostgreSQL --state "
-        "(webhook mode): conversations are split between the running instances",
-    )  # fmt: skip
-    group.add_argument(
-        "--shard-interval", type=float, default=2.0, metavar="SECONDS",
-        help="with --shared: how often instances rebalance, so how soon a dead "
-        "instance's conversations move (default 2)",
-    )  # fmt: skip
 
 
 def channel(bot: str) -> str:
@@ -82,7 +73,7 @@ def update_key(item: dict[str, Any]) -> Key:
     return f"update:{item.get('update_id')}"
 
 
-def open_shared(url: str, flow: str, bot: str) -> PostgresJournal:
+def open_shared(url: str, flow: str, bot: str = DEFAULT_BOT) -> PostgresJournal:
     """The shared journal of `bot` at `url`; a ConfigError (one line) if it cannot be used."""
     if not url.lower().startswith(("postgresql://", "postgres://")):
         raise ConfigError("--shared needs a postgresql:// --state (or DATABASE_URL)")

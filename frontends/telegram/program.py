@@ -11,13 +11,12 @@ import time
 import traceback
 import types as pytypes
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import telebot
 from telebot import apihelper
 
 from engine.journal import Journal, JournalError
-from engine.postgres_journal import DEFAULT_BOT, PostgresJournal
 from engine.scheduler import Scheduler
 from engine.states import Flow
 from frontends.programs import (
@@ -30,7 +29,7 @@ from frontends.programs import (
     open_journal,
     state_spec,
 )
-from frontends.telegram import cluster, health, webhook
+from frontends.telegram import health, webhook
 from frontends.telegram import http as telegram_http
 from frontends.telegram.api import SEND_TIMEOUT, TeleBotApi
 from frontends.telegram.config import (
@@ -48,6 +47,9 @@ from frontends.telegram.routing import Registry
 from frontends.telegram.sending import Outbox, Retrying
 from frontends.telegram.texts import help_text
 from frontends.telegram.updates import Updates, new_update
+
+if TYPE_CHECKING:
+    from frontends.telegram import cluster
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class Bot:
         )
         self.journal = journal
         self.metrics = health.Metrics()
-        shared = isinstance(journal, PostgresJournal) and journal.shared
+        shared = bool(getattr(journal, "shared", False))
         self.scheduler = Scheduler(
             self.frontend,
             flow,
@@ -102,6 +104,10 @@ class Bot:
         self.cluster: cluster.Cluster | None = None
         intake = None
         if shared:
+            # Imported here: psycopg (which imports asyncio) only for those who use it.
+            from engine.postgres_journal import PostgresJournal
+            from frontends.telegram import cluster
+
             assert isinstance(journal, PostgresJournal)
             self.cluster = cluster.Cluster(journal.url, journal.bot, journal, self.scheduler,
                                            self.updates, args.shard_interval)  # fmt: skip
@@ -191,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.state = state_spec(args.state, os.environ, DEFAULT_STATE)
         assert args.state is not None  # there is a default
         if args.shared:
-            journal: Journal = cluster.open_shared(args.state, args.flow, DEFAULT_BOT)
+            from frontends.telegram import cluster
+
+            journal: Journal = cluster.open_shared(args.state, args.flow)
         else:
             journal = open_journal(args.state, args.flow)
     except ConfigError as error:
