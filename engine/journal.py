@@ -120,6 +120,16 @@ class Journal:
         else:
             self._memory[user] = data
 
+    def took(self, source: int) -> None:
+        """An event from `source` (an update id) is taken in this batch.
+
+        For a journal that keeps each id taken rather than the highest (several
+        instances sharing one database).
+        """
+
+    def dropped(self, key: str) -> None:
+        """`key` now runs elsewhere (another instance): forget what is cached about it."""
+
     def commit(self, source: int | None) -> None:
         """Make the batch durable; `source` is the highest update id it took."""
 

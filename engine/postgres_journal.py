@@ -30,7 +30,7 @@ import logging
 import pickle
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,6 +76,21 @@ CREATE TABLE IF NOT EXISTS {_N}.notes (
     PRIMARY KEY (bot, key, name)
 );
 """
+
+#: Schema 4: what several instances of one bot need (see :mod:`engine.shards`):
+#: each conversation's and output's shard, so an instance reads back only the
+#: shards it owns; the updates taken in by any instance, waiting for their
+#: shard's owner; receipts unique across instances.
+_SHARED = f"""
+CREATE TABLE IF NOT EXISTS {_N}.updates (
+    bot TEXT NOT NULL, update_id BIGINT NOT NULL, shard INTEGER NOT NULL,
+    payload TEXT NOT NULL, taken BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (bot, update_id)
+);
+CREATE INDEX IF NOT EXISTS updates_pending ON {_N}.updates (bot, shard, update_id) WHERE NOT taken;
+CREATE SEQUENCE IF NOT EXISTS {_N}.instances;
+"""
+
 _SCHEMA = f"""
 CREATE SCHEMA IF NOT EXISTS {_N};
 CREATE TABLE IF NOT EXISTS {_N}.meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,6 +101,7 @@ CREATE TABLE IF NOT EXISTS {_N}.conversations (
     bot TEXT NOT NULL, key TEXT NOT NULL,
     state_class TEXT NOT NULL, state_fields BYTEA NOT NULL, at DOUBLE PRECISION,
     since BIGINT NOT NULL DEFAULT 0,
+    shard INTEGER,
     PRIMARY KEY (bot, key)
 );
 CREATE TABLE IF NOT EXISTS {_N}.steps (
@@ -99,10 +115,10 @@ CREATE TABLE IF NOT EXISTS {_N}.mailbox (
 );
 CREATE TABLE IF NOT EXISTS {_N}.outgoing (
     bot TEXT NOT NULL, receipt BIGINT NOT NULL,
-    key TEXT NOT NULL, kind TEXT NOT NULL, item BYTEA NOT NULL,
+    key TEXT NOT NULL, kind TEXT NOT NULL, item BYTEA NOT NULL, shard INTEGER,
     PRIMARY KEY (bot, receipt)
 );
-""" + _MEMORY_AND_TIMERS + _NOTES
+""" + _MEMORY_AND_TIMERS + _NOTES + _SHARED
 
 #: How a database of schema 1 (the first PostgreSQL journal, before timers and
 #: memory) is brought to 3: times, deadlines, memory, the flow per bot, and
@@ -116,11 +132,15 @@ ALTER TABLE {_N}.mailbox ADD COLUMN items BYTEA;
 """ + _MEMORY_AND_TIMERS
 _UPGRADE_FROM_1_END = f"ALTER TABLE {_N}.mailbox DROP COLUMN texts, ALTER COLUMN items SET NOT NULL"
 #: Schema 3 to 4: each state's position (see Journal.position), the highest
-#: position given per bot, and frontends' notes.
+#: position given per bot, frontends' notes; and what several instances of one
+#: bot need: shard columns (filled in Python: see _fill_shards) and the shared
+#: tables.
 _UPGRADE_FROM_3 = f"""
 ALTER TABLE {_N}.bots ADD COLUMN serial BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE {_N}.conversations ADD COLUMN since BIGINT NOT NULL DEFAULT 0;
-""" + _NOTES
+ALTER TABLE {_N}.conversations ADD COLUMN shard INTEGER;
+ALTER TABLE {_N}.outgoing ADD COLUMN shard INTEGER;
+""" + _NOTES + _SHARED
 
 _DROP_STEPS = f"DELETE FROM {_N}.steps WHERE bot = %s AND key = ANY(%s)"
 _DROP_CONVERSATIONS = f"DELETE FROM {_N}.conversations WHERE bot = %s AND key = ANY(%s)"
@@ -128,9 +148,11 @@ _DROP_CONVERSATIONS = f"DELETE FROM {_N}.conversations WHERE bot = %s AND key = 
 # per table and batch, which costs a fraction of a statement per row.
 _SAVE_STATES = (
     f"INSERT INTO {_N}.conversations "
-    "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::float8[], %s::int8[]) "
+    "(bot, key, state_class, state_fields, at, since, shard) SELECT %s, * FROM "
+    "unnest(%s::text[], %s::text[], %s::bytea[], %s::float8[], %s::int8[], %s::int[]) "
     "ON CONFLICT (bot, key) DO UPDATE SET state_class = EXCLUDED.state_class, "
-    "state_fields = EXCLUDED.state_fields, at = EXCLUDED.at, since = EXCLUDED.since"
+    "state_fields = EXCLUDED.state_fields, at = EXCLUDED.at, since = EXCLUDED.since, "
+    "shard = EXCLUDED.shard"
 )
 _SAVE_SERIAL = f"UPDATE {_N}.bots SET serial = GREATEST(serial, %s) WHERE bot = %s"
 _DROP_ALL_NOTES = f"DELETE FROM {_N}.notes WHERE bot = %s AND key = ANY(%s)"
@@ -163,7 +185,7 @@ _SAVE_MEMORY = (
 )
 _ADD_OUTGOING = (
     f"INSERT INTO {_N}.outgoing "
-    "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[])"
+    "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[], %s::int[])"
 )
 _DROP_OUTGOING = f"DELETE FROM {_N}.outgoing WHERE bot = %s AND receipt = ANY(%s)"
 _SAVE_SOURCE = (
@@ -177,10 +199,16 @@ class PostgresJournal(KeptJournal):
     Raises :class:`JournalError` (one line) if the database cannot be used.
     """
 
-    def __init__(self, url: str, *, bot: str = DEFAULT_BOT) -> None:
+    def __init__(self, url: str, *, bot: str = DEFAULT_BOT, shared: bool = False) -> None:
         super().__init__()
         self.url = url
         self.bot = bot
+        #: Several instances of the bot share the database (see :meth:`fence`).
+        self.shared = shared
+        # Shared: receipts are this instance's number times 2**32 plus the scheduler's.
+        self._receipt_base = 0
+        self._fence: tuple[Callable[[], int | None], int, int] | None = None
+        self._took: list[int] = []  # update ids taken in this batch (shared)
         self.label = redact(url)
         # This batch, as the scheduler reports it; written by commit().
         self._snapshots: dict[str, Snapshot | None] = {}  # None: ended
@@ -249,13 +277,47 @@ class PostgresJournal(KeptJournal):
             )
         # Held for the connection's life: a second instance of the bot is refused
         # instead of both answering the same users; a dead one's is released.
+        # Shared instances hold it shared: they exclude a single one, not each other.
+        kind = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
         owned = connection.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"{_N}:bot:{self.bot}",)
+            f"SELECT {kind}(hashtextextended(%s, 0))".encode(), (f"{_N}:bot:{self.bot}",)
         ).fetchone()
         if not (owned and owned[0]):
-            raise JournalError(
-                f"{self.label}: bot {self.bot!r} is in use by another running instance"
-            )
+            how = "a single instance" if self.shared else "another running instance"
+            raise JournalError(f"{self.label}: bot {self.bot!r} is in use by {how}")
+        if self.shared:
+            number = connection.execute(f"SELECT nextval('{_N}.instances')".encode()).fetchone()
+            assert number is not None
+            self._receipt_base = int(number[0]) << RECEIPT_BITS
+
+    def fence(self, holder: Callable[[], int | None], shard_lock: int, write_lock: int) -> None:
+        """Shared: commit only while the session `holder()` (a backend pid) holds the shards.
+
+        Each commit takes a shared transaction lock per shard it writes and
+        checks that `holder`'s session still holds that shard's advisory lock
+        (first key `shard_lock`); a new owner takes the transaction lock (first
+        key `write_lock`) exclusively before reading a shard, so a
+        batch of the old owner either commits before the new owner reads, or
+        is refused (a :class:`JournalError`: the instance stops).
+        """
+        self._fence = (holder, shard_lock, write_lock)
+
+    def took(self, source: int) -> None:
+        """Shared: update `source` was taken in this batch; marked so in its transaction."""
+        if self.shared:
+            self._took.append(source)
+
+    def dropped(self, key: str) -> None:
+        """`key` is driven by another instance now: forget what is cached about it."""
+        self._counts.pop(key, None)
+        self._stored_steps.discard(key)
+        self._timed.discard(key)
+        self._mailboxes.pop(key, None)
+        self._changed_mailboxes.discard(key)
+
+    def _global(self, receipt: int) -> int:
+        """The receipt as stored: unique across instances when shared."""
+        return receipt if receipt >> RECEIPT_BITS else self._receipt_base + receipt
 
     # -- recording ------------------------------------------------------------
 
@@ -335,10 +397,12 @@ class PostgresJournal(KeptJournal):
         except Exception as failure:
             log.warning("conversation %s: cannot keep %r until sent (%s)", key, item, failure)
             return
-        self._outputs[receipt] = (receipt, key, kind.value, blob)
+        receipt = self._global(receipt)
+        self._outputs[receipt] = (receipt, key, kind.value, blob, _shard(key))
 
     def delivered(self, receipt: int) -> None:
         """Forget the output."""
+        receipt = self._global(receipt)
         if self._outputs.pop(receipt, None) is None:  # else it was never written
             self._delivered.append(receipt)
 
@@ -379,7 +443,10 @@ class PostgresJournal(KeptJournal):
         bot = self.bot
         ended = [key for key, kept in self._snapshots.items() if kept is None]
         saved = [
-            (key, kept.state_class, kept.fields, self._at_of_state.get(key), self._since[key])
+            (
+                key, kept.state_class, kept.fields, self._at_of_state.get(key), self._since[key],
+                _shard(key),
+            )
             for key, kept in self._snapshots.items()
             if kept is not None
         ]
@@ -407,12 +474,27 @@ class PostgresJournal(KeptJournal):
             (_SAVE_MEMORY, _columns(bot, memory)),
             (_ADD_OUTGOING, _columns(bot, list(self._outputs.values()))),
             (_DROP_OUTGOING, [(bot, self._delivered)] if self._delivered else []),
-            (_SAVE_SOURCE, [(source, bot)] if source is not None else []),
             (_SAVE_SERIAL, serial),
             (_DROP_ALL_NOTES, [(bot, sorted(self._unnoted))] if self._unnoted else []),
             (_DROP_NOTES, _columns(bot, dropped_notes)),
             (_SAVE_NOTES, _columns(bot, notes)),
         ]
+        if self.shared:
+            # Update ids are unique by the updates table, not by a per-bot maximum
+            # (which every instance would contend for).
+            plan.append((_MARK_TAKEN, [(bot, self._took)] if self._took else []))
+            if self._fence is not None:
+                fenced = sorted({_shard(key) for key in (
+                    *self._snapshots, *self._new_steps, *self._clear_steps, *emptied,
+                    *(row[0] for row in kept_mailboxes), *self._deadlines,
+                    *(row[1] for row in self._outputs.values()),
+                )})  # fmt: skip
+                if fenced:
+                    holder, shard_lock, write_lock = self._fence
+                    row = (write_lock, fenced, holder(), shard_lock, fenced, fenced)
+                    plan.insert(0, (_FENCE, [row]))
+        else:
+            plan.append((_SAVE_SOURCE, [(source, bot)] if source is not None else []))
         self._stored_steps.update(self._new_steps)
         return [(statement, rows) for statement, rows in plan if rows]
 
@@ -427,6 +509,7 @@ class PostgresJournal(KeptJournal):
         self._delivered = []
         self._notes = {}
         self._unnoted = set()
+        self._took = []
 
     def _write(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         # The lock only matters at the end: a program closing the journal while
@@ -439,10 +522,20 @@ class PostgresJournal(KeptJournal):
                             cursor.execute(statement, rows[0])
                         else:
                             cursor.executemany(statement, rows)
+                        if statement is _FENCE:
+                            self._check_fence(cursor.fetchone())
             except psycopg.Error as error:
                 raise JournalError(
                     f"{self.label}: cannot write the journal ({_explain(error, self.url)})"
                 ) from None
+
+    def _check_fence(self, row: tuple[Any, ...] | None) -> None:
+        """Refuse the batch (rolled back) if a shard it writes is owned no more."""
+        if row is None or not row[0]:
+            raise JournalError(
+                f"{self.label}: this instance no longer owns shard(s) it was writing; "
+                "another instance drives them now"
+            )
 
     def claim(self, flow: str) -> None:
         """Refuse a bot whose journal was written for another flow; note the flow if new."""
@@ -463,12 +556,21 @@ class PostgresJournal(KeptJournal):
         row = self._read(f"SELECT last_source FROM {_N}.bots WHERE bot = %s", (self.bot,))
         return None if not row or row[0][0] is None else int(row[0][0])
 
-    def undelivered(self) -> list[tuple[int, str, Delivery, Any]]:
-        """Outputs never confirmed, oldest first (one that cannot be read is dropped)."""
-        outputs = []
+    def undelivered(
+        self, shards: Iterable[int] | None = None
+    ) -> list[tuple[int, str, Delivery, Any]]:
+        """Outputs never confirmed, oldest first (one that cannot be read is dropped).
+
+        Shared: only those of `shards` (none if not given).
+        """
+        outputs: list[tuple[int, str, Delivery, Any]] = []
+        if self.shared and shards is None:
+            return outputs
+        where, params = self._in_shards(shards)
         for receipt, key, kind, blob in self._read(
-            f"SELECT receipt, key, kind, item FROM {_N}.outgoing WHERE bot = %s ORDER BY receipt",
-            (self.bot,),
+            f"SELECT receipt, key, kind, item FROM {_N}.outgoing WHERE bot = %s{where} "
+            "ORDER BY receipt",
+            params,
         ):
             try:
                 outputs.append((receipt, key, Delivery(kind), pickle.loads(blob)))
@@ -477,21 +579,41 @@ class PostgresJournal(KeptJournal):
                 self._delivered.append(receipt)
         return outputs
 
-    def unfinished(self) -> Iterator[Saved]:
-        """Every saved conversation of this bot, with its steps, waiting messages and deadline."""
+    def _in_shards(self, shards: Iterable[int] | None) -> tuple[str, tuple[Any, ...]]:
+        """A WHERE clause's tail and parameters: this bot's rows, of `shards` if given."""
+        if shards is None:
+            return "", (self.bot,)
+        return " AND shard = ANY(%s)", (self.bot, sorted(shards))
+
+    def unfinished(self, shards: Iterable[int] | None = None) -> Iterator[Saved]:
+        """Every saved conversation of this bot, with its steps, waiting messages and deadline.
+
+        Shared: only those of `shards` (none if not given), read as the new
+        owner of those shards.
+        """
         saved: dict[str, Saved] = {}
-        bot = (self.bot,)
+        if self.shared and shards is None:
+            return iter(())
+        where, params = self._in_shards(shards)
         for key, class_path, fields, at, since in self._read(
             f"SELECT key, state_class, state_fields, at, since FROM {_N}.conversations "
-            "WHERE bot = %s",
-            bot,
+            f"WHERE bot = %s{where}",
+            params,
         ):
             saved[key] = Saved(key, Snapshot(class_path, bytes(fields)), last_active=at)
             self._counts[key] = 0
             self._since[key] = since
+        if shards is not None:
+            return self._rest_of(saved, (self.bot, list(saved)), " AND key = ANY(%s)")
+        return self._rest_of(saved, (self.bot,), "")
+
+    def _rest_of(
+        self, saved: dict[str, Saved], bot: tuple[Any, ...], where: str
+    ) -> Iterator[Saved]:
+        """Steps, mailboxes and deadlines of the `saved` conversations."""
         for key, _seq, print_, answer, at in self._read(
             f"SELECT key, seq, fingerprint, answer, at FROM {_N}.steps "
-            "WHERE bot = %s ORDER BY key, seq",
+            f"WHERE bot = %s{where} ORDER BY key, seq",
             bot,
         ):
             self._stored_steps.add(key)
@@ -503,27 +625,31 @@ class PostgresJournal(KeptJournal):
             if at is not None:  # steps only get later
                 conversation.last_active = at
             self._counts[key] += 1
-        for key, items in self._read(f"SELECT key, items FROM {_N}.mailbox WHERE bot = %s", bot):
+        for key, items in self._read(
+            f"SELECT key, items FROM {_N}.mailbox WHERE bot = %s{where}", bot
+        ):
             if key in saved:
                 saved[key].mailbox = pickle.loads(items)
                 self._mailboxes[key] = list(saved[key].mailbox)
-        for key, due in self._read(f"SELECT key, due FROM {_N}.deadlines WHERE bot = %s", bot):
+        for key, due in self._read(
+            f"SELECT key, due FROM {_N}.deadlines WHERE bot = %s{where}", bot
+        ):
             if key in saved:
                 saved[key].deadline = due
                 self._timed.add(key)
             else:
                 self._deadlines[key] = None
-        self._read_notes(saved)
-        serial = self._read(f"SELECT serial FROM {_N}.bots WHERE bot = %s", bot)
+        self._read_notes(saved, bot, where)
+        serial = self._read(f"SELECT serial FROM {_N}.bots WHERE bot = %s", (self.bot,))
         self._serial = self._serial_written = max(
             [serial[0][0] if serial else 0, *(self.position(key) for key in saved)]
         )
         return iter(saved.values())
 
-    def _read_notes(self, saved: dict[str, Saved]) -> None:
+    def _read_notes(self, saved: dict[str, Saved], bot: tuple[Any, ...], where: str) -> None:
         """Give each conversation its notes back; one that cannot be read is dropped."""
         for key, name, blob in self._read(
-            f"SELECT key, name, value FROM {_N}.notes WHERE bot = %s", (self.bot,)
+            f"SELECT key, name, value FROM {_N}.notes WHERE bot = %s{where}", bot
         ):
             self._noted.add(key)
             if key not in saved:
@@ -614,6 +740,25 @@ class PostgresJournal(KeptJournal):
 
 
 _NOTHING = pickle.dumps((None, None), _PROTOCOL)
+#: Shared: an instance's receipts are its number shifted left by this, plus its own count.
+RECEIPT_BITS = 32
+_MARK_TAKEN = f"UPDATE {_N}.updates SET taken = true WHERE bot = %s AND update_id = ANY(%s)"
+# Waits for nothing unless a new owner is reading the shard (see fence), then
+# checks the holder still holds every shard written: true, or the batch is refused.
+_FENCE = (
+    "SELECT (SELECT count(*) FROM (SELECT pg_advisory_xact_lock_shared(%s::int4, s) "
+    "FROM unnest(%s::int4[]) AS s) AS waited) >= 0 AND (SELECT count(*) FROM pg_locks "
+    "WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND pid = %s "
+    "AND classid = %s::int4::oid AND objid = ANY(%s::int4[]::oid[]) AND objsubid = 2)"
+    " = cardinality(%s::int4[])"
+)
+
+
+def _shard(key: str) -> int:
+    """`key`'s shard (imported late: engine.shards imports this module)."""
+    from engine.shards import shard_of
+
+    return shard_of(key)
 
 
 def _columns(bot: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -654,6 +799,12 @@ def _upgrade(connection: psycopg.Connection[Any], version: int) -> None:
         connection.execute(_UPGRADE_FROM_1_END.encode())
     if version <= 3:
         connection.execute(_UPGRADE_FROM_3.encode())
+        for table in ("conversations", "outgoing"):
+            keys = connection.execute(f"SELECT DISTINCT key FROM {_N}.{table}".encode()).fetchall()
+            connection.cursor().executemany(
+                f"UPDATE {_N}.{table} SET shard = %s WHERE key = %s".encode(),
+                [(_shard(key), key) for (key,) in keys],
+            )
     connection.execute(
         f"UPDATE {_N}.meta SET value = %s WHERE name = 'schema_version'", (str(SCHEMA_VERSION),)
     )

@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +196,25 @@ class Stop:
     """Stop the loop after this batch."""
 
 
+#: What an :class:`Adopt` reads from the journal: conversations and unsent outputs.
+Adoption = tuple[Iterable[Saved], list[tuple[int, str, Delivery, Any]]]
+
+
+@dataclass(slots=True)
+class Adopt:
+    """Rebuild the conversations `load()` reads (shards this instance now owns)."""
+
+    load: Callable[[], Adoption]
+
+
+@dataclass(slots=True)
+class Drop:
+    """Stop running the conversations `leaving` names (they move to another instance)."""
+
+    leaving: Callable[[Key], bool]
+    done: threading.Event
+
+
 #: A kind of output and the frontend method that shows it.
 _Shown = tuple[Delivery, Callable[[Key, Any, Receipt], None]]
 
@@ -304,6 +323,8 @@ class Scheduler:
             Sent: self._sent,
             Broken: self._broken,
             ForgetUser: self._forget_user,
+            Adopt: self._adopt,
+            Drop: self._drop,
         }
         for extra in frontend.extra_commands:
             self._table[extra] = self._output
@@ -389,6 +410,27 @@ class Scheduler:
         for a question after a restart, different for any later question.
         """
         return self.journal.position(key)
+
+    def adopt(self, load: Callable[[], Adoption]) -> None:
+        """Rebuild the conversations ``load()`` reads from the journal, on the scheduler's thread.
+
+        For an instance that has just become the owner of some conversations
+        (shards, see :mod:`engine.shards`): like :meth:`recover` for those;
+        their unsent outputs (with the receipts the journal gave them) go out
+        again first.
+        """
+        self._inbox.put(Adopt(load))
+
+    def drop(self, leaving: Callable[[Key], bool], timeout: float = 10.0) -> bool:
+        """Stop running the conversations `leaving` names, once what is before is committed.
+
+        Waits until that batch is committed (up to `timeout`; whether it was):
+        after that nothing more is written for them here. Their journaled
+        state stays for whichever instance adopts them.
+        """
+        done = threading.Event()
+        self._inbox.put(Drop(leaving, done))
+        return done.wait(timeout)
 
     def already_taken(self, source: int) -> bool:
         """Whether an event from `source` was taken before (so would be skipped)."""
@@ -510,6 +552,7 @@ class Scheduler:
             log.debug("skipping event from source %s: already taken", source)
             return False
         self._last_source = self._batch_source = source
+        self.journal.took(source)
         return True
 
     def _halt(self, reason: str) -> None:
@@ -952,14 +995,36 @@ class Scheduler:
         unsent = self.journal.undelivered() if self._confirming else []
         if unsent:
             self._receipts = itertools.count(unsent[-1][0] + 1)
+        self.journal.stamp(self._wall_clock())
+        count = self._rebuild_all(self.journal.unfinished(), unsent)
+        self._commit()
+        return count
+
+    def _adopt(self, event: Adopt) -> None:
+        conversations, unsent = event.load()
+        count = self._rebuild_all(conversations, unsent if self._confirming else [])
+        log.info("adopted %d conversation(s) from the journal", count)
+
+    def _drop(self, event: Drop) -> None:
+        leaving = [key for key in self._chats if event.leaving(key)]
+        for key in leaving:
+            del self._chats[key]  # its timers and late results find it gone
+            self.journal.dropped(key)
+        self._expired = {key for key in self._expired if not event.leaving(key)}
+        self._later(event.done.set)  # once this batch, the last written here, is committed
+
+    def _rebuild_all(
+        self, conversations: Iterable[Saved], unsent: list[tuple[int, str, Delivery, Any]]
+    ) -> int:
+        """Send `unsent` again, then rebuild `conversations`; how many."""
+        if unsent:
             log.info("sending again %d message(s) not sent before the restart", len(unsent))
         for receipt, key, kind, item in unsent:  # lost in the crash: out first, in order
             self._outbox.append((self._shown[kind][1], key, item, receipt))
         count = 0
-        self.journal.stamp(self._wall_clock())
         # One reading of both clocks for all: overdue timers keep their order.
         self._wall_to_clock = self._clock() - self._wall_clock()
-        for saved in self.journal.unfinished():
+        for saved in conversations:
             try:
                 self._rebuild(saved)
             except Diverged as reason:
@@ -971,7 +1036,6 @@ class Scheduler:
             count += 1
         self._due_after_restart.clear()
         self._observer.rebuilt(count)
-        self._commit()
         return count
 
     def _rebuild(self, saved: Saved) -> None:

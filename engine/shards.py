@@ -92,6 +92,8 @@ class Shards:
         self._member_ns = _namespace(bot, "member")
         self._shard_ns = _namespace(bot, "shard")
         self._lease_ns = _namespace(bot, "lease")
+        #: First key of the transaction locks fencing journal writes per shard.
+        self.write_lock = _namespace(bot, "write")
         self._member_id = random.getrandbits(31)
         self._connection: psycopg.Connection[Any] | None = None
         self._stopping = threading.Event()
@@ -166,6 +168,7 @@ class Shards:
                 self.owned -= lost
             gained = self._take_free(target - len(self.owned))
             if gained:
+                self._wait_for_writers(gained)
                 self.owned |= gained
                 if self.changed is not None:
                     self.changed(gained, frozenset())
@@ -194,6 +197,29 @@ class Shards:
             if self._rows(_TRY_LOCK, self._shard_ns, shard)[0][0]:
                 taken.add(shard)
         return frozenset(taken)
+
+    def _wait_for_writers(self, gained: frozenset[int]) -> None:
+        """Wait until a batch the previous owner is committing for `gained` is done.
+
+        Its commit holds this lock shared (see PostgresJournal.fence); any
+        later one finds the shard's lock held by us, and is refused.
+        """
+        assert self._connection is not None
+        with self._connection.transaction():
+            self._connection.execute(
+                b"SELECT count(pg_advisory_xact_lock(%s::int4, s)) FROM unnest(%s::int4[]) AS s",
+                (self.write_lock, sorted(gained)),
+            )
+
+    @property
+    def shard_lock(self) -> int:
+        """First key of the session locks that are the shards (for PostgresJournal.fence)."""
+        return self._shard_ns
+
+    def backend_pid(self) -> int | None:
+        """The server process of the connection holding the shards, or None if none."""
+        connection = self._connection
+        return None if connection is None or connection.closed else connection.info.backend_pid
 
     def _hold_lease(self) -> None:
         if not self.leader:

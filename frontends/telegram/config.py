@@ -164,7 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     from frontends.telegram import webhook  # late: it builds on the other modules
 
     webhook.add_webhook_options(parser)
+    add_shared_options(parser)
     return parser
+
+
+def add_shared_options(parser: argparse.ArgumentParser) -> None:
+    """``--shared`` and ``--shard-interval``."""
+    group = parser.add_argument_group("several instances")
+    group.add_argument(
+        "--shared", action="store_true",
+        help="run as one of several instances of the bot on one PostgreSQL --state "
+        "(webhook mode): conversations are split between the running instances",
+    )  # fmt: skip
+    group.add_argument(
+        "--shard-interval", type=POSITIVE, default=2.0, metavar="SECONDS",
+        help="with --shared: how often instances rebalance, so how soon a dead "
+        "instance's conversations move (default 2)",
+    )  # fmt: skip
+
 
 
 def pacing_from(args: argparse.Namespace) -> Pacing:

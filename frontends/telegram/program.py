@@ -11,12 +11,12 @@ import time
 import traceback
 import types as pytypes
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import telebot
 from telebot import apihelper
 
-from engine.journal import Journal
+from engine.journal import Journal, JournalError
 from engine.scheduler import Scheduler
 from engine.states import Flow
 from frontends.programs import (
@@ -48,6 +48,9 @@ from frontends.telegram.sending import Outbox, Retrying
 from frontends.telegram.texts import help_text
 from frontends.telegram.updates import Updates, new_update
 from frontends.telegram.users import Users
+
+if TYPE_CHECKING:
+    from frontends.telegram import cluster
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +93,42 @@ class Bot:
         )
         self.journal = journal
         self.metrics = health.Metrics()
+        shared = bool(getattr(journal, "shared", False))
         self.scheduler = Scheduler(
             self.frontend,
             flow,
             workers=args.workers,
             idle_timeout=args.idle_timeout,
             journal=journal,
-            sources=new_update,
+            # Shared: the updates table takes each update once, in any order of ids.
+            sources=_every_update if shared else new_update,
             observer=self.metrics.observer(),
         )
         self.frontend.scheduler = self.scheduler  # for positions and notes
         self.updates = Updates(
             self.scheduler, self.outbox, self.registry, help_text(flow), users=self.users
         )
+        self.cluster: cluster.Cluster | None = None
+        intake = None
+        if shared:
+            # Imported here: psycopg (which imports asyncio) only for those who use it.
+            from engine.postgres_journal import PostgresJournal
+            from frontends.telegram import cluster
+
+            assert isinstance(journal, PostgresJournal)
+            self.cluster = cluster.Cluster(journal.url, journal.bot, journal, self.scheduler,
+                                           self.updates, args.shard_interval)  # fmt: skip
+            intake = cluster.SharedIntake(self.cluster.store, self.metrics)
         self.poller = webhook.receiver(
             args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
             outbox=self.outbox, metrics=self.metrics, journaled=self.journaled,
-            redact=redactor.redact,
+            redact=redactor.redact, intake=intake,
         )  # fmt: skip
+        if shared and not isinstance(self.poller, webhook.WebhookReceiver):
+            raise webhook.OptionError(
+                "--shared needs webhook mode (--webhook or TELEGRAM_WEBHOOK_URL); "
+                "polling by several instances is not built yet"
+            )
         self.drain_timeout: float = args.drain_timeout
         mode = "webhook" if isinstance(self.poller, webhook.WebhookReceiver) else "polling"
         #: What the start is logged as (the listener is logged once it listens).
@@ -117,6 +138,13 @@ class Bot:
         log.info("starting: %s", self.description)
         self.outbox.start()
         self.scheduler.start()
+        if self.cluster is not None:
+            try:
+                self.cluster.start()
+            except JournalError as error:
+                log.error("%s", error)
+                self.halted = str(error)
+                self.stopping.set()
         self.poller.start()
         while not self.stopping.wait(1.0):
             pass
@@ -142,9 +170,13 @@ class Bot:
         # A long poll in flight is abandoned (its updates are not confirmed, so
         # Telegram sends them again); a batch being handed over is let finish.
         self.poller.join(1.0 if self.poller.dispatching else 0.05)
+        if self.cluster is not None:
+            self.cluster.feed.stop()  # no more updates handed over
         # Sends finish first, while the scheduler still runs to journal their
         # confirmations: whatever is not out by then is sent after a restart.
         finished = self.outbox.close(timeout=self.drain_timeout)
+        if self.cluster is not None:
+            self.cluster.stop()  # the shards go to the other instances
         self.scheduler.stop(timeout=1.0)
         self.journal.close()
         self.poller.confirm()
@@ -160,6 +192,11 @@ class Bot:
         return EXIT_FAILED if self.halted else EXIT_OK
 
 
+def _every_update(update_id: int, last: int | None) -> bool:
+    """Shared instances' source policy: the updates table already took each update once."""
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``weather-bot``: parse options, start the bot, run it until stopped; the exit status."""
     args = build_parser().parse_args(argv)
@@ -173,7 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         flow = load(args.flow)
         args.state = state_spec(args.state, os.environ, DEFAULT_STATE)
         assert args.state is not None  # there is a default
-        journal = open_journal(args.state, args.flow)
+        if args.shared:
+            from frontends.telegram import cluster
+
+            journal: Journal = cluster.open_shared(args.state, args.flow)
+        else:
+            journal = open_journal(args.state, args.flow)
     except ConfigError as error:
         return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)

@@ -47,7 +47,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import waitress.server
@@ -266,8 +266,11 @@ class Intake:
         self._restart_mark = scheduler.last_source  # taken before this run, up to here
         self._highest = self._restart_mark  # the highest id handed over with its id
 
-    def take(self, update_id: int, update: Any) -> threading.Event | None:
-        """Hand `update` over; returns what is set once it is journaled (None: it was)."""
+    def take(self, update_id: int, update: Any, item: Any = None) -> threading.Event | None:
+        """Hand `update` over; returns what is set once it is journaled (None: it was).
+
+        `item` is the update as received (JSON), for an intake that keeps it.
+        """
         with self._lock:
             ticket = self._tickets.get(update_id)
             if ticket is not None:
@@ -305,13 +308,21 @@ class Intake:
 _update_type: Any = types.Update
 
 
+class Taker(Protocol):
+    """What takes an update from a webhook request: :class:`Intake`, or a shared one."""
+
+    def take(self, update_id: int, update: Any, item: Any = None) -> threading.Event | None:
+        """What is set once the update is kept (None: it was before)."""
+        ...
+
+
 class WebhookApp:
     """The WSGI app: the webhook path, ``/healthz`` and ``/metrics``."""
 
     def __init__(
         self,
         settings: WebhookSettings,
-        intake: Intake,
+        intake: Taker,
         metrics: Metrics,
         health: Health | None,
     ) -> None:
@@ -387,7 +398,7 @@ class WebhookApp:
         except Exception as error:  # unreadable: taking it again would not help
             log.warning("ignoring update %s, which could not be read: %r", update_id, error)
             return self._refuse(start_response, "200 OK", "unreadable")
-        ticket = self.intake.take(update_id, update)
+        ticket = self.intake.take(update_id, update, item)
         if ticket is not None and not ticket.wait(COMMIT_WAIT):
             log.warning("update %s not journaled within %gs: Telegram will retry", update_id,
                         COMMIT_WAIT)  # fmt: skip
@@ -621,6 +632,7 @@ def receiver(
     journaled: Journaled,
     redact: Callable[[str], str],
     environ: Mapping[str, str] = os.environ,
+    intake: Taker | None = None,
 ) -> Poller:
     """What takes updates in the bot: a :class:`WebhookReceiver` or a :class:`MeteredPoller`.
 
@@ -648,7 +660,7 @@ def receiver(
             bot, updates, stopping, journaled=journaled, poll_timeout=args.poll_timeout,
             redact=redact, metrics=metrics, listener=listener,
         )  # fmt: skip
-    app = WebhookApp(settings, Intake(updates, scheduler, metrics), metrics, health)
+    app = WebhookApp(settings, intake or Intake(updates, scheduler, metrics), metrics, health)
     return WebhookReceiver(
         bot, updates, stopping, settings=settings, app=app, journaled=journaled, redact=redact
     )

@@ -1,0 +1,113 @@
+"""Several real ``weather-bot --shared`` processes on one PostgreSQL, behind a round-robin proxy.
+
+For the scale tests and ``bench/scale_bench.py``: each instance listens on
+its own port; the fake Telegram posts to the proxy, which spreads the
+updates over the instances; an instance can be killed with SIGKILL and
+started again on its port.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.fake_telegram import FakeTelegram
+from tests.support.flows import CLASSIC
+from tests.support.round_robin import RoundRobin
+from tests.support.webhook_bot import environment, free_port
+
+HOOK_PATH = "/telegram/hook"
+READY = "webhook mode: Telegram posts"
+
+
+class BotCluster:
+    """`count` instances of the bot on `url`; ``with`` stops them all (SIGTERM, then SIGKILL).
+
+    `shared=False` runs the bot as a single instance (any ``--state``), for comparison.
+    """
+
+    def __init__(
+        self,
+        telegram: FakeTelegram,
+        url: str,
+        directory: Path,
+        count: int,
+        *,
+        interval: float = 0.5,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        shared: bool = True,
+    ) -> None:
+        self.telegram = telegram
+        self.url = url
+        self.directory = directory
+        self.interval = interval
+        self.extra = extra
+        self.env = env
+        self.shared = shared
+        self.ports = [free_port() for _ in range(count)]
+        self.proxy = RoundRobin([f"http://127.0.0.1:{port}" for port in self.ports])
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.logs: list[Path] = [directory / f"instance-{n}.log" for n in range(count)]
+        self._runs = 0
+
+    def __enter__(self) -> BotCluster:
+        self.proxy.__enter__()
+        return self
+
+    def start(self, index: int, *, ready: bool = True) -> subprocess.Popen[bytes]:
+        """Start instance `index` (on its port); wait until it takes updates."""
+        self._runs += 1
+        log = self.logs[index] = self.directory / f"instance-{index}-{self._runs}.log"
+        shared = ["--shared", "--shard-interval", str(self.interval)] if self.shared else []
+        options = [
+            "--no-pacing", "--flow", CLASSIC, *shared, "--state", self.url,
+            "--webhook", self.proxy.url + HOOK_PATH,
+            "--listen", f"127.0.0.1:{self.ports[index]}", *self.extra,
+        ]  # fmt: skip
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "frontends.telegram", *options],
+                cwd=self.directory, env=self.env or environment(self.telegram),
+                stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.processes[index] = process
+        if ready:
+            self.telegram.wait_until(
+                lambda: READY in self.output(index) or process.poll() is not None,
+                timeout=30, what=f"instance {index} to take updates",
+            )  # fmt: skip
+            assert process.poll() is None, self.output(index)
+        return process
+
+    def start_all(self) -> None:
+        for index in range(len(self.ports)):
+            self.start(index)
+
+    def output(self, index: int) -> str:
+        return self.logs[index].read_text(encoding="utf-8", errors="replace")
+
+    def kill(self, index: int) -> float:
+        """``kill -9`` instance `index`; the monotonic time it died."""
+        process = self.processes[index]
+        assert process is not None and process.poll() is None, self.output(index)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        return time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            if process is None:
+                continue
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        self.proxy.__exit__(None, None, None)
