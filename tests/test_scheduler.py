@@ -27,6 +27,7 @@ from engine.states import Steps
 from engine.testing import RecordingFrontend
 from engine.workers import WorkerPool
 from tests.support.engine import Engine, engine_threads, held
+from tests.support.flows import Nap
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 
@@ -819,3 +820,32 @@ def test_a_worker_pool_replies_with_values_and_any_exception(no_engine_threads: 
         ("divide", None, ZeroDivisionError),
         ("exit", None, SystemExit),
     ]
+
+
+# -- a value from one flow cannot touch another conversation -----------------------------
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1"])
+def test_a_sleep_of_nan_or_inf_fails_that_conversation_only(
+    start_engine: StartEngine, caplog: pytest.LogCaptureFixture, seconds: str
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="engine")
+    clock = FakeClock()
+    scheduler, frontend = start_engine(Nap, clock=clock)
+    scheduler.begin("ann")
+    scheduler.begin("bob")
+    scheduler.send("bob", "1")
+    scheduler.send("ann", seconds)  # Sleep(float(seconds)) refuses it where it is built
+    assert frontend.wait_for("ann", "ended")[-2:] == [FAILED, "ended"]
+    frontend.wait_for("bob", "bot: sleeping 1 s")
+    clock.advance(1.0)
+    round_trip(scheduler, frontend)  # the timers still fire, in order, for everyone else
+    assert frontend.lines("bob")[-2:] == ["bot: slept 1 s", "bot: How long?"]
+
+
+def test_sleep_refuses_what_is_not_a_finite_number_of_seconds_where_it_is_built() -> None:
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            Sleep(bad)
+    with pytest.raises(TypeError, match="number of seconds"):
+        Sleep("1")  # type: ignore[arg-type]
