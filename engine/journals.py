@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.journal import Journal, SqliteJournal
+from engine.journal import Journal, JournalError, SqliteJournal
 
 #: URL schemes that name a PostgreSQL database (libpq accepts both).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -13,14 +13,18 @@ def is_postgres(spec: str) -> bool:
     return spec.lower().startswith(POSTGRES_SCHEMES)
 
 
-def open_journal(spec: str) -> Journal:
+def open_journal(spec: str, *, shared: bool = False) -> Journal:
     """A :class:`PostgresJournal` for a ``postgresql://`` URL, else a :class:`SqliteJournal` file.
 
-    Raises :class:`engine.journal.JournalError` (one line) if it cannot be used.
+    `shared`: one of several instances of a bot on one database (PostgreSQL
+    only). Raises :class:`engine.journal.JournalError` (one line) if it cannot
+    be used.
     """
     if is_postgres(spec):
         # Imported here: psycopg is needed only by those who use PostgreSQL.
         from engine.postgres_journal import PostgresJournal
 
-        return PostgresJournal(spec)
+        return PostgresJournal(spec, shared=shared)
+    if shared:
+        raise JournalError("--shared needs a postgresql:// --state (or DATABASE_URL)")
     return SqliteJournal(spec)

@@ -257,15 +257,16 @@ def state_spec(option: str | None, environ: Mapping[str, str], default: str | No
     return environ.get(DATABASE_URL, "").strip() or default
 
 
-def open_journal(spec: str, flow: str | None = None) -> Journal:
+def open_journal(spec: str, flow: str | None = None, *, shared: bool = False) -> Journal:
     """The journal `spec` names: a SQLite file path, or a ``postgresql://`` URL.
 
     With `flow` (the ``--flow`` spec), a journal written for another flow is
-    refused. ConfigError in one line if it cannot be used: a bad URL, a
-    refused login, an unreachable server, a file or database in use...
+    refused; `shared`, one of several instances on one database. ConfigError
+    in one line if it cannot be used: a bad URL, a refused login, an
+    unreachable server, a file or database in use...
     """
     try:
-        journal = journals.open_journal(spec)
+        journal = journals.open_journal(spec, shared=shared)
     except JournalError as error:
         raise ConfigError(str(error)) from None
     if flow is not None:

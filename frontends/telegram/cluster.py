@@ -27,7 +27,6 @@ from telebot import types
 from engine.frontend import Key
 from engine.journal import JournalError
 from engine.postgres_journal import (
-    DEFAULT_BOT,
     NAMESPACE,
     PostgresJournal,
     _connect_options,
@@ -36,7 +35,6 @@ from engine.postgres_journal import (
 )
 from engine.scheduler import Adoption, Scheduler
 from engine.shards import SHARDS, Shards, shard_of
-from frontends.programs import ConfigError
 from frontends.telegram.routing import conversation_key, is_group
 from frontends.telegram.updates import Updates
 
@@ -71,22 +69,6 @@ def update_key(item: dict[str, Any]) -> Key:
         if "id" in chat and "id" in person:
             return conversation_key(chat["id"], person["id"], is_group(chat.get("type")))
     return f"update:{item.get('update_id')}"
-
-
-def open_shared(url: str, flow: str, bot: str = DEFAULT_BOT) -> PostgresJournal:
-    """The shared journal of `bot` at `url`; a ConfigError (one line) if it cannot be used."""
-    if not url.lower().startswith(("postgresql://", "postgres://")):
-        raise ConfigError("--shared needs a postgresql:// --state (or DATABASE_URL)")
-    try:
-        journal = PostgresJournal(url, bot=bot, shared=True)
-    except JournalError as error:
-        raise ConfigError(str(error)) from None
-    try:
-        journal.claim(flow)
-    except JournalError as error:
-        journal.close()
-        raise ConfigError(str(error)) from None
-    return journal
 
 
 class UpdateStore:

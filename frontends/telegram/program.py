@@ -210,12 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flow = load(args.flow)
         args.state = state_spec(args.state, os.environ, DEFAULT_STATE)
         assert args.state is not None  # there is a default
-        if args.shared:
-            from frontends.telegram import cluster
-
-            journal: Journal = cluster.open_shared(args.state, args.flow)
-        else:
-            journal = open_journal(args.state, args.flow)
+        journal = open_journal(args.state, args.flow, shared=args.shared)
     except ConfigError as error:
         return fail(PROGRAM, redactor.redact(str(error)))
     setup_logging(args.verbose, redactor)
