@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.frontend import Notice
 from engine.journal import SqliteJournal
 from flows.weather import NEXT_PROMPT, PLACE_PROMPT
-from frontends.telegram.texts import UNKNOWN_COMMAND
+from frontends.telegram.texts import NOTICES, UNKNOWN_COMMAND
 from tests.support.fake_telegram import SECRET, TOKEN, FakeTelegram, Sent, bot_environment
 from tests.support.flows import CLASSIC, long_text
 from tests.support.openmeteo_server import FakeOpenMeteo
@@ -57,11 +58,18 @@ def start_bot(
     """``start_bot(*options, ready=True)`` runs the bot until the test ends.
 
     By default it runs unpaced and waits until the bot polls. Afterwards it is
-    stopped (SIGTERM, then SIGKILL) and its output must not hold the token.
+    stopped (SIGTERM, then SIGKILL) and its output must not hold the token, nor a
+    traceback unless `flow_fails` (a flow's own bug is logged with its traceback).
     """
     started: list[BotProcess] = []
+    failing: list[BotProcess] = []
 
-    def start(*options: str, ready: bool = True, env: dict[str, str] | None = None) -> BotProcess:
+    def start(
+        *options: str,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
+        flow_fails: bool = False,
+    ) -> BotProcess:
         if "--flow" not in options:  # the text-only dialogue (see tests.support.flows)
             options = (*options, "--flow", CLASSIC)
         path = tmp_path / f"bot-{len(started)}.log"
@@ -75,6 +83,8 @@ def start_bot(
             )
         bot = BotProcess(process, path)
         started.append(bot)
+        if flow_fails:
+            failing.append(bot)
         if ready:
             telegram.wait_until(
                 lambda: telegram.requests_to("getUpdates") or bot.process.poll() is not None,
@@ -98,7 +108,7 @@ def start_bot(
         for bot in started:
             output = bot.output()
             assert SECRET not in output, "the token leaked into the bot's output"
-            assert "Traceback" not in output, output
+            assert bot in failing or "Traceback" not in output, output
 
 
 def buttons(sent: Sent) -> list[str]:
@@ -646,3 +656,17 @@ def test_a_state_file_that_cannot_be_used_exits_2_with_one_line(
     assert telegram.requests == []
     if holder is None:  # (the instance holding it may write to it, of course)
         assert state.read_bytes() == before
+
+
+def test_a_sleep_of_nan_fails_that_conversation_and_no_other(
+    start_bot: StartBot, telegram: FakeTelegram
+) -> None:
+    bot = start_bot("--no-pacing", "--flow", "tests.support.flows:Nap", flow_fails=True)
+    telegram.send_texts([(31, "/start"), (32, "/start")])
+    telegram.wait_text(31, "How long?")
+    telegram.wait_text(32, "How long?")
+    telegram.send_texts([(31, "nan"), (32, "0.2")])  # Sleep(float("nan")): refused where built
+    telegram.wait_text(31, NOTICES[Notice.FAILED])
+    telegram.wait_messages(32, 4)  # the other user's timer fires, the loop goes on
+    assert telegram.texts(32) == ["How long?", "sleeping 0.2 s", "slept 0.2 s", "How long?"]
+    assert "ValueError: Sleep takes a finite, non-negative number of seconds" in bot.output()
