@@ -32,6 +32,7 @@ from engine.runner import Snapshot
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import RecordingFrontend
+from tests.support.engine import Confirming
 from tests.support.postgres_server import PostgresServer, closed_port
 
 CALLS: list[int] = []
@@ -538,29 +539,6 @@ def test_steps_kept_for_a_waiting_user_survive_while_others_move_on(state: str) 
 # -- outputs confirmed by the frontend ------------------------------------------
 
 
-class Confirming(RecordingFrontend):
-    """Sends in the background, as the Telegram bot does: confirms when told to."""
-
-    confirms_delivery = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.receipts: list[int] = []
-
-    def deliver(self, key: str, command: Any, receipt: int | None = None) -> None:
-        assert receipt is not None
-        self.receipts.append(receipt)
-        super().deliver(key, command)
-
-    def ask(self, key: str, question: Any, receipt: int | None = None) -> None:
-        assert receipt is not None
-        self.receipts.append(receipt)
-        super().ask(key, question)
-
-    def confirm_all(self) -> None:
-        for receipt in self.receipts:
-            self.sent(receipt)
-        self.receipts.clear()
 
 
 def _run_confirming(state: str) -> tuple[Confirming, Journal, Scheduler]:

@@ -42,7 +42,7 @@ from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
 from tests.conftest import Engine
-from tests.support.engine import FORMAT_2
+from tests.support.engine import FORMAT_2, Confirming
 from tests.support.flows import Echo, Pin, Visitor, tiny_png
 
 StartEngine = Callable[..., Engine]
@@ -397,29 +397,6 @@ def test_a_frontend_giving_no_user_fails_at_the_yield(start_engine: StartEngine)
 # -- across a restart, on a state file ---------------------------------------------------
 
 
-class Confirming(RecordingFrontend):
-    """Confirms outputs only when told, as a frontend sending in the background."""
-
-    confirms_delivery = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.receipts: list[int] = []
-
-    def deliver(self, key: str, command: Any, receipt: int | None = None) -> None:
-        assert receipt is not None
-        self.receipts.append(receipt)
-        super().deliver(key, command)
-
-    def ask(self, key: str, question: Any, receipt: int | None = None) -> None:
-        assert receipt is not None
-        self.receipts.append(receipt)
-        super().ask(key, question)
-
-    def confirm_all(self) -> None:
-        for receipt in self.receipts:
-            self.sent(receipt)
-        self.receipts.clear()
 
 
 class Running:

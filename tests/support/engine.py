@@ -68,3 +68,31 @@ CREATE TABLE outgoing (
 );
 PRAGMA user_version = 2;
 """
+
+
+class Confirming(RecordingFrontend):
+    """Sends in the background, as the Telegram bot does: confirms outputs only when told."""
+
+    confirms_delivery = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receipts: list[int] = []
+
+    def deliver(self, key: str, command: Any, receipt: int | None = None) -> None:
+        """Write it down and keep its receipt until :meth:`confirm_all`."""
+        assert receipt is not None
+        self.receipts.append(receipt)
+        super().deliver(key, command)
+
+    def ask(self, key: str, question: Any, receipt: int | None = None) -> None:
+        """Write it down and keep its receipt until :meth:`confirm_all`."""
+        assert receipt is not None
+        self.receipts.append(receipt)
+        super().ask(key, question)
+
+    def confirm_all(self) -> None:
+        """Confirm every output so far, as a sender would once Telegram took them."""
+        for receipt in self.receipts:
+            self.sent(receipt)
+        self.receipts.clear()
