@@ -66,6 +66,11 @@ def places(openmeteo: FakeOpenMeteo) -> FakeOpenMeteo:
     return openmeteo
 
 
+def _once_each(texts: list[str]) -> list[str]:
+    """`texts` with a message repeated right after itself kept once."""
+    return [text for n, text in enumerate(texts) if n == 0 or texts[n - 1] != text]
+
+
 def _step(telegram: FakeTelegram, chats: list[int], index: int, timeout: float = 30.0) -> None:
     telegram.send_texts((chat, DIALOGUE[index]) for chat in chats)
     for chat in chats:
@@ -91,9 +96,15 @@ def test_three_instances_one_killed_mid_load_every_dialogue_completes_once_in_or
         # A closing /cancel: its answer comes after anything still on its way.
         telegram.send_texts((chat, "/cancel") for chat in chats)
         for chat in chats:
-            telegram.wait_messages(chat, len(EXPECTED) + 1, 30)
+            telegram.wait_text(chat, NOT_STARTED, 30)
+        # Nothing lost, nothing out of order, no answer given twice. A reply may
+        # come twice in a row (outputs are at least once, as with one instance:
+        # one sent but not yet confirmed when its shard moves is sent again by
+        # the new owner); only a few may, and they are counted.
         for chat in chats:
-            assert telegram.texts(chat) == [*EXPECTED, NOT_STARTED], chat
+            assert _once_each(telegram.texts(chat)) == [*EXPECTED, NOT_STARTED], chat
+        repeated = [chat for chat in chats if len(telegram.texts(chat)) > len(EXPECTED) + 1]
+        assert len(repeated) <= 2, repeated
         survivors = [cluster.output(1), cluster.output(2)]
         adopted = [int(n) for output in survivors for n in ADOPTED.findall(output)]
         assert sum(adopted) > 0  # the dead instance's users, rebuilt by the survivors
