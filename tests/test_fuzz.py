@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 
 from tests.support.fake_telegram import SECRET, FakeTelegram, Sent, bot_environment
 from tests.support.openmeteo_server import FakeOpenMeteo
+from tests.support.processes import stop_process
 
 #: The seed of the whole run; change it to explore, keep it to reproduce.
 SEED = 20261128
@@ -273,15 +273,7 @@ class BotRun:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-                return None
-        return self.process.returncode
+        return stop_process(self.process, 15)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from frontends.telegram.texts import NOTICES, UNKNOWN_COMMAND
 from tests.support.fake_telegram import SECRET, TOKEN, FakeTelegram, Sent, bot_environment
 from tests.support.flows import CLASSIC, long_text
 from tests.support.openmeteo_server import FakeOpenMeteo
+from tests.support.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CITY = "Name a city: "
@@ -98,13 +99,7 @@ def start_bot(
         yield start
     finally:
         for bot in started:
-            if bot.process.poll() is None:
-                bot.process.send_signal(signal.SIGTERM)
-                try:
-                    bot.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    bot.process.kill()
-                    bot.process.wait(5)
+            stop_process(bot.process, 10)
         for bot in started:
             output = bot.output()
             assert SECRET not in output, "the token leaked into the bot's output"

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.fake_telegram import SECRET, FakeTelegram, bot_environment
 from tests.support.flows import REMIND_AFTER
+from tests.support.processes import stop_process
 
 QUESTION = "What is your name?"
 REMINDER = "Still there? I would like to know your name."
@@ -75,13 +76,7 @@ class Runs:
 
     def stop(self) -> None:
         for process, _ in self.started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+            stop_process(process, 10)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import requests
 from tests.support.fake_telegram import ROOT, TOKEN, FakeTelegram
 from tests.support.flows import CLASSIC
 from tests.support.openmeteo_server import FakeOpenMeteo
+from tests.support.processes import stop_process
 
 SECRET_PART = TOKEN.split(":")[1]
 HOOK_SECRET = "test-webhook-secret_0123456789"
@@ -135,13 +136,7 @@ def start_bot_fixture(
         yield start
     finally:
         for bot in started:
-            if bot.process.poll() is None:
-                bot.process.send_signal(signal.SIGTERM)
-                try:
-                    bot.process.wait(15)
-                except subprocess.TimeoutExpired:
-                    bot.process.kill()
-                    bot.process.wait(5)
+            stop_process(bot.process, 15)
         for bot in started:
             output = bot.output()
             assert SECRET_PART not in output, "the token leaked into the bot's output"
