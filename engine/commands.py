@@ -150,7 +150,11 @@ class Input(Command):
     accepts: AnswerKinds
 
     def __init__(
-        self, prompt: str | None = None, timeout: float | None = None, *, accepts: AnswerKinds = TEXT
+        self,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        *,
+        accepts: AnswerKinds = TEXT,
     ) -> None:
         # Made at every question a flow asks, so written by hand like
         # Print's: the common case is three slot sets and three tests. The
