@@ -343,7 +343,8 @@ class Poller(threading.Thread):
         api: Any = apihelper
         while self.is_alive() and time.monotonic() < give_up:
             if self.leading and not self.dispatching:
-                params: dict[str, Any] = {"limit": 1, "timeout": 0}
+                # No long_polling_timeout: Telegram answers at once ("timeout" is ours).
+                params: dict[str, Any] = {"limit": 1, "timeout": 5}
                 if self.offset is not None:
                     params["offset"] = self.offset
                 try:

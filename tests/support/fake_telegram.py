@@ -70,6 +70,8 @@ class Request:
     at: float  # time.monotonic() on arrival
     #: The injected fault it was answered with ("429", "502", "drop"...), if any.
     fault: str | None = None
+    #: Who called: the path's first part before ``/bot<token>`` (see ``poll_overlaps``).
+    caller: str | None = None
 
 
 @dataclass
@@ -755,7 +757,8 @@ class FakeTelegram(_WebhookMethods, LocalServer):
 
     def _record(self, method: str, params: dict[str, Any], fault: str | None) -> None:
         with self._cond:
-            self._requests.append(Request(method, params, time.monotonic(), fault))
+            caller = getattr(self._local, "caller", None)
+            self._requests.append(Request(method, params, time.monotonic(), fault, caller))
             self._cond.notify_all()
 
     def _take_fault(self, method: str) -> _Fault | None:
@@ -1053,6 +1056,7 @@ class _Handler(KeepAliveHandler):
     def _serve(self) -> None:
         fake = self.server.fake
         path = urlsplit(self.path).path
+        fake._local.caller = None
         if self._serve_file(path):
             return
         match = re.fullmatch(r"(?:/([A-Za-z0-9_-]+))?/bot([^/]+)/([A-Za-z]+)", path)
