@@ -94,7 +94,7 @@ def test_one_instance_polls_at_a_time_and_another_takes_over_after_kill_and_stop
 ) -> None:
     chats = list(range(FIRST_CHAT, FIRST_CHAT + USERS))
     with BotCluster(telegram, postgres_url, tmp_path, 3, interval=0.5, polling=True,
-                    extra=("--retry-cap", "1", "--drain-timeout", "5")) as cluster:
+                    extra=("--retry-cap", "1", "--drain-timeout", "10")) as cluster:
         cluster.start_all()
         first = _poller(cluster, [0, 1, 2])
         for index in (0, 1):
