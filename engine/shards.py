@@ -95,6 +95,7 @@ class Shards:
         #: First key of the transaction locks fencing journal writes per shard.
         self.write_lock = _namespace(bot, "write")
         self._member_id = random.getrandbits(31)
+        self._lease_wanted = True  # False once given up for good (stopping)
         self._connection: psycopg.Connection[Any] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -222,8 +223,24 @@ class Shards:
         return None if connection is None or connection.closed else connection.info.backend_pid
 
     def _hold_lease(self) -> None:
-        if not self.leader:
+        if not self.leader and self._lease_wanted:
             self.leader = bool(self._rows(_TRY_LOCK, self._lease_ns, 0)[0][0])
+
+    def release_lease(self) -> None:
+        """Give the lease up for good (stopping): another instance takes it at its next rebalance.
+
+        Only once the poller's last poll is over: the next holder polls at once.
+        """
+        with self._lock:
+            self._lease_wanted = False
+            if not self.leader or self._connection is None:
+                return
+            self.leader = False
+            try:
+                self._sql(_UNLOCK, self._lease_ns, 0)
+            except psycopg.Error as error:  # the session is gone, and the lock with it
+                log.warning("%s: could not give the lease back (%s); the server frees it "
+                            "with the connection", self.label, _explain(error, self.url))
 
     def _count_members(self) -> int:
         return int(self._rows(

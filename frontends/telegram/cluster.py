@@ -11,7 +11,16 @@ shard ownership, so an update is taken once however ownership moves.
 
 A shard gained is rebuilt from the journal (``Scheduler.adopt``); a shard
 given back is let go once its last batch is committed (``Scheduler.drop``).
-Polling mode (one instance polling under the lease) is not built yet.
+
+In polling mode the instance holding the lease (:mod:`engine.shards`) polls
+Telegram and puts what it gets into the same table (:class:`SharedPolling`),
+confirming the offset only once that commits; the others wait for the lease.
+
+Taken rows are pruned (:func:`prune_updates`, by the lease holder): those more
+than :data:`KEEP_TAKEN` ids below the newest taken go, and the highest id
+pruned becomes the bot's mark (``bots.last_source``). An update at or below
+the mark is refused as taken before, so a redelivery after pruning is still
+taken once.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -42,6 +54,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the updates table when no notification came.
 FEED_POLL = 0.25
+#: Taken updates kept below the newest taken one, by id: Telegram's redeliveries
+#: of a webhook update (and the updates in flight beside it) come within this
+#: window; an update arriving later than that behind newer ones counts as taken.
+KEEP_TAKEN = 10_000
+#: Seconds between two prunings of the updates table (by the lease holder).
+PRUNE_EVERY = 10.0
 _N = NAMESPACE
 #: pyTelegramBotAPI's Update, whose ``de_json`` is not annotated.
 _update_type: Any = types.Update
@@ -82,27 +100,82 @@ class UpdateStore:
 
     def put(self, update_id: int, item: dict[str, Any]) -> bool:
         """Keep the update (once, however often it comes) and wake its owner; whether it worked."""
-        shard = shard_of(update_key(item))
+        return self.put_many([(update_id, item)]) is not None
+
+    def put_many(self, items: list[tuple[int, dict[str, Any]]]) -> int | None:
+        """Keep `items` (update id, raw update) in one transaction; how many were new.
+
+        None if they could not be kept (logged). An update already in the
+        table, or at or below the pruning mark, is not new and is not kept again.
+        """
+        if not items:
+            return 0
+        shards = [shard_of(update_key(item)) for _, item in items]
         with self._lock:
             try:
                 if self._connection.closed:
                     self._connection = _connect(self.url)
                 with self._connection.transaction():
-                    self._connection.execute(
-                        f"INSERT INTO {_N}.updates (bot, update_id, shard, payload) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING".encode(),
-                        (self.bot, update_id, shard, json.dumps(item)),
-                    )
-                    self._connection.execute(b"SELECT pg_notify(%s, %s)",
-                                             (self._channel, str(shard)))  # fmt: skip
+                    # Shared: a pruning (exclusive) is either wholly before or after.
+                    self._connection.execute(_PRUNING_LOCK.format(kind="_shared").encode(),
+                                             (_prune_lock(self.bot),))  # fmt: skip
+                    kept = self._connection.execute(_PUT_UPDATES.encode(), (
+                        self.bot, [update_id for update_id, _ in items], shards,
+                        [json.dumps(item) for _, item in items], self.bot,
+                    )).fetchall()  # fmt: skip
+                    for shard in sorted({int(row[0]) for row in kept}):
+                        self._connection.execute(b"SELECT pg_notify(%s, %s)",
+                                                 (self._channel, str(shard)))  # fmt: skip
             except (psycopg.Error, JournalError) as error:
-                log.error("%s: cannot keep update %s (%s)", self.label, update_id, error)
-                return False
-        return True
+                first, last = items[0][0], items[-1][0]
+                which = str(first) if first == last else f"{first}..{last}"
+                log.error("%s: cannot keep update %s (%s)", self.label, which, error)
+                return None
+        return len(kept)
 
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+
+
+#: Inserts the updates above the bot's mark that are not in the table yet;
+#: returns the shard of each one inserted.
+_PUT_UPDATES = (
+    f"INSERT INTO {_N}.updates (bot, update_id, shard, payload) "
+    "SELECT %s, u.id, u.shard, u.payload FROM unnest(%s::int8[], %s::int4[], %s::text[]) "
+    "AS u(id, shard, payload) WHERE u.id > COALESCE("
+    f"(SELECT last_source FROM {_N}.bots WHERE bot = %s), -1) "
+    "ON CONFLICT DO NOTHING RETURNING shard"
+)
+_PRUNING_LOCK = "SELECT pg_advisory_xact_lock{kind}(%s::int4, 0)"
+
+
+def _prune_lock(bot: str) -> int:
+    """The first key of the lock that keeps puts and prunings of `bot` apart."""
+    return zlib.crc32(f"yielded:{bot}:prune".encode()) & 0x7FFFFFFF
+
+
+def prune_updates(connection: psycopg.Connection[Any], bot: str, keep: int = KEEP_TAKEN) -> int:
+    """Delete `bot`'s taken updates more than `keep` ids below the newest taken; how many.
+
+    The highest id deleted becomes the bot's mark (``bots.last_source``,
+    never lowered): from then on an update at or below it is refused as taken.
+    Pending updates stay, whatever their id.
+    """
+    with connection.transaction():
+        connection.execute(_PRUNING_LOCK.format(kind="").encode(), (_prune_lock(bot),))
+        connection.execute(
+            f"UPDATE {_N}.bots SET last_source = GREATEST(last_source, newest.id - %s) "
+            f"FROM (SELECT max(update_id) AS id FROM {_N}.updates WHERE bot = %s AND taken) "
+            "AS newest WHERE bot = %s AND newest.id - %s >= 0".encode(),
+            (keep, bot, bot, keep),
+        )
+        deleted = connection.execute(
+            f"DELETE FROM {_N}.updates WHERE bot = %s AND taken AND update_id <= "
+            f"(SELECT last_source FROM {_N}.bots WHERE bot = %s)".encode(),
+            (bot, bot),
+        )
+        return deleted.rowcount
 
 
 class SharedIntake:
@@ -115,19 +188,64 @@ class SharedIntake:
     def take(self, update_id: int, update: Any, item: Any = None) -> threading.Event | None:
         """Keep `item`; an event set once it is committed (never set if it could not be)."""
         kept = threading.Event()
-        if self.store.put(update_id, item):
-            self.metrics.update_taken("webhook")
+        new = self.store.put_many([(update_id, item)])
+        if new is not None:
+            if new:
+                self.metrics.update_taken("webhook")
+            else:  # in the table already, or at or below the pruning mark
+                self.metrics.updates_redelivered.inc()
             kept.set()
         return kept
 
 
-class ShardFeed(threading.Thread):
-    """Hands the pending updates of the shards this instance owns to its handlers, in order."""
+class SharedPolling:
+    """The poller's keeper when shared: it polls under the lease and keeps updates in the table."""
 
-    def __init__(self, url: str, bot: str, updates: Updates) -> None:
+    def __init__(self, store: UpdateStore, shards: Shards, metrics: Any) -> None:
+        self.store = store
+        self.shards = shards
+        self.metrics = metrics
+
+    def leading(self) -> bool:
+        """Whether this instance holds the polling lease."""
+        return self.shards.leader
+
+    def keep(self, items: list[tuple[int, dict[str, Any]]]) -> bool:
+        """Commit `items` to the updates table (once each); whether it worked."""
+        new = self.store.put_many(items)
+        if new is None:
+            return False
+        if new:
+            self.metrics.update_taken("polling", new)
+        if len(items) > new:  # kept before (a takeover polls from the oldest unconfirmed)
+            self.metrics.updates_redelivered.inc(len(items) - new)
+        return True
+
+
+class ShardFeed(threading.Thread):
+    """Hands the pending updates of the shards this instance owns to its handlers, in order.
+
+    While `pruning()` says so (this instance holds the lease), it also prunes
+    the updates table every `prune_every` seconds, keeping `keep` taken ids.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        bot: str,
+        updates: Updates,
+        *,
+        pruning: Callable[[], bool] = lambda: False,
+        keep: int = KEEP_TAKEN,
+        prune_every: float = PRUNE_EVERY,
+    ) -> None:
         super().__init__(name="shard-feed", daemon=True)
         self.url, self.bot, self.label = url, bot, redact(url)
         self.updates = updates
+        self.pruning = pruning
+        self.keep = keep
+        self.prune_every = prune_every
+        self._pruned_at: float | None = None  # time.monotonic() of the last pruning
         self._owned: set[int] = set()
         self._handed: set[int] = set()  # update ids handed over and not yet seen taken
         self._lock = threading.Lock()  # held while handing over: losing a shard waits
@@ -150,6 +268,7 @@ class ShardFeed(threading.Thread):
                     self._connection = _connect(self.url)
                     self._connection.execute(f'LISTEN "{channel(self.bot)}"'.encode())
                 self._take_pending()
+                self._prune_when_due()
                 for _ in self._connection.notifies(timeout=FEED_POLL, stop_after=1):
                     pass
             except (psycopg.Error, JournalError) as error:
@@ -174,6 +293,18 @@ class ShardFeed(threading.Thread):
                 if update_id not in self._handed:
                     self._handed.add(update_id)
                     self._hand_over(update_id, payload)
+
+    def _prune_when_due(self) -> None:
+        now = time.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < self.prune_every:
+            return
+        if not self.pruning():
+            return
+        assert self._connection is not None
+        self._pruned_at = now
+        deleted = prune_updates(self._connection, self.bot, self.keep)
+        if deleted:
+            log.debug("pruned %d taken update(s)", deleted)
 
     def _hand_over(self, update_id: int, payload: str) -> None:
         try:
@@ -204,9 +335,21 @@ class Cluster:
         self.journal = journal
         self.scheduler = scheduler
         self.store = UpdateStore(url, bot)
-        self.feed = ShardFeed(url, bot, updates)
+        self.feed = ShardFeed(url, bot, updates, pruning=self.leading)
         self.shards = Shards(url, bot=bot, shards=SHARDS, interval=interval,
                              changed=self._changed)  # fmt: skip
+
+    def leading(self) -> bool:
+        """Whether this instance holds the lease (polls, in polling mode, and prunes)."""
+        return self.shards.leader
+
+    def polling(self, metrics: Any) -> SharedPolling:
+        """The keeper of a poller that polls for the instances, under the lease."""
+        return SharedPolling(self.store, self.shards, metrics)
+
+    def owned(self) -> int:
+        """How many shards this instance owns now."""
+        return len(self.shards.owned)
 
     def start(self) -> None:
         """Start the feed, then join the instances (a JournalError if the database is gone)."""

@@ -110,6 +110,16 @@ class Metrics:
         self.send_queue = Gauge(
             "bot_send_queue_depth", "Jobs waiting for the outbox's senders", registry=registry
         )
+        self.shards_owned = Gauge(
+            "bot_shards_owned", "Shared: shards (of the bot's conversations) this instance drives",
+            registry=registry,
+        )  # fmt: skip
+        self.polling_lease = Gauge(
+            "bot_polling_lease", "Shared: 1 while this instance holds the polling lease",
+            registry=registry,
+        )  # fmt: skip
+        #: Shared: a line for /healthz saying this instance's part (None: not shared).
+        self.cluster_status: Callable[[], str] | None = None
         self._lock = threading.Lock()
         self._telegram_ok_at: float | None = None  # time.monotonic() of the last answer
 
@@ -123,9 +133,22 @@ class Metrics:
         """Read the send queue's depth with `depth()` at each scrape."""
         self.send_queue.set_function(lambda: float(depth()))
 
-    def update_taken(self, mode: str) -> None:
-        """An update was handed to the engine (`mode`: webhook or polling)."""
-        self.updates.labels(mode).inc()
+    def watch_cluster(
+        self, owned: Callable[[], int], shards: int, leading: Callable[[], bool]
+    ) -> None:
+        """Shared: read the shards owned (of `shards`) and the lease at each scrape or check."""
+        self.shards_owned.set_function(lambda: float(owned()))
+        self.polling_lease.set_function(lambda: float(leading()))
+
+        def status() -> str:
+            lease = "holds" if leading() else "does not hold"
+            return f"owns {owned()} of {shards} shards; {lease} the polling lease"
+
+        self.cluster_status = status
+
+    def update_taken(self, mode: str, count: int = 1) -> None:
+        """`count` updates were taken in (`mode`: webhook or polling)."""
+        self.updates.labels(mode).inc(count)
 
     def update_refused(self, reason: str) -> None:
         """A webhook request was refused before it reached the engine."""
@@ -317,10 +340,12 @@ def health_app(
             return respond(start_response, "200 OK", metrics.exposition(), CONTENT_TYPE_LATEST)
         if path == "/healthz":
             problems = health.problems() if health is not None else []
+            # Shared: a second line says this instance's part (no bearing on readiness).
+            part = "" if metrics.cluster_status is None else metrics.cluster_status() + "\n"
             if problems:
-                body = ("not ready: " + "; ".join(problems) + "\n").encode()
+                body = ("not ready: " + "; ".join(problems) + "\n" + part).encode()
                 return respond(start_response, "503 Service Unavailable", body)
-            return respond(start_response, "200 OK", b"ready\n")
+            return respond(start_response, "200 OK", ("ready\n" + part).encode())
         return respond(start_response, "404 Not Found", b"not found\n")
 
     return app

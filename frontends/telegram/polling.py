@@ -1,9 +1,15 @@
-"""Long polling: :class:`Poller` takes updates from Telegram and confirms them once journaled."""
+"""Long polling: :class:`Poller` takes updates from Telegram and confirms them once journaled.
+
+Shared (several instances on one database, :meth:`Poller.share`), only the
+instance holding the polling lease polls; it keeps what it gets in the shared
+updates table instead of handing it over, and confirms once that commits.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -31,6 +37,9 @@ MAX_UPDATE_ID = 2**63 - 1
 #: that cannot be taken (ids out of range, which are never confirmed).
 JUNK_WAIT = 1.0
 
+#: How often a shared instance without the polling lease looks whether it has it now (s).
+LEASE_WAIT = 0.25
+
 #: The longest the poller waits before polling again (after failures, or a
 #: server answering at once with nothing usable), whatever a server asks.
 MAX_POLL_WAIT = 60.0
@@ -46,6 +55,18 @@ class Dispatcher(Protocol):
 
     def taken(self, update_id: int) -> bool:
         """Whether this update was handled before (Telegram sends it again after a crash)."""
+        ...
+
+
+class Keeper(Protocol):
+    """Where a shared instance's poller keeps what it polls (``cluster.SharedPolling``)."""
+
+    def leading(self) -> bool:
+        """Whether this instance holds the polling lease, so it alone may poll."""
+        ...
+
+    def keep(self, items: list[tuple[int, dict[str, Any]]]) -> bool:
+        """Commit `items` (update id, raw update) for the shards' owners; whether it worked."""
         ...
 
 
@@ -122,6 +143,10 @@ class Poller(threading.Thread):
         #: waits until it is journaled (updates skipped since need not be).
         self.handed: int | None = None
         self._said: set[str] = set()  # what a misbehaving server did, logged once each
+        #: Shared: where polled updates are kept (None: handed to `updates`).
+        self.keeper: Keeper | None = None
+        self.leading = False  # shared: polling now, under the lease
+        self._keep_failures = 0
 
     # -- backoff
 
@@ -209,10 +234,31 @@ class Poller(threading.Thread):
                 log.warning("%s failed (%s); going on without it", what, self._describe(error))
         return True
 
+    def share(self, keeper: Keeper) -> None:
+        """Poll only while `keeper` says this instance holds the lease, and keep updates there."""
+        self.keeper = keeper
+
+    def _holds_lease(self) -> bool:
+        """Shared: whether to poll now; logs when this instance starts or stops polling."""
+        assert self.keeper is not None
+        held = self.keeper.leading()
+        if held != self.leading:
+            self.leading = held
+            if held:
+                # From the earliest update Telegram holds: the table drops what it has.
+                self.offset = None
+                log.info("polling Telegram: this instance holds the polling lease")
+            else:
+                log.info("stopped polling Telegram: the polling lease is gone")
+        return held
+
     def _poll(self) -> None:
         failures = 0
         api: Any = apihelper  # untyped module
         while not self.stopping.is_set():
+            if self.keeper is not None and not self._holds_lease():
+                self.stopping.wait(LEASE_WAIT)
+                continue
             offset = self._journaled_offset()
             self.polling_with = offset
             try:
@@ -249,8 +295,12 @@ class Poller(threading.Thread):
             self.dispatching = True
             try:
                 before = self.offset
-                for item in raw:
-                    self.offset = self._take(item, self.offset)
+                if self.keeper is not None:
+                    if not self._keep(raw):
+                        continue  # not confirmed: polled again after a wait
+                else:
+                    for item in raw:
+                        self.offset = self._take(item, self.offset)
             finally:
                 self.dispatching = False
             if raw and self.offset == before:  # only updates that can never be taken
@@ -262,6 +312,50 @@ class Poller(threading.Thread):
             self._said.add(what)
             log.warning("%s", what)
 
+    def _keep(self, raw: list[Any]) -> bool:
+        """Shared: keep a poll's updates in one commit, then confirm them; whether it worked."""
+        assert self.keeper is not None
+        offset = self.offset
+        items: list[tuple[int, dict[str, Any]]] = []
+        for item in raw:
+            update_id = self._valid_id(item)
+            if update_id is None:
+                continue
+            offset = max(offset or 0, update_id + 1)
+            if self._readable(item, update_id):
+                items.append((update_id, item))
+        if items and not self.keeper.keep(items):  # logged; they come again
+            self._keep_failures += 1
+            self.stopping.wait(self.backoff(self._keep_failures))
+            return False
+        self._keep_failures = 0
+        self.offset = offset
+        return True
+
+    def hand_over(self, timeout: float = 5.0) -> None:
+        """Shared, stopping: end the long poll in flight, so the next lease holder polls alone.
+
+        A short poll (confirming what was kept) makes Telegram end ours at
+        once; repeated if the thread started another before it saw the stop.
+        Joins the thread; the lease may be given up once this returns.
+        """
+        give_up = time.monotonic() + timeout
+        api: Any = apihelper
+        while self.is_alive() and time.monotonic() < give_up:
+            if self.leading and not self.dispatching:
+                # No long_polling_timeout: Telegram answers at once ("timeout" is ours).
+                params: dict[str, Any] = {"limit": 1, "timeout": 5}
+                if self.offset is not None:
+                    params["offset"] = self.offset
+                try:
+                    api._make_request(self.bot.token, "getUpdates", params=params)
+                except Exception as error:
+                    log.warning("could not end the last poll (%s)", self._describe(error))
+            self.join(0.5)
+        if self.leading:
+            self.leading = False
+            log.info("stopped polling Telegram: stopping")
+
     def confirm(self, timeout: float = 2.0) -> None:
         """On stop: tell Telegram which updates were handed over, so none comes again.
 
@@ -271,6 +365,8 @@ class Poller(threading.Thread):
         when that request arrived, and a second poll would make Telegram end
         one of the two with 409 Conflict.
         """
+        if self.keeper is not None:  # shared: confirmed by hand_over, under the lease
+            return
         offset = self._journaled_offset(wait=0.0)
         if self.dispatching or offset is None or offset in (self.confirmed, self.polling_with):
             return
@@ -308,24 +404,37 @@ class Poller(threading.Thread):
             return wanted  # and the updates skipped after it, which were never handed over
         return wanted if journaled is None else min(wanted, journaled + 1)
 
-    def _take(self, item: Any, offset: int | None) -> int | None:
-        """Handle one raw update; return the next offset."""
+    def _valid_id(self, item: Any) -> int | None:
+        """The update's id, or None (logged once) if it has none that can be taken."""
         update_id = item.get("update_id") if isinstance(item, dict) else None
         if type(update_id) is not int:
             self._once("ignoring an update without an update_id")
-            return offset
+            return None
         if not 0 <= update_id <= MAX_UPDATE_ID:  # confirming it could drop real updates
             self._once(f"ignoring an update whose id {update_id} is out of range")
+            return None
+        return update_id
+
+    def _readable(self, item: Any, update_id: int) -> Any:
+        """The update read into pyTelegramBotAPI's type, or None (logged once) if it cannot be."""
+        try:
+            return _update_type.de_json(item)
+        except Exception as error:  # confirmed all the same: it would come back for ever
+            self._once(f"ignoring an update that could not be read ({type(error).__name__})")
+            log.debug("the unreadable update %s", update_id, exc_info=True)
+            return None
+
+    def _take(self, item: Any, offset: int | None) -> int | None:
+        """Handle one raw update; return the next offset."""
+        update_id = self._valid_id(item)
+        if update_id is None:
             return offset
         offset = max(offset or 0, update_id + 1)
         if self.updates.taken(update_id):
             log.info("update %s was handled before the restart: not again", update_id)
             return offset
-        try:
-            update = _update_type.de_json(item)
-        except Exception as error:  # confirmed all the same: it would come back for ever
-            self._once(f"ignoring an update that could not be read ({type(error).__name__})")
-            log.debug("the unreadable update %s", update_id, exc_info=True)
+        update = self._readable(item, update_id)
+        if update is None:
             return offset
         self.handed = update_id
         try:

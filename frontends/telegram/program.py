@@ -124,13 +124,16 @@ class Bot:
             outbox=self.outbox, metrics=self.metrics, journaled=self.journaled,
             redact=redactor.redact, intake=intake,
         )  # fmt: skip
-        if shared and not isinstance(self.poller, webhook.WebhookReceiver):
-            raise webhook.OptionError(
-                "--shared needs webhook mode (--webhook or TELEGRAM_WEBHOOK_URL); "
-                "polling by several instances is not built yet"
-            )
+        webhook_mode = isinstance(self.poller, webhook.WebhookReceiver)
+        if self.cluster is not None:
+            self.metrics.watch_cluster(self.cluster.owned, self.cluster.shards.shards,
+                                       self.cluster.leading)  # fmt: skip
+            if not webhook_mode:  # only the lease holder polls, into the updates table
+                self.poller.share(self.cluster.polling(self.metrics))
         self.drain_timeout: float = args.drain_timeout
-        mode = "webhook" if isinstance(self.poller, webhook.WebhookReceiver) else "polling"
+        mode = "webhook" if webhook_mode else "polling"
+        if shared:
+            mode = f"shared {mode}"
         #: What the start is logged as (the listener is logged once it listens).
         self.description = f"{mode} mode, flow {args.flow}, state file {args.state}"
 
@@ -167,6 +170,10 @@ class Bot:
     def stop(self) -> int:
         started = time.monotonic()
         self.journaled.close()  # the poller waits no longer for the scheduler's commits
+        if self.cluster is not None and self.poller.keeper is not None:
+            # Shared polling: the next lease holder polls at once, and alone.
+            self.poller.hand_over()
+            self.cluster.shards.release_lease()
         # A long poll in flight is abandoned (its updates are not confirmed, so
         # Telegram sends them again); a batch being handed over is let finish.
         self.poller.join(1.0 if self.poller.dispatching else 0.05)

@@ -16,17 +16,21 @@ from pathlib import Path
 
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.flows import CLASSIC
+from tests.support.processes import stop_process
 from tests.support.round_robin import RoundRobin
 from tests.support.webhook_bot import environment, free_port
 
 HOOK_PATH = "/telegram/hook"
 READY = "webhook mode: Telegram posts"
+POLLING_READY = "running as @"
 
 
 class BotCluster:
     """`count` instances of the bot on `url`; ``with`` stops them all (SIGTERM, then SIGKILL).
 
     `shared=False` runs the bot as a single instance (any ``--state``), for comparison.
+    `polling=True` runs them in polling mode instead (no proxy used), ``/healthz`` on
+    each one's port, each calling the fake Telegram as caller ``instance-<index>``.
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class BotCluster:
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         shared: bool = True,
+        polling: bool = False,
     ) -> None:
         self.telegram = telegram
         self.url = url
@@ -48,6 +53,7 @@ class BotCluster:
         self.extra = extra
         self.env = env
         self.shared = shared
+        self.polling = polling
         self.ports = [free_port() for _ in range(count)]
         self.proxy = RoundRobin([f"http://127.0.0.1:{port}" for port in self.ports])
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -63,21 +69,25 @@ class BotCluster:
         self._runs += 1
         log = self.logs[index] = self.directory / f"instance-{index}-{self._runs}.log"
         shared = ["--shared", "--shard-interval", str(self.interval)] if self.shared else []
+        address = f"127.0.0.1:{self.ports[index]}"
+        intake = (["--metrics", address] if self.polling
+                  else ["--webhook", self.proxy.url + HOOK_PATH, "--listen", address])  # fmt: skip
         options = [
-            "--no-pacing", "--flow", CLASSIC, *shared, "--state", self.url,
-            "--webhook", self.proxy.url + HOOK_PATH,
-            "--listen", f"127.0.0.1:{self.ports[index]}", *self.extra,
+            "--no-pacing", "--flow", CLASSIC, *shared, "--state", self.url, *intake, *self.extra,
         ]  # fmt: skip
+        env = self.env or environment(self.telegram)
+        if self.polling:
+            env = {**env, "TELEGRAM_API_URL": f"{self.telegram.url}/instance-{index}"}
         with log.open("wb") as output:
             process = subprocess.Popen(
                 [sys.executable, "-m", "frontends.telegram", *options],
-                cwd=self.directory, env=self.env or environment(self.telegram),
-                stdout=output, stderr=subprocess.STDOUT,
+                cwd=self.directory, env=env, stdout=output, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.processes[index] = process
+        started = POLLING_READY if self.polling else READY
         if ready:
             self.telegram.wait_until(
-                lambda: READY in self.output(index) or process.poll() is not None,
+                lambda: started in self.output(index) or process.poll() is not None,
                 timeout=30, what=f"instance {index} to take updates",
             )  # fmt: skip
             assert process.poll() is None, self.output(index)
@@ -97,6 +107,12 @@ class BotCluster:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         return time.monotonic()
+
+    def stop(self, index: int) -> int | None:
+        """SIGTERM instance `index`, wait; its exit status (None if it had to be killed)."""
+        process = self.processes[index]
+        assert process is not None
+        return stop_process(process, 20)
 
     def __exit__(self, *exc: object) -> None:
         for process in self.processes:

@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -69,6 +70,8 @@ class Request:
     at: float  # time.monotonic() on arrival
     #: The injected fault it was answered with ("429", "502", "drop"...), if any.
     fault: str | None = None
+    #: Who called: the path's first part before ``/bot<token>`` (see ``poll_overlaps``).
+    caller: str | None = None
 
 
 @dataclass
@@ -329,6 +332,15 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         self._down: dict[str, _Fault] = {}  # lasting outages, by method (see `down`)
         self._confirmed = 0  # highest update_id confirmed by an offset
         self._polls = 0  # getUpdates calls so far: a newer one ends one still waiting
+        #: Long polls waiting now: poll number -> (caller, whether its client is still there).
+        self._waiting: dict[int, tuple[str | None, Callable[[], bool]]] = {}
+        #: Each getUpdates that came while another caller's was waiting: (caller, others).
+        #: A caller is the first part of the path when a bot's ``TELEGRAM_API_URL``
+        #: ends in ``/<caller>`` (one per instance), so several bots can be told apart.
+        self.poll_overlaps: list[tuple[str | None, list[str | None]]] = []
+        #: The caller of each getUpdates, in order.
+        self.pollers: list[str | None] = []
+        self._local = threading.local()  # the request being served on this thread
         self.commands: list[dict[str, Any]] | None = None
         self._webhook: _Webhook | None = None  # set by setWebhook (see `webhook`)
         #: Each webhook delivery attempt: (update_id, HTTP status or 0 if none).
@@ -745,7 +757,8 @@ class FakeTelegram(_WebhookMethods, LocalServer):
 
     def _record(self, method: str, params: dict[str, Any], fault: str | None) -> None:
         with self._cond:
-            self._requests.append(Request(method, params, time.monotonic(), fault))
+            caller = getattr(self._local, "caller", None)
+            self._requests.append(Request(method, params, time.monotonic(), fault, caller))
             self._cond.notify_all()
 
     def _take_fault(self, method: str) -> _Fault | None:
@@ -824,19 +837,28 @@ class FakeTelegram(_WebhookMethods, LocalServer):
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
             self._polls += 1
             poll = self._polls
+            caller = getattr(self._local, "caller", None)
+            self.pollers.append(caller)
+            others = [who for who, alive in self._waiting.values() if who != caller and alive()]
+            if others:  # two instances polling at once: real Telegram ends one with 409
+                self.poll_overlaps.append((caller, others))
             self._cond.notify_all()
-            while not self._updates and not self._closed and self._webhook is None:
-                if self._polls != poll:  # as Telegram does: the newer call wins
-                    raise TelegramError(
-                        409,
-                        "Conflict: terminated by other getUpdates request; "
-                        "make sure that only one bot instance is running",
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return list(self._updates[:limit])
+            self._waiting[poll] = (caller, getattr(self._local, "alive", lambda: True))
+            try:
+                while not self._updates and not self._closed and self._webhook is None:
+                    if self._polls != poll:  # as Telegram does: the newer call wins
+                        raise TelegramError(
+                            409,
+                            "Conflict: terminated by other getUpdates request; "
+                            "make sure that only one bot instance is running",
+                        )
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                return list(self._updates[:limit])
+            finally:
+                del self._waiting[poll]
 
     def _chat_id(self, params: dict[str, Any]) -> int:
         chat_id = _int(params.get("chat_id"), None)
@@ -1034,9 +1056,10 @@ class _Handler(KeepAliveHandler):
     def _serve(self) -> None:
         fake = self.server.fake
         path = urlsplit(self.path).path
+        fake._local.caller = None
         if self._serve_file(path):
             return
-        match = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", path)
+        match = re.fullmatch(r"(?:/([A-Za-z0-9_-]+))?/bot([^/]+)/([A-Za-z]+)", path)
         try:
             params = self._params()
         except ValueError:
@@ -1047,7 +1070,8 @@ class _Handler(KeepAliveHandler):
         if match is None:
             self._answer(404, {"ok": False, "error_code": 404, "description": "Not Found"})
             return
-        token, method = match.groups()
+        caller, token, method = match.groups()
+        fake._local.caller, fake._local.alive = caller, self._client_connected
         if token != fake.token:
             fake._record(method, params, "401")
             self._answer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
@@ -1066,6 +1090,17 @@ class _Handler(KeepAliveHandler):
             )
             return
         self._answer(200, {"ok": True, "result": result})
+
+    def _client_connected(self) -> bool:
+        """Whether the client still holds the connection (a killed one's is closed)."""
+        sock = self.connection
+        if not isinstance(sock, socket.socket) or hasattr(sock, "context"):  # TLS: cannot peek
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return not readable or sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except (OSError, ValueError):
+            return False
 
     def _fault(self, method: str, params: dict[str, Any], fault: _Fault) -> None:
         fake = self.server.fake
