@@ -173,8 +173,9 @@ def add_shared_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("several instances")
     group.add_argument(
         "--shared", action="store_true",
-        help="run as one of several instances of the bot on one PostgreSQL --state "
-        "(webhook mode): conversations are split between the running instances",
+        help="run as one of several instances of the bot on one PostgreSQL --state: "
+        "conversations are split between the running instances; with --webhook each "
+        "takes updates, else one at a time polls Telegram",
     )  # fmt: skip
     group.add_argument(
         "--shard-interval", type=POSITIVE, default=2.0, metavar="SECONDS",
