@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the updates table when no notification came.
 FEED_POLL = 0.25
+#: Seconds a shard given back waits for its sends in flight (one slower may be sent twice).
+SETTLE_TIMEOUT = 5.0
 _N = NAMESPACE
 #: pyTelegramBotAPI's Update, whose ``de_json`` is not annotated.
 _update_type: Any = types.Update
@@ -203,6 +205,7 @@ class Cluster:
     ) -> None:
         self.journal = journal
         self.scheduler = scheduler
+        self.updates = updates
         self.store = UpdateStore(url, bot)
         self.feed = ShardFeed(url, bot, updates)
         self.shards = Shards(url, bot=bot, shards=SHARDS, interval=interval,
@@ -218,8 +221,16 @@ class Cluster:
     def _changed(self, gained: frozenset[int], lost: frozenset[int]) -> None:
         if lost:
             self.feed.lose(lost)
-            if not self.scheduler.drop(lambda key: shard_of(key) in lost):
+
+            def leaving(key: Key) -> bool:
+                return shard_of(key) in lost
+
+            if not self.scheduler.drop(leaving):
                 log.error("the scheduler did not let go of %d shard(s) in time", len(lost))
+            # Sends in flight finish and are recorded before the shards go, the
+            # rest are left to the new owner: else both would send them.
+            self.updates.outbox.settle(leaving, SETTLE_TIMEOUT)
+            self.scheduler.drop(leaving)  # commits those confirmations
         if gained:
             journal = self.journal
 
