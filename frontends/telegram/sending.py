@@ -740,6 +740,8 @@ class Outbox:
                 lane.typing_next = None  # a message ends "typing" anyway
             lane.jobs.append(job)
             self._queued += 1
+            if len(lane.jobs) > 1 and lane.entry is not None:
+                return  # behind others: when the lane goes is unchanged
         self._schedule(timeline, lane, now)
 
     def _buckets(self, job: Job, now: float) -> list[Bucket]:
@@ -780,11 +782,11 @@ class Outbox:
         """Drop `lane`'s jobs that `leaving` names and are not in flight; how many."""
         kept = collections.deque(
             job for index, job in enumerate(lane.jobs)
-            if (index == 0 and lane.busy) or job.owner is None or not leaving(job.owner)
+            if job is lane.current or job.owner is None or not leaving(job.owner)
         )  # fmt: skip
         dropped = len(lane.jobs) - len(kept)
         if dropped:
-            if not lane.busy and (not kept or kept[0] is not lane.jobs[0]):
+            if not kept or kept[0] is not lane.jobs[0]:
                 lane.failures = lane.throttled = 0  # those were the dropped head's
             lane.jobs = kept
             self._schedule(timeline, lane, self.clock())
