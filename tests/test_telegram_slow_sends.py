@@ -1,6 +1,6 @@
 """A slow request holds up its own chat only, and button presses are answered at once.
 
-The real bot (``python -m frontends.telegram``, four senders by default)
+The real bot (``python -m frontends.telegram``, eight senders by default)
 against the fake Bot API, which holds one request until the test releases
 it (``FakeTelegram.hold``): a barrier, so nothing here depends on timing
 but the generous timeouts of the waits.
@@ -35,10 +35,9 @@ def test_while_one_chats_send_hangs_every_other_chat_is_answered(
     telegram.send_text(slow, "/start")
     assert held.arrived.wait(10), "the slow chat's prompt never came"
 
-    # Forty chats over four senders: with chats pinned to a sender, about a
-    # quarter of them waited behind the slow one.
-    # (All within 10 s: the bot gives a request up after 15 s, which on its own
-    # would free the others.)
+    # With each chat pinned to a sender thread, those pinned beside the slow
+    # one waited behind it. (All within 10 s: the bot gives a request up only
+    # much later, which on its own would free the others.)
     telegram.send_texts((chat, "/start") for chat in others)
     telegram.wait_until(
         lambda: all(telegram.texts(chat) == [CITY_PROMPT] for chat in others), 10, "the others"

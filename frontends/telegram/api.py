@@ -24,8 +24,10 @@ from frontends.telegram.sending import (
 
 log = logging.getLogger(__name__)
 
-#: Seconds a send may take (connect and read) before it counts as failed.
-SEND_TIMEOUT = 15
+#: Seconds a send may take (connect and read) before it counts as failed and is tried again.
+#: Long, because a message Telegram took but answered later than this goes twice; a request
+#: waiting that long holds up its own chat only (see ``sending``).
+SEND_TIMEOUT = 60
 #: Seconds an upload (a picture) or a download (a user's photo) may take.
 FILE_TIMEOUT = 60
 #: The text of the reply-keyboard button that shares the user's location.

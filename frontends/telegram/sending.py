@@ -649,9 +649,10 @@ class Outbox:
 
         Their jobs not yet started are dropped unconfirmed (their new owner
         sends them, from the journal); those in flight are waited for, up to
-        `timeout` seconds, and confirmed as usual if they went out (one that
-        failed for now is dropped too). Returns whether none was left in
-        flight: one still out may be sent by both.
+        `timeout` seconds (not at all once stopped: :meth:`close` waited), and
+        confirmed as usual if they went out (one that failed for now is
+        dropped too). Returns whether none was left in flight: one still out
+        may be sent by both.
         """
         with self._lock:
             dropped = sum(
@@ -660,6 +661,8 @@ class Outbox:
                 for lane in list(timeline.lanes.values())
             )
             self._queued -= dropped
+            if self._closed:  # stopped: what is in flight had its time (see close)
+                return not self._in_flight_for(leaving)
             if self._in_flight_for(leaving):
                 log.info(
                     "handing conversations over: %d queued send(s) left to their new owner, "
