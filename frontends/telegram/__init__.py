@@ -27,9 +27,11 @@ Threads, and what each may do:
 ``engine-scheduler`` and ``engine-worker-N``
     The engine (``engine.scheduler``). It calls :class:`TelegramFrontend`,
     which only queues work in the outbox.
-``telegram-sender-N``
+``telegram-sender-N`` and ``telegram-sender-answers``
     The outbox (``frontends.telegram.sending``): every Bot API call that
-    sends, in order per chat, paced and retried.
+    sends, in order per chat, paced and retried. Any free sender takes the
+    next chat due, one request per chat at a time; button answers go first,
+    and have a sender of their own.
 
 Every Bot API call pyTelegramBotAPI makes travels on ``frontends.telegram.http``
 (urllib3 directly: a quarter of ``requests``' CPU per call).

@@ -24,8 +24,12 @@ from frontends.telegram.sending import (
 
 log = logging.getLogger(__name__)
 
-#: Seconds a send may take (connect and read) before it counts as failed.
+#: Seconds a call may take (connect and read) before it counts as failed.
 SEND_TIMEOUT = 15
+#: The same for ``sendMessage``, which is tried again then: a message Telegram took but
+#: answered later than this goes twice. Long, since a request waiting holds up only its own
+#: chat (see ``sending``); an edit or an answer sent twice does no such harm.
+MESSAGE_TIMEOUT = 60
 #: Seconds an upload (a picture) or a download (a user's photo) may take.
 FILE_TIMEOUT = 60
 #: The text of the reply-keyboard button that shares the user's location.
@@ -156,7 +160,7 @@ class TeleBotApi:
             text,
             reply_markup=markup,
             reply_parameters=reply,
-            timeout=SEND_TIMEOUT,
+            timeout=MESSAGE_TIMEOUT,
         )
         return sent_id(message)
 
@@ -196,7 +200,7 @@ class TeleBotApi:
             text,
             reply_markup=markup,
             reply_parameters=_reply(reply_to),
-            timeout=SEND_TIMEOUT,
+            timeout=MESSAGE_TIMEOUT,
         )
         return sent_id(message)
 

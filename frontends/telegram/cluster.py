@@ -60,6 +60,8 @@ FEED_POLL = 0.25
 KEEP_TAKEN = 10_000
 #: Seconds between two prunings of the updates table (by the lease holder).
 PRUNE_EVERY = 10.0
+#: Seconds a shard given back waits for its sends in flight (one slower may be sent twice).
+SETTLE_TIMEOUT = 5.0
 _N = NAMESPACE
 #: pyTelegramBotAPI's Update, whose ``de_json`` is not annotated.
 _update_type: Any = types.Update
@@ -334,6 +336,7 @@ class Cluster:
     ) -> None:
         self.journal = journal
         self.scheduler = scheduler
+        self.updates = updates
         self.store = UpdateStore(url, bot)
         self.feed = ShardFeed(url, bot, updates, pruning=self.leading)
         self.shards = Shards(url, bot=bot, shards=SHARDS, interval=interval,
@@ -361,8 +364,16 @@ class Cluster:
     def _changed(self, gained: frozenset[int], lost: frozenset[int]) -> None:
         if lost:
             self.feed.lose(lost)
-            if not self.scheduler.drop(lambda key: shard_of(key) in lost):
+
+            def leaving(key: Key) -> bool:
+                return shard_of(key) in lost
+
+            if not self.scheduler.drop(leaving):
                 log.error("the scheduler did not let go of %d shard(s) in time", len(lost))
+            # Sends in flight finish and are recorded before the shards go, the
+            # rest are left to the new owner: else both would send them.
+            self.updates.outbox.settle(leaving, SETTLE_TIMEOUT)
+            self.scheduler.drop(leaving)  # commits those confirmations
         if gained:
             journal = self.journal
 

@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument(
-        "--senders", type=POSITIVE_INT, default=4, metavar="N",
-        help="threads sending to Telegram (default 4)",
+        "--senders", type=POSITIVE_INT, default=8, metavar="N",
+        help="threads sending to Telegram, each one request at a time: as many chats may "
+        "have one in flight (default 8; button answers have one more)",
     )  # fmt: skip
     tuning.add_argument(
         "--workers", type=POSITIVE_INT, default=8, metavar="N",

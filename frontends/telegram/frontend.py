@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from frontends.telegram.routing import (
     question_tag,
     retire_buttons,
 )
-from frontends.telegram.sending import AnswerCallback, EditMessage, Keyboard, Outbox
+from frontends.telegram.sending import AnswerCallback, Confirmation, EditMessage, Keyboard, Outbox
 from frontends.telegram.texts import LOCATION_HINT, NOTICES
 from frontends.telegram.users import Users
 
@@ -78,7 +77,7 @@ class TelegramFrontend(Frontend):
         question_open: bool = False,
     ) -> None:
         route = self.registry.route(key)
-        done = None if receipt is None else functools.partial(self.sent, receipt)
+        done = self._confirmer(key, receipt)
         if keyboard is None and not question_open and self.users.location_keyboard(key, False):
             # The "Send my location" keyboard goes with the first message after its question.
             send_with_reply_keyboard(
@@ -105,17 +104,17 @@ class TelegramFrontend(Frontend):
             text,
             "location",
             reply_to=route.reply_to,
-            on_done=None if receipt is None else functools.partial(self.sent, receipt),
+            on_done=self._confirmer(key, receipt),
         )
-
 
     def _retire(self, question: Question | None) -> None:
         """Take the buttons off a question that is over."""
         if question is not None:
             retire_buttons(self.outbox, question.chat_id, lambda: question.message_id)
 
-    def _confirmer(self, receipt: Receipt) -> Callable[[], None] | None:
-        return None if receipt is None else functools.partial(self.sent, receipt)
+    def _confirmer(self, key: Key, receipt: Receipt) -> Callable[[], None] | None:
+        """What confirms output `receipt` of `key`'s conversation once it is out."""
+        return None if receipt is None else Confirmation(key, receipt, self.sent)
 
     def _own(self, key: Key, output: Command, receipt: Receipt) -> bool:
         """Show one of the bot's own outputs (see ``Scheduler.say``); False if it is none."""
@@ -124,13 +123,13 @@ class TelegramFrontend(Frontend):
         elif isinstance(output, PressAnswer):
             self.outbox.put(AnswerCallback(
                 self.registry.route(key).chat_id, callback_id=output.callback_id,
-                text=output.text, on_done=self._confirmer(receipt),
+                text=output.text, on_done=self._confirmer(key, receipt),
             ))  # fmt: skip
         elif isinstance(output, Unbutton):
             message_id = output.message_id
             self.outbox.put(EditMessage(
                 output.chat_id, message_id=lambda: message_id, text=output.text,
-                on_done=self._confirmer(receipt),
+                on_done=self._confirmer(key, receipt),
             ))  # fmt: skip
         else:
             return False
@@ -148,7 +147,7 @@ class TelegramFrontend(Frontend):
                 command.png,
                 command.caption,
                 reply_to=route.reply_to,
-                on_done=None if receipt is None else functools.partial(self.sent, receipt),
+                on_done=self._confirmer(key, receipt),
             )
             return
         if not isinstance(command, Print):

@@ -5,9 +5,14 @@ Nothing here knows about pyTelegramBotAPI: the outbox calls a :class:`BotApi`
 :class:`RetryAfter`, :class:`TransientError` or :class:`PermanentError`. That
 keeps the ordering, pacing and retry rules testable without any HTTP.
 
-* Each chat is pinned to one sender thread (by hash), and within a thread
-  each chat has its own *lane*: a FIFO of jobs. A lane waiting for its pace,
-  a ``retry_after`` or a backoff never holds up the other chats of its thread.
+* Each chat has its own *lane*: a FIFO of jobs, at most one of them in
+  flight. Lanes wait on a timeline (a heap) until they are due, and any free
+  sender thread takes the next due lane: a slow request holds up its own
+  chat only, never the chats beside it, and a lane waiting for its pace, a
+  ``retry_after`` or a backoff holds no thread at all.
+* Answers to button presses have lanes of their own, never paced, that any
+  sender takes first, plus a sender of their own: Telegram rejects an answer
+  that comes late, so it never waits behind the chat's messages.
 * Pacing: a token bucket per chat (about one message a second with short
   bursts), another per group chat (Telegram allows about 20 a minute there)
   and one shared by all threads (about 30 a second). Rate ``0`` turns a
@@ -24,14 +29,17 @@ keeps the ordering, pacing and retry rules testable without any HTTP.
   (another :class:`PermanentError`), logged as the bug it is.
 * Jobs still queued when the bot stops are not confirmed, so with a journal
   they are sent after the restart; one INFO line counts them.
+* When a conversation moves to another instance (shared mode), its jobs not
+  yet started are left to the new owner and those in flight are waited for
+  (:meth:`Outbox.settle`), so a reply is not sent by both.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
+import heapq
+import itertools
 import logging
-import queue
 import re
 import threading
 import time
@@ -276,6 +284,8 @@ class Job:
     """One Bot API call for one chat."""
 
     chat_id: int
+    #: The conversation it is for, if it is one's output (see :meth:`Outbox.settle`).
+    owner: str | None = field(default=None, kw_only=True, repr=False)
     paced = False  # whether it counts against the message rates
 
     def run(self, api: BotApi) -> None:
@@ -379,38 +389,71 @@ class _Typing(Job):
     on: bool = True
 
 
-_STOP = object()
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """An ``on_done`` that confirms output `receipt` of the conversation `key`.
+
+    The outbox reads `key` to know whose jobs they are: when that conversation
+    moves to another instance, its jobs not yet started are left to the new
+    owner (see :meth:`Outbox.settle`).
+    """
+
+    key: str
+    receipt: int
+    confirm: Callable[[int], None]
+
+    def __call__(self) -> None:
+        self.confirm(self.receipt)
 
 
 # ---------------------------------------------------------------- lanes and senders
 
 
 class _Lane:
-    """The queued jobs of one chat, and when the next one may go."""
+    """The queued jobs of one chat (or of one chat's button answers), and when the next may go.
 
-    def __init__(self, chat_id: int, pacing: Pacing, now: float) -> None:
+    At most one request of a lane is in flight at a time (`busy`), which keeps
+    the chat's order. A lane that is not busy and has something to do (or
+    buckets still refilling) is on its timeline, at the moment it may go
+    (`entry`, the heap entry that is current; older ones are stale).
+    """
+
+    __slots__ = ("buckets", "busy", "chat_id", "current", "entry", "failures", "jobs",
+                 "not_before", "throttled", "timeline", "typing_next", "typing_until")  # fmt: skip
+
+    def __init__(self, chat_id: int, buckets: list[Bucket], timeline: _Timeline) -> None:
         self.chat_id = chat_id
+        self.timeline = timeline
         self.jobs: collections.deque[Job] = collections.deque()
         self.not_before = 0.0  # retry_after / backoff
         self.failures = 0  # transient failures of the head job
         self.throttled = 0  # 429s of the head job
-        self.buckets = [Bucket(pacing.chat_rate, pacing.chat_burst, now)]
-        if chat_id < 0:  # groups and supergroups have negative ids
-            per_minute = pacing.group_per_minute
-            self.buckets.append(Bucket(per_minute / 60.0, per_minute, now))
+        self.buckets = buckets
         self.typing_next: float | None = None  # when to send "typing" again
         self.typing_until = 0.0
+        self.busy = False
+        self.current: Job | None = None  # the job in flight (None: none, or "typing")
+        self.entry: tuple[float, int, _Lane] | None = None
 
     def ready_at(self, now: float) -> float | None:
         """When this lane has something to do (None: nothing)."""
         if self.jobs:
             at = self.not_before
             if self.jobs[0].paced:
-                at = max(at, now + max(bucket.wait(now) for bucket in self.buckets))
+                at = max(at, now + max((bucket.wait(now) for bucket in self.buckets), default=0.0))
             return at
         if self.typing_next is not None:
             return max(self.typing_next, self.not_before)
         return None
+
+    def idle_at(self, now: float) -> float:
+        """When, with nothing more queued, it can be forgotten (its buckets full again)."""
+        at = self.not_before
+        for bucket in self.buckets:
+            if bucket.rate > 0:
+                bucket.wait(now)  # refills it
+                at = max(at, now + (bucket.capacity - bucket.tokens) / bucket.rate)
+        return at
 
     def idle(self, now: float) -> bool:
         return (
@@ -421,167 +464,52 @@ class _Lane:
         )
 
 
-class _Sender(threading.Thread):
-    """One sender thread: serves the lanes of the chats pinned to it."""
+class _Timeline:
+    """Lanes of one kind by chat, and a heap of when each may go next."""
 
-    def __init__(self, outbox: Outbox, index: int | str) -> None:
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+        self.lanes: dict[int, _Lane] = {}
+        self.heap: list[tuple[float, int, _Lane]] = []
+
+
+class _Sender(threading.Thread):
+    """One sender thread: takes whichever lane is due, sends its next job, and so on.
+
+    A lane is served by one sender at a time, so a slow request holds up its
+    own chat only. The answers' sender serves button answers only: a press is
+    answered at once even while every other sender waits on a slow request.
+    """
+
+    def __init__(self, outbox: Outbox, index: int | str, *, answers_only: bool = False) -> None:
         super().__init__(name=f"telegram-sender-{index}", daemon=True)
         self.outbox = outbox
-        self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self.lanes: dict[int, _Lane] = {}
+        self.answers_only = answers_only
         self.current: Job | None = None
-        self.stopping = False
-
-    # -- the loop
 
     def run(self) -> None:
-        wait = 0.0
+        outbox = self.outbox
+        lane: _Lane | None = None
         while True:
-            self._take_new(wait)
-            now = self.outbox.clock()
-            if self.stopping:
-                if not any(lane.jobs for lane in self.lanes.values()):
-                    return
-                if now >= self.outbox.deadline:
-                    self.outbox.left_unsent(self._abandon_all())
-                    return
-            wait = self._step(now)
-            if self.stopping:
-                wait = min(wait, max(0.0, self.outbox.deadline - now))
-
-    def _take_new(self, wait: float) -> None:
-        """Move newly queued jobs into their lanes, waiting up to `wait` for the first."""
-        try:
-            item = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
-            while True:
-                self._accept(item)
-                item = self.inbox.get_nowait()
-        except queue.Empty:
-            pass
-
-    def _accept(self, item: object) -> None:
-        if item is _STOP:
-            self.stopping = True
-            for lane in self.lanes.values():
-                lane.typing_next = None
-            return
-        assert isinstance(item, Job)
-        now = self.outbox.clock()
-        found = self.lanes.get(item.chat_id)
-        lane = found or _Lane(item.chat_id, self.outbox.pacing, now)
-        self.lanes.setdefault(item.chat_id, lane)
-        if isinstance(item, _Typing):
-            if item.on and not self.stopping:
-                lane.typing_next = now
-                lane.typing_until = now + TYPING_AT_MOST
-            else:
-                lane.typing_next = None
-            return
-        if isinstance(item, SendText):
-            lane.typing_next = None  # a message ends "typing" anyway
-        lane.jobs.append(item)
-
-    def _step(self, now: float) -> float:
-        """Do the next due job, if any; return how long to wait before the next step."""
-        soonest: float | None = None
-        for chat_id in list(self.lanes):
-            lane = self.lanes[chat_id]
-            at = lane.ready_at(now)
-            if at is None:
-                if lane.idle(now):
-                    del self.lanes[chat_id]
-                continue
-            if at > now:
-                soonest = at if soonest is None else min(soonest, at)
-                continue
-            if lane.jobs and lane.jobs[0].paced:
-                global_wait = self.outbox.global_bucket.try_take(now)
-                if global_wait > 0:
-                    return global_wait
-            self._serve(lane, now)
-            # Round robin: the served lane goes to the back.
-            self.lanes[chat_id] = self.lanes.pop(chat_id)
-            return 0.0
-        return 0.5 if soonest is None else min(0.5, soonest - now)
-
-    def _serve(self, lane: _Lane, now: float) -> None:
-        if not lane.jobs:  # only "typing" to repeat
-            lane.typing_next = (
-                now + TYPING_EVERY if now + TYPING_EVERY < lane.typing_until else None
-            )
+            picked = outbox._next(self, lane)
+            if picked is None:
+                return
+            lane, job = picked
+            self.current = job
             try:
-                self.outbox.api.send_chat_action(lane.chat_id, "typing")
-            except Exception as error:  # only a hint: never worth a thread
-                log.debug("chat %s: typing action failed: %r", lane.chat_id, error)
-            return
-        job = lane.jobs[0]
-        if job.paced:
-            for bucket in lane.buckets:
-                bucket.take(now)
-        self.current = job
-        try:
-            job.run(self.outbox.api)
-        except RetryAfter as error:
-            lane.throttled += 1
-            wait = min(MAX_RETRY_AFTER, max(0.0, error.seconds))
-            self.outbox.failed(lane.chat_id, job, f"rate limited, waiting {wait:g}s")
-            lane.not_before = self.outbox.clock() + wait
-        except TransientError as error:
-            lane.failures += 1
-            delay = self.outbox.backoff(lane.failures)
-            self.outbox.failed(lane.chat_id, job, f"{error}; retry {lane.failures} in {delay:.2f}s")
-            lane.not_before = self.outbox.clock() + delay
-        except ChatGone as error:
-            self._chat_gone(lane, str(error))
-        except PermanentError as error:
-            self._refused(lane, str(error))
-        except Exception:
-            log.exception("chat %s: unexpected error sending the %s", lane.chat_id, job.describe())
-            self._refused(lane, "unexpected error (see above)")
-        else:
-            if lane.failures or lane.throttled:
-                self.outbox.recovered(lane.chat_id)
-            self._done(lane)
-        finally:
-            self.current = None
-
-    def _done(self, lane: _Lane, *, finished: bool = True) -> None:
-        job = lane.jobs.popleft()
-        lane.failures = lane.throttled = 0
-        on_done = getattr(job, "on_done", None)
-        if finished and on_done is not None:
-            on_done()
-
-    def _refused(self, lane: _Lane, reason: str) -> None:
-        """Telegram refused the head job for good (a bug of ours): log it, go on with the next."""
-        job = lane.jobs[0]
-        level = logging.ERROR if isinstance(job, SendText) else logging.WARNING
-        log.log(level, "chat %s: NOT SENT: the %s: %s", lane.chat_id, job.describe(), reason)
-        self._done(lane)
-
-    def _chat_gone(self, lane: _Lane, reason: str) -> None:
-        """The chat can take nothing more: drop all its queued jobs, with one line."""
-        count = len(lane.jobs)
-        log.info("chat %s: %s; dropping %d queued job(s) for it", lane.chat_id, reason, count)
-        while lane.jobs:
-            self._done(lane)
-        lane.typing_next = None
-
-    def _abandon_all(self) -> int:
-        """At the stop deadline: leave every queued job unconfirmed (sent after a restart)."""
-        count = 0
-        for lane in self.lanes.values():
-            while lane.jobs:
-                if isinstance(lane.jobs[0], SendText):
-                    count += 1
-                log.debug("chat %s: not sent before the stop: the %s", lane.chat_id,
-                          lane.jobs[0].describe())  # fmt: skip
-                self._done(lane, finished=False)
-        return count
+                outbox._serve(lane, job)
+            finally:
+                self.current = None
 
 
 class Outbox:
-    """Thread-safe, non-blocking sending to Telegram on `senders` threads."""
+    """Thread-safe, non-blocking sending to Telegram on `senders` threads (and one for answers).
+
+    Each chat has a lane of jobs; a lane due (its pace, backoff or
+    ``retry_after`` passed) is taken by whichever sender is free, one request
+    per chat at a time. Button answers have lanes of their own, unpaced, that
+    any sender takes first.
+    """
 
     def __init__(
         self,
@@ -600,20 +528,34 @@ class Outbox:
         self.clock = clock
         self.global_bucket = SharedBucket(self.pacing.global_rate, self.pacing.global_rate, clock())
         self.deadline = float("inf")
-        self._senders = [_Sender(self, index) for index in range(senders)]
-        #: Answers to button presses go on a thread of their own, never behind messages.
-        self._answers = _Sender(self, "answers")
-        self._senders.append(self._answers)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the lanes, the timelines and the counts
+        self._work = threading.Condition(self._lock)  # idle senders wait here
+        self._answer_work = threading.Condition(self._lock)  # the answers' sender waits here
+        self._answerer_waiting = False
+        self._settled = threading.Condition(self._lock)  # settle() waits here
+        self._settling: Callable[[str], bool] | None = None
+        self._messages = _Timeline(answers=False)
+        self._answers = _Timeline(answers=True)
+        self._order = itertools.count()  # ties on the timelines go first come, first served
+        self._queued = 0  # jobs in lanes, in flight included
         self._closed = False
-        #: Chats whose head job last failed for now, and whether that was said.
+        self._senders = [_Sender(self, index) for index in range(senders)]
+        self._senders.append(_Sender(self, "answers", answers_only=True))
+        #: Chats whose head job last failed for now (under its own lock: logged from anywhere).
         self._failing: set[int] = set()
+        self._failing_lock = threading.Lock()
         self._unsent_at_stop = 0
+
+    # -- what the rest of the bot sees
 
     @property
     def failing(self) -> bool:
         """Whether some chat's sends are failing for now (Telegram unreachable, 5xx, 429)."""
         return bool(self._failing)
+
+    def queued(self) -> int:
+        """Jobs waiting to be sent or in flight (a snapshot)."""
+        return self._queued
 
     def failed(self, chat_id: int, job: Job, reason: str) -> None:
         """A job failed for now and will be tried again (from a sender thread).
@@ -621,7 +563,7 @@ class Outbox:
         One WARNING when sending starts failing, not one per attempt: an
         outage of minutes would otherwise fill the log.
         """
-        with self._lock:
+        with self._failing_lock:
             first = not self._failing
             self._failing.add(chat_id)
         if first:
@@ -634,16 +576,11 @@ class Outbox:
 
     def recovered(self, chat_id: int) -> None:
         """A chat's job went out after failures (from a sender thread)."""
-        with self._lock:
+        with self._failing_lock:
             self._failing.discard(chat_id)
             last = not self._failing
         if last:
             log.info("sending to Telegram works again")
-
-    def left_unsent(self, count: int) -> None:
-        """A sender stopped with `count` messages unsent: counted for one line at the end."""
-        with self._lock:
-            self._unsent_at_stop += count
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th transient failure in a row (jittered)."""
@@ -653,17 +590,14 @@ class Outbox:
         for sender in self._senders:
             sender.start()
 
-    def _sender_of(self, job: Job) -> _Sender:
-        if isinstance(job, AnswerCallback):
-            return self._answers
-        digest = hashlib.blake2b(str(job.chat_id).encode(), digest_size=4).digest()
-        return self._senders[int.from_bytes(digest, "big") % (len(self._senders) - 1)]
-
     def put(self, job: Job) -> None:
         """Queue `job` behind the chat's earlier jobs."""
+        if job.owner is None:
+            job.owner = getattr(getattr(job, "on_done", None), "key", None)
+        timeline = self._answers if isinstance(job, AnswerCallback) else self._messages
         with self._lock:
             if not self._closed:
-                self._sender_of(job).inbox.put(job)
+                self._queue(timeline, job)
                 return
         if not isinstance(job, _Typing):  # not confirmed: sent after the restart
             log.debug("chat %s: not sent, stopping: the %s", job.chat_id, job.describe())
@@ -682,7 +616,8 @@ class Outbox:
         """Queue `text`, split into as many messages as it needs.
 
         The reply goes with the first piece; the keyboard, the force-reply,
-        `on_sent` and `on_done` with the last (where the question is).
+        `on_sent` and `on_done` with the last (where the question is). Every
+        piece belongs to the conversation `on_done` names, if it names one.
         """
         pieces = split_text(text)
         if not pieces:
@@ -690,23 +625,65 @@ class Outbox:
             if on_done is not None:
                 on_done()
             return
+        owner = getattr(on_done, "key", None)
         last = len(pieces) - 1
         for index, piece in enumerate(pieces):
-            self.put(
-                SendText(
-                    chat_id,
-                    piece,
-                    reply_to=reply_to if index == 0 else None,
-                    keyboard=keyboard if index == last else None,
-                    force_reply=force_reply and index == last,
-                    on_sent=on_sent if index == last else None,
-                    on_done=on_done if index == last else None,
-                )
+            job = SendText(
+                chat_id,
+                piece,
+                reply_to=reply_to if index == 0 else None,
+                keyboard=keyboard if index == last else None,
+                force_reply=force_reply and index == last,
+                on_sent=on_sent if index == last else None,
+                on_done=on_done if index == last else None,
             )
+            job.owner = owner
+            self.put(job)
 
     def typing(self, chat_id: int, on: bool = True) -> None:
         """Show "typing" in the chat until its next message (or ``on=False``)."""
         self.put(_Typing(chat_id, on=on))
+
+    def settle(self, leaving: Callable[[str], bool], timeout: float = 5.0) -> bool:
+        """Let go of the conversations `leaving` names: another instance sends for them now.
+
+        Their jobs not yet started are dropped unconfirmed (their new owner
+        sends them, from the journal); those in flight are waited for, up to
+        `timeout` seconds (not at all once stopped: :meth:`close` waited), and
+        confirmed as usual if they went out (one that failed for now is
+        dropped too). Returns whether none was left in flight: one still out
+        may be sent by both.
+        """
+        with self._lock:
+            dropped = sum(
+                self._drop_leaving(timeline, lane, leaving)
+                for timeline in (self._messages, self._answers)
+                for lane in list(timeline.lanes.values())
+            )
+            self._queued -= dropped
+            if self._closed:  # stopped: what is in flight had its time (see close)
+                return not self._in_flight_for(leaving)
+            if self._in_flight_for(leaving):
+                log.info(
+                    "handing conversations over: %d queued send(s) left to their new owner, "
+                    "waiting for %d in flight", dropped, self._in_flight_for(leaving),
+                )  # fmt: skip
+            deadline = time.monotonic() + timeout
+            self._settling = leaving
+            try:
+                while self._in_flight_for(leaving):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.warning(
+                            "handing conversations over: %d send(s) still in flight after "
+                            "%.0fs; their new owner sends them too, so they may arrive twice",
+                            self._in_flight_for(leaving), timeout,
+                        )  # fmt: skip
+                        return False
+                    self._settled.wait(left)
+            finally:
+                self._settling = None
+        return True
 
     def halt(self) -> None:
         """Send nothing more, from now on: the journal can no longer record what went out.
@@ -717,15 +694,6 @@ class Outbox:
         in flight finish. Does not wait: :meth:`close` still stops the threads.
         """
         self._stop_senders(deadline=self.clock())
-
-    def _stop_senders(self, deadline: float) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self.deadline = deadline
-            for sender in self._senders:
-                sender.inbox.put(_STOP)
 
     def close(self, timeout: float = 5.0) -> bool:
         """Stop taking jobs, send what is queued within `timeout`, stop the threads.
@@ -755,3 +723,266 @@ class Outbox:
                 self._unsent_at_stop,
             )
         return finished
+
+    # -- queueing (under the lock)
+
+    def _queue(self, timeline: _Timeline, job: Job) -> None:
+        now = self.clock()
+        lane = timeline.lanes.get(job.chat_id)
+        if lane is None:
+            lane = _Lane(job.chat_id, self._buckets(job, now), timeline)
+            timeline.lanes[job.chat_id] = lane
+        if isinstance(job, _Typing):
+            if job.on:
+                lane.typing_next = now
+                lane.typing_until = now + TYPING_AT_MOST
+            else:
+                lane.typing_next = None
+        else:
+            if isinstance(job, SendText):
+                lane.typing_next = None  # a message ends "typing" anyway
+            lane.jobs.append(job)
+            self._queued += 1
+            if len(lane.jobs) > 1 and lane.entry is not None:
+                return  # behind others: when the lane goes is unchanged
+        self._schedule(timeline, lane, now)
+
+    def _buckets(self, job: Job, now: float) -> list[Bucket]:
+        if isinstance(job, AnswerCallback):
+            return []  # never paced
+        buckets = [Bucket(self.pacing.chat_rate, self.pacing.chat_burst, now)]
+        if job.chat_id < 0:  # groups and supergroups have negative ids
+            per_minute = self.pacing.group_per_minute
+            buckets.append(Bucket(per_minute / 60.0, per_minute, now))
+        return buckets
+
+    def _schedule(self, timeline: _Timeline, lane: _Lane, now: float) -> None:
+        """Put `lane` on its timeline at the moment it may go (forget it if it is idle)."""
+        if lane.busy:
+            return  # rescheduled when its request ends
+        at = lane.ready_at(now)
+        if at is None:  # nothing to do: kept until its buckets are full again
+            if lane.idle(now):
+                if timeline.lanes.get(lane.chat_id) is lane:
+                    del timeline.lanes[lane.chat_id]
+                lane.entry = None
+                return
+            at = max(lane.idle_at(now), now + 0.001)
+        if lane.entry is not None and lane.entry[0] == at:
+            return
+        entry = (at, next(self._order), lane)
+        lane.entry = entry
+        heapq.heappush(timeline.heap, entry)
+        if at <= now or timeline.heap[0] is entry:  # someone must take it, or wait less
+            if timeline.answers and self._answerer_waiting:
+                self._answer_work.notify()
+            else:
+                self._work.notify()
+
+    def _drop_leaving(
+        self, timeline: _Timeline, lane: _Lane, leaving: Callable[[str], bool]
+    ) -> int:
+        """Drop `lane`'s jobs that `leaving` names and are not in flight; how many."""
+        kept = collections.deque(
+            job for index, job in enumerate(lane.jobs)
+            if job is lane.current or job.owner is None or not leaving(job.owner)
+        )  # fmt: skip
+        dropped = len(lane.jobs) - len(kept)
+        if dropped:
+            if not kept or kept[0] is not lane.jobs[0]:
+                lane.failures = lane.throttled = 0  # those were the dropped head's
+            lane.jobs = kept
+            self._schedule(timeline, lane, self.clock())
+        return dropped
+
+    def _in_flight_for(self, leaving: Callable[[str], bool]) -> int:
+        return sum(
+            1
+            for timeline in (self._messages, self._answers)
+            for lane in timeline.lanes.values()
+            if lane.current is not None and lane.current.owner is not None
+            and leaving(lane.current.owner)
+        )  # fmt: skip
+
+    # -- the senders' side
+
+    def _next(self, sender: _Sender, finished: _Lane | None) -> tuple[_Lane, Job | None] | None:
+        """Release `finished`, then wait for a due lane and start it; None: the sender stops."""
+        with self._lock:
+            if finished is not None:
+                self._release(finished)
+            while True:
+                now = self.clock()
+                if self._closed and (self._queued == 0 or now >= self.deadline):
+                    if now >= self.deadline:
+                        self._abandon_queued()
+                    self._work.notify_all()  # the others see it too
+                    self._answer_work.notify_all()
+                    return None
+                lane, wait = self._due(sender, now)
+                if lane is not None:
+                    return lane, self._begin(lane, now)
+                if self._closed:
+                    wait = min(wait, max(0.0, self.deadline - now))
+                if sender.answers_only:
+                    self._answerer_waiting = True
+                    self._answer_work.wait(wait)
+                    self._answerer_waiting = False
+                else:
+                    self._work.wait(wait)
+
+    def _due(self, sender: _Sender, now: float) -> tuple[_Lane | None, float]:
+        """A lane `sender` may serve now (button answers first), or how long to wait."""
+        wait = 1.0
+        timelines = (self._answers,) if sender.answers_only else (self._answers, self._messages)
+        for timeline in timelines:
+            lane, until = self._due_in(timeline, now)
+            if lane is not None:
+                return lane, 0.0
+            if until is not None:
+                wait = min(wait, until)
+        return None, wait
+
+    def _due_in(self, timeline: _Timeline, now: float) -> tuple[_Lane | None, float | None]:
+        heap = timeline.heap
+        while heap:
+            entry = heap[0]
+            at, _, lane = entry
+            if lane.entry is not entry:  # stale: the lane was scheduled again since
+                heapq.heappop(heap)
+                continue
+            if at > now:
+                return None, at - now
+            if not lane.jobs and lane.typing_next is None:  # nothing to do: forget it if idle
+                heapq.heappop(heap)
+                lane.entry = None
+                self._schedule(timeline, lane, now)
+                continue
+            if lane.jobs and lane.jobs[0].paced:
+                global_wait = self.global_bucket.try_take(now)
+                if global_wait > 0:
+                    return None, global_wait
+            heapq.heappop(heap)
+            lane.entry = None
+            return lane, None
+        return None, None
+
+    def _begin(self, lane: _Lane, now: float) -> Job | None:
+        """Mark `lane` busy with its next job (None: a "typing" to repeat)."""
+        lane.busy = True
+        if not lane.jobs:
+            lane.typing_next = (
+                now + TYPING_EVERY if now + TYPING_EVERY < lane.typing_until else None
+            )
+            return None
+        job = lane.jobs[0]
+        if job.paced:
+            for bucket in lane.buckets:
+                bucket.take(now)
+        lane.current = job
+        return job
+
+    def _release(self, lane: _Lane) -> None:
+        lane.busy = False
+        lane.current = None
+        self._schedule(lane.timeline, lane, self.clock())
+        if self._settling is not None:
+            self._settled.notify_all()
+
+    def _serve(self, lane: _Lane, job: Job | None) -> None:
+        """Send `job` (outside the lock), then settle what it did; callbacks run last."""
+        if job is None:  # only "typing" to repeat
+            try:
+                self.api.send_chat_action(lane.chat_id, "typing")
+            except Exception as error:  # only a hint: never worth a thread
+                log.debug("chat %s: typing action failed: %r", lane.chat_id, error)
+            return
+        outcome: SendError | None = None
+        try:
+            job.run(self.api)
+        except SendError as error:
+            outcome = error
+        except Exception:
+            log.exception("chat %s: unexpected error sending the %s", lane.chat_id, job.describe())
+            outcome = PermanentError("unexpected error (see above)")
+        with self._lock:
+            callbacks = self._outcome(lane, job, outcome)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a confirmation must not cost the thread
+                log.exception("chat %s: error confirming the %s", lane.chat_id, job.describe())
+
+    def _outcome(self, lane: _Lane, job: Job, error: SendError | None) -> list[Callable[[], None]]:
+        """What `job`'s attempt means for its lane (under the lock); the callbacks to run."""
+        if error is None:
+            if lane.failures or lane.throttled:
+                self.recovered(lane.chat_id)
+            return self._done(lane)
+        if isinstance(error, (RetryAfter, TransientError)):
+            return self._failed_for_now(lane, job, error)
+        if isinstance(error, ChatGone):
+            count = len(lane.jobs)
+            log.info("chat %s: %s; dropping %d queued job(s) for it", lane.chat_id, error, count)
+            lane.typing_next = None
+            callbacks: list[Callable[[], None]] = []
+            while lane.jobs:
+                callbacks += self._done(lane)
+            return callbacks
+        # Telegram refused it for good (a bug of ours): log it, go on with the next.
+        level = logging.ERROR if isinstance(job, SendText) else logging.WARNING
+        log.log(level, "chat %s: NOT SENT: the %s: %s", lane.chat_id, job.describe(), error)
+        return self._done(lane)
+
+    def _failed_for_now(self, lane: _Lane, job: Job, error: SendError) -> list[Callable[[], None]]:
+        now = self.clock()
+        settling = self._settling
+        if settling is not None and job.owner is not None and settling(job.owner):
+            self._done(lane, finished=False)  # its new owner sends it
+            return []
+        if self._closed and now >= self.deadline:  # sent after the restart
+            self._unsent_at_stop += isinstance(job, SendText)
+            self._done(lane, finished=False)
+            return []
+        if isinstance(error, RetryAfter):
+            lane.throttled += 1
+            wait = min(MAX_RETRY_AFTER, max(0.0, error.seconds))
+            self.failed(lane.chat_id, job, f"rate limited, waiting {wait:g}s")
+            lane.not_before = now + wait
+        else:
+            lane.failures += 1
+            delay = self.backoff(lane.failures)
+            self.failed(lane.chat_id, job, f"{error}; retry {lane.failures} in {delay:.2f}s")
+            lane.not_before = now + delay
+        return []
+
+    def _done(self, lane: _Lane, *, finished: bool = True) -> list[Callable[[], None]]:
+        """The head job is over: out (or given up for good, then `finished`), or left unsent."""
+        job = lane.jobs.popleft()
+        self._queued -= 1
+        lane.failures = lane.throttled = 0
+        on_done = getattr(job, "on_done", None)
+        return [on_done] if finished and on_done is not None else []
+
+    def _abandon_queued(self) -> None:
+        """At the stop deadline: leave each job not in flight unconfirmed (sent after a restart)."""
+        for timeline in (self._messages, self._answers):
+            for lane in timeline.lanes.values():
+                start = 1 if lane.current is not None else 0
+                while len(lane.jobs) > start:
+                    job = lane.jobs.pop()
+                    self._queued -= 1
+                    self._unsent_at_stop += isinstance(job, SendText)
+                    log.debug("chat %s: not sent before the stop: the %s", lane.chat_id,
+                              job.describe())  # fmt: skip
+
+    def _stop_senders(self, deadline: float) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.deadline = deadline
+            for lane in self._messages.lanes.values():
+                lane.typing_next = None
+            self._work.notify_all()
+            self._answer_work.notify_all()

@@ -667,5 +667,5 @@ def receiver(
 
 
 def queued_jobs(outbox: Outbox) -> int:
-    """Jobs waiting in the outbox's senders' queues (wants a public ``Outbox.queued()``)."""
-    return sum(sender.inbox.qsize() for sender in outbox._senders)
+    """Jobs waiting in the outbox (or in flight)."""
+    return outbox.queued()

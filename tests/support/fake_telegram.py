@@ -44,7 +44,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
 
-__all__ = ["BOT_ID", "SECRET", "TOKEN", "FakeTelegram", "Request", "Sent", "bot_environment"]
+__all__ = [
+    "BOT_ID", "SECRET", "TOKEN", "FakeTelegram", "Hold", "Request", "Sent", "bot_environment",
+]  # fmt: skip
 
 BOT_ID = 123456789
 #: A well-formed token (it is never valid anywhere else).
@@ -109,6 +111,24 @@ class Sent:
         """(text, callback_data) of each button, row by row."""
         rows = self.keyboard or []
         return [(b.get("text", ""), b.get("callback_data", "")) for row in rows for b in row]
+
+
+@dataclass
+class Hold:
+    """A request held by :meth:`FakeTelegram.hold`: `arrived` once it came, sent on release."""
+
+    method: str
+    params: dict[str, str]
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def matches(self, method: str, params: dict[str, Any]) -> bool:
+        return method == self.method and all(
+            str(params.get(name)) == value for name, value in self.params.items()
+        )
 
 
 @dataclass
@@ -330,6 +350,8 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         self._requests: list[Request] = []
         self._faults: dict[str, deque[_Fault]] = {}
         self._down: dict[str, _Fault] = {}  # lasting outages, by method (see `down`)
+        self._holds: list[Hold] = []  # requests to hold, not yet come (see `hold`)
+        self._held: list[Hold] = []  # every hold that came, released when the server stops
         self._confirmed = 0  # highest update_id confirmed by an offset
         self._polls = 0  # getUpdates calls so far: a newer one ends one still waiting
         #: Long polls waiting now: poll number -> (caller, whether its client is still there).
@@ -360,6 +382,8 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         with self._cond:  # wake long polls
             self._closed = True
             self._cond.notify_all()
+            for hold in self._held:
+                hold.release()
         self._stop_webhook()
 
     @property
@@ -642,6 +666,29 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         with self._cond:
             self._down.pop(method, None)
 
+
+    def hold(self, method: str, **params: object) -> Hold:
+        """Hold the next call of `method` with these `params` (``chat_id=42``) until released.
+
+        A barrier for tests of slow requests: ``hold.arrived`` is set once the
+        request came in; it is carried out as usual once ``hold.release()``
+        is called (or after 60 s, or when the server stops: no test hangs).
+        """
+        hold = Hold(method, {name: str(value) for name, value in params.items()})
+        with self._cond:
+            self._holds.append(hold)
+        return hold
+
+    def _wait_if_held(self, method: str, params: dict[str, Any]) -> None:
+        with self._cond:
+            hold = next((h for h in self._holds if h.matches(method, params)), None)
+            if hold is None:
+                return
+            self._holds.remove(hold)
+            self._held.append(hold)
+            hold.arrived.set()
+            self._cond.notify_all()
+        hold.released.wait(60)
 
     def answer_raw(
         self,
@@ -1076,6 +1123,7 @@ class _Handler(KeepAliveHandler):
             fake._record(method, params, "401")
             self._answer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
             return
+        fake._wait_if_held(method, params)
         fault = fake._take_fault(method)
         if fault is not None:
             self._fault(method, params, fault)
