@@ -216,6 +216,8 @@ class BotApiTransport:
             connection.close()
             raise as_requests_error(error, origin.where, connecting=False) from None
         self._give_back(origin, connection)
+        if log.isEnabledFor(logging.DEBUG):  # the line urllib3 logged (the token is masked)
+            log.debug('%s "%s %s" %s %s', origin.where, verb, target, response.status, len(content))
         if response.status in REDIRECTS and response.headers.get("Location"):
             # The Bot API does not redirect, but a server in front of a
             # self-hosted one may (http -> https): follow it as requests does.
