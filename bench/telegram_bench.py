@@ -41,6 +41,10 @@ Measured, per bot:
   from just before the first update until the bot is quiet after the last,
   divided by the updates the users sent. Start-up is not counted.
 * peak memory: the bot process's ``VmHWM`` (peak resident set).
+* the fakes' CPU per update: this process's own CPU over the same span (the
+  fake servers and the users). The bot shares the machine with it, so a
+  mode whose fake works harder (posting each update to a webhook, against
+  answering a poll with many) measures the bot on a busier machine.
 
 Every user's whole transcript is checked against the dialogue; a run with a
 user unfinished or a wrong transcript fails the benchmark (exit status 1).
@@ -51,7 +55,12 @@ the bot's throughput (Little's law), i.e. CPU per update again.
 
 ``--profile FILE`` adds one run of ours under ``py-spy record --gil``
 (samples only the thread holding the GIL: where the Python CPU goes) and
-prints the share of each thread role and library.
+prints the share of each thread role and library; ``--profile-bot webhook``
+profiles the webhook bot instead.
+
+``--breakdown`` splits each of our bots' CPU per update by what its threads
+do (HTTP intake, engine and journal, sending, the flow's lookups), from
+each thread's CPU in ``/proc/<pid>/task`` and its name from ``py-spy dump``.
 """
 
 from __future__ import annotations
@@ -60,9 +69,11 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -299,6 +310,53 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """User+system CPU of each of a live process's threads, by thread id (s)."""
+    found: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
+#: What each of our bot's threads does, by its name (the first pattern that matches).
+THREAD_PARTS = (
+    ("HTTP intake: waitress, JSON, handlers", re.compile(r"webhook-listener|waitress-\d+")),
+    ("HTTP intake: getUpdates, JSON, handlers", re.compile(r"telegram-polling")),
+    ("engine and journal (scheduler)", re.compile(r"engine-scheduler")),
+    ("send (outbox threads)", re.compile(r"telegram-sender")),
+    ("flow's Open-Meteo lookups (workers)", re.compile(r"engine-worker")),
+)
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """A Python process's thread names by thread id, read with ``py-spy dump``."""
+    dump = subprocess.run(
+        [py_spy() or "py-spy", "dump", "--pid", str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    return {int(tid): name for tid, name in re.findall(r'Thread (\d+) \(\w+\): "([^"]+)"', dump)}
+
+
+def cpu_by_part(
+    before: dict[int, float], after: dict[int, float], names: dict[int, str]
+) -> dict[str, float]:
+    """The CPU each part of the bot used between two :func:`thread_cpu` readings."""
+    parts: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = names.get(tid, "")
+        part = next(
+            (p for p, pattern in THREAD_PARTS if pattern.fullmatch(name) or pattern.match(name)),
+            "other",
+        )
+        parts[part] = parts.get(part, 0.0) + cpu - before.get(tid, 0.0)
+    return parts
+
+
 def peak_memory_kb(pid: int) -> int:
     """The process's peak resident set so far (``VmHWM``), in kB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -378,6 +436,9 @@ class Result:
     calls: Counter[str]  # Bot API calls the bot made over the workload, by method
     lookups: int  # Open-Meteo requests
     log_problems: list[str]
+    fakes_cpu: float = 0.0  # this process's CPU over the workload (fakes and users), s
+    #: The bot's CPU over the workload by what its threads do (with --breakdown), s.
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def conversations_per_second(self) -> float:
@@ -386,6 +447,10 @@ class Result:
     @property
     def cpu_ms_per_update(self) -> float:
         return 1000 * self.cpu / self.updates if self.updates else 0.0
+
+    @property
+    def fakes_ms_per_update(self) -> float:
+        return 1000 * self.fakes_cpu / self.updates if self.updates else 0.0
 
     @property
     def calls_per_update(self) -> float:
@@ -425,6 +490,7 @@ def run_bot(
     workdir: Path,
     timeout: float | None = None,
     profile: Path | None = None,
+    breakdown: bool = False,
 ) -> Result:
     """The whole workload against one bot, with fresh fakes and a fresh state file.
 
@@ -442,7 +508,15 @@ def run_bot(
         port = probe.getsockname()[1]
     command = [part.format(state=state, port=port) for part in BOTS[bot]]
     if profile is not None:
-        spy = ["py-spy", "record", "--gil", "--rate", str(PROFILE_RATE), "--format", "raw"]
+        spy = [
+            py_spy() or "py-spy",
+            "record",
+            "--gil",
+            "--rate",
+            str(PROFILE_RATE),
+            "--format",
+            "raw",
+        ]
         command = [*spy, "--output", str(profile), "--", *command]
     log = workdir / f"bot-{bot}.log"
     telegram = BenchTelegram()
@@ -463,7 +537,9 @@ def run_bot(
             time.sleep(0.2)  # let start-up settle: its CPU is not the workload's
             pid = python_pid(process)
             calls_before = Counter(r.method for r in telegram.requests)
+            threads_before = thread_cpu(pid) if breakdown else {}
             user_before, system_before = cpu_seconds(pid)
+            fakes_before = time.process_time()
             telegram.listener = crowd.on_sent
             crowd.start()
             if not crowd.done.wait(timeout):
@@ -475,6 +551,10 @@ def run_bot(
             # Buttons coming off after the last answers etc.: wait until all is quiet.
             _wait(lambda: time.monotonic() - telegram.last_call >= QUIET, 30, "a quiet bot")
             cpu_user, cpu_system = cpu_seconds(pid)
+            fakes_cpu = time.process_time() - fakes_before
+            parts: dict[str, float] = (
+                cpu_by_part(threads_before, thread_cpu(pid), thread_names(pid)) if breakdown else {}
+            )
             cpu_user, cpu_system = cpu_user - user_before, cpu_system - system_before
             peak = peak_memory_kb(pid)
             telegram.listener = None
@@ -489,7 +569,7 @@ def run_bot(
         bot=bot, users=users, rounds=rounds, updates=crowd.pushed, finished=crowd.finished,
         wrong=wrong, seconds=crowd.finished_at - crowd.started_at, latencies=crowd.latencies,
         cpu=cpu_user + cpu_system, cpu_system=cpu_system, peak_kb=peak, calls=calls,
-        lookups=lookups, log_problems=_problems(log),
+        lookups=lookups, log_problems=_problems(log), fakes_cpu=fakes_cpu, parts=parts,
     )  # fmt: skip
 
 
@@ -508,7 +588,17 @@ def pooled(results: list[Result]) -> Result:
         peak_kb=max(r.peak_kb for r in results), calls=calls,
         lookups=sum(r.lookups for r in results),
         log_problems=[p for r in results for p in r.log_problems],
+        fakes_cpu=sum(r.fakes_cpu for r in results),
+        parts=_summed([r.parts for r in results]),
     )  # fmt: skip
+
+
+def _summed(parts: list[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for each in parts:
+        for part, cpu in each.items():
+            total[part] = total.get(part, 0.0) + cpu
+    return total
 
 
 def summarize_profile(path: Path, top: int = 12) -> Iterator[str]:
@@ -535,7 +625,7 @@ def summarize_profile(path: Path, top: int = 12) -> Iterator[str]:
     if not total:
         yield f"profile: no samples in {path}"
         return
-    yield f"profile of ours: {total:,} GIL-holding samples at {PROFILE_RATE}/s ({path})"
+    yield f"profile: {total:,} GIL-holding samples at {PROFILE_RATE}/s ({path})"
     for part in [p for p, _ in PROFILE_PARTS] + ["other"]:
         yield f"{100 * parts[part] / total:6.1f}%  {part}"
         for detail, _ in PROFILE_DETAILS:
@@ -552,13 +642,21 @@ def run_all(
     repeat: int,
     workdir: Path,
     bots: Sequence[str] = ("ours", "plain", "webhook", "grown"),
+    breakdown: bool = False,
 ) -> dict[str, list[Result]]:
     """Every bot `repeat` times, interleaved."""
     runs: dict[str, list[Result]] = {bot: [] for bot in bots}
     for _ in range(repeat):
         for bot in bots:
-            runs[bot].append(run_bot(bot, users, rounds, workdir))
+            split = breakdown and bot != "plain"
+            runs[bot].append(run_bot(bot, users, rounds, workdir, breakdown=split))
     return runs
+
+
+def py_spy() -> str | None:
+    """py-spy on PATH, or beside this Python (in its virtual environment)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -605,6 +703,7 @@ def report(runs: dict[str, list[Result]]) -> Iterator[str]:
         ("bot CPU s, total", ours.cpu, plain.cpu, ".2f"),
         ("  of which system %", 100 * ours.cpu_system / ours.cpu if ours.cpu else 0.0,
          100 * plain.cpu_system / plain.cpu if plain.cpu else 0.0, ".0f"),
+        ("fakes' CPU ms/update", ours.fakes_ms_per_update, plain.fakes_ms_per_update, ".2f"),
         ("peak RSS MB", ours.peak_kb / 1024, plain.peak_kb / 1024, ".1f"),
         ("Bot API calls/update", ours.calls_per_update, plain.calls_per_update, ".2f"),
         ("getUpdates calls", ours.calls["getUpdates"], plain.calls["getUpdates"], ",.0f"),
@@ -643,6 +742,8 @@ def report(runs: dict[str, list[Result]]) -> Iterator[str]:
         yield from _webhook_report(pooled(runs["webhook"]), ours, plain)
     if "grown" in runs:
         yield from _grown_report(pooled(runs["grown"]), ours, plain)
+    yield from ratios_of_each_run(runs)
+    yield from breakdown_report(runs)
 
 
 def _grown_report(grown: Result, ours: Result, plain: Result) -> Iterator[str]:
@@ -687,6 +788,8 @@ def _webhook_report(hook: Result, ours: Result, plain: Result) -> Iterator[str]:
          1000 * percentile(ours.latencies, 99), 1000 * percentile(plain.latencies, 99), ",.1f"),
         ("bot CPU ms/update", hook.cpu_ms_per_update, ours.cpu_ms_per_update,
          plain.cpu_ms_per_update, ".2f"),
+        ("fakes' CPU ms/update", hook.fakes_ms_per_update, ours.fakes_ms_per_update,
+         plain.fakes_ms_per_update, ".2f"),
         ("peak RSS MB", hook.peak_kb / 1024, ours.peak_kb / 1024, plain.peak_kb / 1024, ".1f"),
     ]  # fmt: skip
     for name, mine, polling, theirs, form in rows:
@@ -699,6 +802,38 @@ def _webhook_report(hook: Result, ours: Result, plain: Result) -> Iterator[str]:
     yield (
         f"  webhook <= {WEBHOOK_TARGET_SHARE:.2f}x plain's CPU per update: {share:.2f}x  {verdict}"
     )
+
+
+def ratios_of_each_run(runs: dict[str, list[Result]]) -> Iterator[str]:
+    """Each run's CPU per update against the plain bot's run of the same round."""
+    for bot in [b for b in runs if b != "plain"]:
+        each = [
+            mine.cpu_ms_per_update / theirs.cpu_ms_per_update
+            for mine, theirs in zip(runs[bot], runs["plain"], strict=True)
+            if theirs.cpu_ms_per_update
+        ]
+        if len(each) > 1:
+            listed = ", ".join(f"{ratio:.2f}x" for ratio in each)
+            middle = statistics.median(each)
+            yield f"  {bot}/plain CPU per update, each round: {listed}; median {middle:.2f}x"
+
+
+def breakdown_report(runs: dict[str, list[Result]]) -> Iterator[str]:
+    """Our bots' CPU per update by what their threads do (with --breakdown)."""
+    bots = [bot for bot in ("ours", "webhook", "grown") if bot in runs]
+    pooled_runs = {bot: pooled(runs[bot]) for bot in bots}
+    if not any(result.parts for result in pooled_runs.values()):
+        return
+    yield "where our bots' CPU goes, µs per update (each thread's CPU, by its name):"
+    yield f"{'':<42}" + "".join(f"{'polling' if bot == 'ours' else bot:>10}" for bot in bots)
+    for part in [p for p, _ in THREAD_PARTS] + ["other"]:
+        cells = [
+            1e6 * pooled_runs[bot].parts.get(part, 0.0) / pooled_runs[bot].updates for bot in bots
+        ]
+        if any(abs(cell) >= 0.5 for cell in cells):
+            yield f"{part:<42}" + "".join(f"{cell:>10,.0f}" for cell in cells)
+    totals = [1e6 * pooled_runs[bot].cpu / pooled_runs[bot].updates for bot in bots]
+    yield f"{'all (the process, /proc/<pid>/stat)':<42}" + "".join(f"{t:>10,.0f}" for t in totals)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -718,23 +853,31 @@ def main(argv: list[str] | None = None) -> int:
         help="afterwards, one more run of ours under py-spy (pip install py-spy), "
         "its raw samples written to FILE and summarized",
     )
+    parser.add_argument(
+        "--profile-bot", choices=("ours", "webhook", "grown"), default="ours",
+        help="which of our bots --profile runs (default ours: polling)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="split our bots' CPU by what their threads do (needs py-spy, for thread names)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.rounds, args.repeat = 50, 2, 1
     if args.users < 1 or args.rounds < 1 or args.repeat < 1:
         parser.error("--users, --rounds and --repeat must be at least 1")
-    if args.profile and not shutil.which("py-spy"):
-        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
+    if (args.profile or args.breakdown) and not py_spy():
+        parser.error("--profile and --breakdown need py-spy (pip install py-spy)")
     with tempfile.TemporaryDirectory(prefix="telegram-bench-") as tmp:
         workdir = Path(args.keep) if args.keep else Path(tmp)
-        runs = run_all(args.users, args.rounds, args.repeat, workdir)
+        runs = run_all(args.users, args.rounds, args.repeat, workdir, breakdown=args.breakdown)
         for line in report(runs):
             print(line, flush=True)
         for line in chart_report():
             print(line, flush=True)
         if args.profile:
             profile = Path(args.profile).resolve()
-            run_bot("ours", args.users, args.rounds, workdir, profile=profile)
+            run_bot(args.profile_bot, args.users, args.rounds, workdir, profile=profile)
             for line in summarize_profile(profile):
                 print(line, flush=True)
     errors = [f"{bot}: {e}" for bot, results in runs.items() for r in results for e in check(r)]

@@ -1,4 +1,4 @@
-"""The bot's Bot API transport: pyTelegramBotAPI's calls on urllib3, against the fake Bot API.
+"""The bot's Bot API transport: pyTelegramBotAPI's calls on http.client, against the fake Bot API.
 
 Each test drives the real pyTelegramBotAPI client (or the transport as it
 calls it) over HTTP to the fake server on 127.0.0.1, and checks that what
@@ -99,9 +99,21 @@ def test_connections_are_kept_alive(transport: BotApiTransport, telegram: FakeTe
     bot = telebot.TeleBot(TOKEN, threaded=False)
     for number in range(5):
         bot.send_message(42, f"message {number}")
-    (pool,) = transport._pools.values()
-    assert pool.num_connections == 1
-    assert pool.num_requests == 5
+    assert transport.opened == 1
+    assert len(telegram.requests_to("sendMessage")) == 5
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_used_again(
+    transport: BotApiTransport, telegram: FakeTelegram
+) -> None:
+    bot = telebot.TeleBot(TOKEN, threaded=False)
+    bot.send_message(42, "first")
+    server = telegram._server
+    assert server is not None
+    server.cut_connections()  # as a server's idle timeout would
+    telegram.wait_until(lambda: not server.connections or None, what="the server to close")
+    assert bot.send_message(42, "second").text == "second"
+    assert transport.opened == 2
 
 
 def test_telegrams_errors_read_as_before(

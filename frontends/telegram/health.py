@@ -120,8 +120,20 @@ class Metrics:
         )  # fmt: skip
         #: Shared: a line for /healthz saying this instance's part (None: not shared).
         self.cluster_status: Callable[[], str] | None = None
-        self._lock = threading.Lock()
         self._telegram_ok_at: float | None = None  # time.monotonic() of the last answer
+        # Each metric's child per label values, found again without ``labels()``:
+        # that validates, builds a key and takes a lock, 3.2 µs a call against
+        # 0.6 µs for the child's ``inc()`` (measured here); the bot counts about
+        # ten things per update.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter, *values: str) -> Any:
+        """`metric`'s child for these label values (``metric.labels(*values)``), kept."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children.setdefault(key, metric.labels(*values))
+        return found
 
     # -- fed by the program -------------------------------------------------------
 
@@ -148,20 +160,19 @@ class Metrics:
 
     def update_taken(self, mode: str, count: int = 1) -> None:
         """`count` updates were taken in (`mode`: webhook or polling)."""
-        self.updates.labels(mode).inc(count)
+        self.child(self.updates, mode).inc(count)
 
     def update_refused(self, reason: str) -> None:
         """A webhook request was refused before it reached the engine."""
-        self.updates_refused.labels(reason).inc()
+        self.child(self.updates_refused, reason).inc()
 
     # -- Telegram's answers ---------------------------------------------------------
 
     def bot_api_answered(self, method: str, status: int) -> None:
         """A Bot API call got an HTTP answer (`status` 0: none, a network failure)."""
-        self.api_calls.labels(method, str(status)).inc()
+        self.child(self.api_calls, method, str(status)).inc()
         if 0 < status < 500:  # Telegram itself answered (a 5xx may be a proxy before it)
-            with self._lock:
-                self._telegram_ok_at = time.monotonic()
+            self._telegram_ok_at = time.monotonic()  # one store: no lock needed
         if status == 200 and method in SENDING_METHODS:
             self.messages_sent.inc()
         if status == 429:
@@ -171,8 +182,7 @@ class Metrics:
 
     def telegram_answered_within(self, seconds: float) -> bool:
         """Whether Telegram answered any call in the last `seconds`."""
-        with self._lock:
-            at = self._telegram_ok_at
+        at = self._telegram_ok_at
         return at is not None and time.monotonic() - at <= seconds
 
     def observe_bot_api(self) -> None:
@@ -233,11 +243,11 @@ class MetricsObserver(Observer):
 
     def ended(self, key: str, how: str) -> None:
         """A conversation ended, and how."""
-        self.metrics.conversations_ended.labels(how).inc()
+        self.metrics.child(self.metrics.conversations_ended, how).inc()
 
     def command(self, kind: str) -> None:
         """A flow yielded a command."""
-        self.metrics.commands.labels(kind).inc()
+        self.metrics.child(self.metrics.commands, kind).inc()
 
     def call_took(self, seconds: float) -> None:
         """A Call ended."""
