@@ -61,6 +61,11 @@ class Notice(enum.Enum):
         "Please share a location, or type it as latitude, longitude (for example 51.5, -0.12)."
     )
     SEND_PHOTO = "Please send a photo."
+    # Messages beyond the scheduler's mailbox limit, sent while the conversation was busy.
+    TOO_MANY_WAITING = (
+        "You sent many messages while I was busy; I kept the first ones and dropped the rest. "
+        "Please wait for my answer before sending more."
+    )
     NOT_ON_EARTH = (
         "Those coordinates are not on Earth: latitude goes from -90 to 90, "
         "longitude from -180 to 180."

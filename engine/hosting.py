@@ -15,7 +15,8 @@ The pieces:
   :func:`takes` says what a question takes (offer a location button),
   :func:`refusal` what the engine says to an answer it refuses;
 * :class:`Scheduler`: many conversations on one thread, one handler table;
-  ``sources=`` takes the frontend's rule for which update ids are new;
+  ``sources=`` takes the frontend's rule for which update ids are new
+  (a :data:`SourcePolicy`, given the :class:`Taken` ids; default :func:`unseen`);
 * :class:`Journal`, :class:`SqliteJournal`, :class:`JournalError`: what
   survives a restart;
 * :class:`Runner`: drives one conversation (for a frontend that runs a
@@ -28,7 +29,8 @@ from engine.frontend import Delivery, Frontend, Key, Notice, Receipt, refusal
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.observer import Observer
 from engine.runner import Diverged, NotSaveable, Runner, Snapshot
-from engine.scheduler import DEFAULT_IDLE_TIMEOUT, Scheduler, SourcePolicy, increasing
+from engine.scheduler import DEFAULT_IDLE_TIMEOUT, Scheduler
+from engine.sources import SourcePolicy, Taken, unseen
 from engine.states import Flow, load_flow
 
 __all__ = [
@@ -49,8 +51,9 @@ __all__ = [
     "Snapshot",
     "SourcePolicy",
     "SqliteJournal",
-    "increasing",
+    "Taken",
     "load_flow",
     "refusal",
     "takes",
+    "unseen",
 ]

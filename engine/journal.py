@@ -14,13 +14,15 @@ import os
 import pickle
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.commands import Command
 from engine.frontend import Delivery
 from engine.runner import Snapshot, Step, fingerprint
+from engine.sources import UNCHANGED, Taken
 
 log = logging.getLogger(__name__)
 
@@ -121,21 +123,32 @@ class Journal:
             self._memory[user] = data
 
     def took(self, source: int) -> None:
-        """An event from `source` (an update id) is taken in this batch.
+        """An event from `source` (an update id) is taken in this batch: add it to :meth:`taken`.
 
-        For a journal that keeps each id taken rather than the highest (several
-        instances sharing one database).
+        A journal that keeps anything writes it with the batch, so an update
+        is taken once even when ids arrive out of order.
         """
+        self.taken().take(source)
+
+    def taken(self) -> Taken:
+        """The update ids taken so far (see :mod:`engine.sources`); the scheduler asks it.
+
+        This base journal keeps them in the process only.
+        """
+        kept: Taken | None = getattr(self, "_taken", None)
+        if kept is None:
+            kept = self._taken = Taken()
+        return kept
 
     def dropped(self, key: str) -> None:
         """`key` now runs elsewhere (another instance): forget what is cached about it."""
 
     def commit(self, source: int | None) -> None:
-        """Make the batch durable; `source` is the highest update id it took."""
+        """Make the batch durable; `source` is the last update id it took (see :meth:`took`)."""
 
     def last_source(self) -> int | None:
-        """The highest update id ever committed (to skip redelivered updates)."""
-        return None
+        """The highest update id taken (``None``: none)."""
+        return self.taken().highest
 
     def claim(self, flow: str) -> None:
         """Check the journal belongs to `flow` (a ``--flow`` spec), noting it if new.
@@ -159,45 +172,76 @@ class JournalError(Exception):
 class KeptJournal(Journal):
     """What the SQLite and PostgreSQL journals keep alike, in the process, between commits.
 
-    Mailboxes: every change to one is noted, and :meth:`_mailbox_changes`
-    gives, once per batch, the mailboxes to write (pickled) and those to
-    delete. Memory: what a batch remembered is read back before the store
-    (:meth:`_stored_memory`) until the batch is committed.
+    Mailboxes: each waiting message is one row, written once when it arrives
+    and deleted once when it is taken or its conversation ends; the others
+    are never rewritten (a burst of typed-ahead messages costs writes linear
+    in what was typed). Rows are numbered by a journal-wide sequence, so a
+    conversation's rows read back in order of their numbers are its mailbox
+    in order. :meth:`_mailbox_changes` gives, once per batch, the rows to
+    insert and those to delete; a message queued and taken within one batch
+    is never written. Memory: what a batch remembered is read back before
+    the store (:meth:`_stored_memory`) until the batch is committed.
     """
 
     def __init__(self) -> None:
-        self._mailboxes: dict[str, list[Any]] = {}
-        self._changed_mailboxes: set[str] = set()
+        # key -> the numbers of its waiting messages' rows, oldest first.
+        self._waiting: dict[str, deque[int]] = {}
+        self._waiting_seq = 0  # the last row number given (never given again while running)
+        self._waiting_added: dict[int, tuple[str, int, bytes]] = {}  # this batch: number -> row
+        self._waiting_removed: list[tuple[str, int]] = []  # this batch: (key, number) written
         # Memory written in this batch, not yet committed: read back before the store.
         self._memory_written: dict[str, bytes | None] = {}
 
     def queued(self, key: str, text: Any) -> None:
-        """Keep a waiting message."""
-        self._mailboxes.setdefault(key, []).append(text)
-        self._changed_mailboxes.add(key)
+        """Keep a waiting message: one row of its own."""
+        try:
+            blob = pickle.dumps(text, _PROTOCOL)
+        except Exception as failure:  # read back, it cannot be restored: that conversation
+            log.warning("conversation %s: cannot keep a waiting message (%s)", key, failure)
+            blob = b""  # starts over after a restart, as with any unreadable value
+        self._waiting_seq += 1
+        seq = self._waiting_seq
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = deque()
+        waiting.append(seq)
+        self._waiting_added[seq] = (key, seq, blob)
 
     def dequeued(self, key: str) -> None:
-        """Drop the oldest waiting message."""
-        self._mailboxes[key].pop(0)
-        self._changed_mailboxes.add(key)
+        """Drop the oldest waiting message's row."""
+        waiting = self._waiting[key]
+        self._unqueue(key, waiting.popleft())
+        if not waiting:
+            del self._waiting[key]
+
+    def _unqueue(self, key: str, seq: int) -> None:
+        if self._waiting_added.pop(seq, None) is None:  # else never written
+            self._waiting_removed.append((key, seq))
 
     def _drop_mailbox(self, key: str) -> None:
-        """`key` ended: its mailbox goes with it."""
-        if self._mailboxes.pop(key, None) is not None:
-            self._changed_mailboxes.add(key)
+        """`key` ended: its waiting messages go with it."""
+        for seq in self._waiting.pop(key, ()):
+            self._unqueue(key, seq)
 
-    def _mailbox_changes(self) -> tuple[list[tuple[str, bytes]], list[str]]:
-        """This batch's mailboxes to write (key, pickled items) and keys whose mailbox is empty."""
-        kept, emptied = [], []
-        for key in self._changed_mailboxes:
-            items = self._mailboxes.get(key)
-            if items:
-                kept.append((key, pickle.dumps(items, _PROTOCOL)))
-            else:
-                self._mailboxes.pop(key, None)
-                emptied.append(key)
-        self._changed_mailboxes.clear()
-        return kept, emptied
+    def _restore_waiting(self, saved: dict[str, Saved], key: str, seq: int, blob: bytes) -> None:
+        """A waiting message read back (in order of `seq`); an unreadable one restarts `key`."""
+        self._waiting_seq = max(self._waiting_seq, seq)
+        conversation = saved.get(key)
+        if conversation is None:  # its conversation is gone: the row is of no use
+            self._waiting_removed.append((key, seq))
+            return
+        self._waiting.setdefault(key, deque()).append(seq)
+        try:
+            conversation.mailbox.append(pickle.loads(blob))
+        except Exception as error:  # only this conversation is lost: it starts over
+            log.warning("conversation %s: a waiting message cannot be read (%r)", key, error)
+            conversation.snapshot = Snapshot(_UNREADABLE_STATE, b"")
+
+    def _mailbox_changes(self) -> tuple[list[tuple[str, int, bytes]], list[tuple[str, int]]]:
+        """This batch's waiting messages to insert (key, number, pickled) and to delete."""
+        added, self._waiting_added = list(self._waiting_added.values()), {}
+        removed, self._waiting_removed = self._waiting_removed, []
+        return added, removed
 
     def recall(self, user: str) -> bytes | None:
         """What this batch or the store keeps for `user`."""
@@ -216,7 +260,7 @@ class KeptJournal(Journal):
 
 #: The file format this code writes. A file with a higher number was written
 #: by a newer version and is refused rather than misread.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Flows' memory per user (``Remember``): one pickled dict per user id.
 _MEMORY_TABLE = """
@@ -228,8 +272,9 @@ CREATE TABLE IF NOT EXISTS memory (user TEXT PRIMARY KEY, data BLOB NOT NULL);
 #: kept no times: format 3 adds when each state and batch was recorded (a
 #: conversation's last activity), a table of timer deadlines and the flows'
 #: memory per user (tables created by ``_SCHEMA``); rows from before have no
-#: time (``NULL``: not known).
-_MIGRATIONS = {
+#: time (``NULL``: not known). Format 5 keeps each waiting message in a row
+#: of its own and every update id taken within a window (see _to_format_5).
+_MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     1: """
         UPDATE outgoing SET kind = CASE kind
             WHEN 'deliver' THEN 'message' WHEN 'ask' THEN 'question'
@@ -241,6 +286,7 @@ _MIGRATIONS = {
     """
     + _MEMORY_TABLE,  # format 3: times, timer deadlines and flows' memory per user
     3: "",  # format 4: frontends' notes per conversation (a table made by _SCHEMA)
+    4: lambda connection: _to_format_5(connection),
 }
 
 _SCHEMA = """
@@ -251,7 +297,8 @@ CREATE TABLE IF NOT EXISTS conversations (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, steps BLOB NOT NULL, at REAL);
 CREATE TABLE IF NOT EXISTS deadlines (key TEXT PRIMARY KEY, due REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS mailbox (key TEXT PRIMARY KEY, texts BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS waiting (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, item BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS taken (source INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS notes (
     key TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (key, name)
 ) WITHOUT ROWID;
@@ -262,8 +309,8 @@ CREATE TABLE IF NOT EXISTS outgoing (
 
 _SAVE_STATE = "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?)"
 _DROP_CONVERSATION = "DELETE FROM conversations WHERE key = ?"
-_SAVE_MAILBOX = "INSERT OR REPLACE INTO mailbox VALUES (?, ?)"
-_DROP_MAILBOX = "DELETE FROM mailbox WHERE key = ?"
+_ADD_WAITING = "INSERT OR REPLACE INTO waiting VALUES (?, ?, ?)"
+_DROP_WAITING = "DELETE FROM waiting WHERE seq = ?"
 _ADD_BATCH = "INSERT INTO batches VALUES (?, ?, ?)"
 _DROP_BATCH = "DELETE FROM batches WHERE id = ?"
 _ADD_OUTGOING = "INSERT INTO outgoing VALUES (?, ?, ?, ?)"
@@ -276,7 +323,11 @@ _SAVE_NOTE = "INSERT OR REPLACE INTO notes VALUES (?, ?, ?)"
 _DROP_NOTE = "DELETE FROM notes WHERE key = ? AND name = ?"
 _DROP_NOTES = "DELETE FROM notes WHERE key = ?"
 _SAVE_SEQ = "INSERT OR REPLACE INTO meta VALUES ('seq', ?)"
-_SAVE_SOURCE = "INSERT OR REPLACE INTO meta VALUES ('last_source', ?)"
+_ADD_TAKEN = "INSERT OR IGNORE INTO taken VALUES (?)"
+_DROP_TAKEN = "DELETE FROM taken WHERE source = ?"
+_CLEAR_TAKEN = "DELETE FROM taken"
+_SAVE_TAKEN_UP_TO = "INSERT OR REPLACE INTO meta VALUES ('taken_up_to', ?)"
+_DROP_TAKEN_UP_TO = "DELETE FROM meta WHERE name = 'taken_up_to'"
 #: What a journal gives back for a value it could not save or read back (the
 #: fingerprint of such a step, the class of such a state): its conversation starts over.
 UNREADABLE = "(a value that could not be saved or read back)"
@@ -322,6 +373,7 @@ class SqliteJournal(KeptJournal):
         self._at: float | None = None  # this batch's wall-clock time (see stamp)
         self._closing = threading.Lock()
         self._connection = self._open()
+        self._taken = self._read_taken()
 
     # -- opening, with a one-line reason for every way a file can be bad ----
 
@@ -386,7 +438,11 @@ class SqliteJournal(KeptJournal):
             return
         connection.execute("BEGIN")
         for older in range(version, SCHEMA_VERSION):
-            for statement in _MIGRATIONS[older].split(";"):
+            step = _MIGRATIONS[older]
+            if callable(step):
+                step(connection)
+                continue
+            for statement in step.split(";"):
                 if statement.strip():
                     connection.execute(statement)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -523,9 +579,10 @@ class SqliteJournal(KeptJournal):
         """Write this batch in one transaction and commit it."""
         ops, self._ops = self._ops, []
         self._memory_written.clear()
-        kept, emptied = self._mailbox_changes()
-        ops.extend((_SAVE_MAILBOX, row) for row in kept)
-        ops.extend((_DROP_MAILBOX, (key,)) for key in emptied)
+        added, removed = self._mailbox_changes()
+        ops.extend((_DROP_WAITING, (seq,)) for _, seq in removed)
+        ops.extend((_ADD_WAITING, (seq, key, item)) for key, seq, item in added)
+        self._taken_changes(ops)
         if self._needed.get(self._batch):
             steps = pickle.dumps(self._steps, _PROTOCOL)
             ops.append((_ADD_BATCH, (self._batch, steps, self._at)))
@@ -533,13 +590,25 @@ class SqliteJournal(KeptJournal):
         else:  # every step of it is already obsolete: nothing to keep
             self._needed.pop(self._batch, None)
         self._steps = []
-        if source is not None:
-            ops.append((_SAVE_SOURCE, (source,)))
         if self._seq > self._seq_written:
             ops.append((_SAVE_SEQ, (self._seq,)))
             self._seq_written = self._seq
         if ops:
             self._write(ops)
+
+    def _taken_changes(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Add to `ops` what changed in the update ids taken (see engine.sources)."""
+        changes = self._taken.changes()
+        if changes is None:
+            return
+        if changes.cleared:
+            ops.append((_CLEAR_TAKEN, ()))
+        ops.extend((_DROP_TAKEN, (source,)) for source in changes.removed)
+        ops.extend((_ADD_TAKEN, (source,)) for source in changes.added)
+        if changes.low is None:
+            ops.append((_DROP_TAKEN_UP_TO, ()))
+        elif changes.low is not UNCHANGED:
+            ops.append((_SAVE_TAKEN_UP_TO, (changes.low,)))
 
     def _release(self, key: str) -> None:
         """`key`'s steps so far are obsolete; drop batches no longer needed by anyone."""
@@ -577,12 +646,14 @@ class SqliteJournal(KeptJournal):
 
     # -- reading back -----------------------------------------------------------
 
-    def last_source(self) -> int | None:
-        """The highest update id committed."""
-        row = self._connection.execute(
-            "SELECT value FROM meta WHERE name = 'last_source'"
-        ).fetchone()
-        return None if row is None else int(row[0])
+    def _read_taken(self) -> Taken:
+        """The update ids taken, as the file keeps them."""
+        query = self._connection.execute
+        row = query("SELECT value FROM meta WHERE name = 'taken_up_to'").fetchone()
+        return Taken(
+            None if row is None else int(row[0]), [int(source) for (source,) in query(
+                "SELECT source FROM taken")],
+        )
 
     def unfinished(self) -> Iterator[Saved]:
         """Every saved conversation, with its steps, waiting messages and deadline."""
@@ -614,17 +685,8 @@ class SqliteJournal(KeptJournal):
             if not self._needed[batch]:
                 del self._needed[batch]
                 self._ops.append((_DROP_BATCH, (batch,)))
-        for key, texts in query("SELECT * FROM mailbox"):
-            if key in saved:
-                try:
-                    mailbox = list(pickle.loads(texts))
-                except Exception as error:  # only this conversation is lost: it starts over
-                    log.warning("conversation %s: its waiting messages cannot be read (%r)",
-                                key, error)  # fmt: skip
-                    saved[key].snapshot = Snapshot(_UNREADABLE_STATE, b"")
-                    continue
-                saved[key].mailbox = mailbox
-                self._mailboxes[key] = list(mailbox)
+        for seq, key, item in query("SELECT seq, key, item FROM waiting ORDER BY seq"):
+            self._restore_waiting(saved, key, seq, item)
         for key, due in query("SELECT key, due FROM deadlines"):
             if key in saved:
                 saved[key].deadline = due
@@ -693,6 +755,28 @@ def _read_step(print_: str, value: Any, error: Any) -> Step:
     except Exception:  # a class that is gone or changed: the flow must start over
         return Step(_UNREADABLE)
     return Step(print_, value, error)
+
+
+def _to_format_5(connection: sqlite3.Connection) -> None:
+    """Format 4 to 5: each waiting message in a row of its own; the update ids' low-water mark.
+
+    Format 4 kept a conversation's whole mailbox pickled in one row (rewritten
+    at every change) and only the highest update id taken, every id up to it
+    counting as taken: that mark is where format 5's window starts.
+    """
+    seq = 0
+    rows = []
+    for key, blob in connection.execute("SELECT key, texts FROM mailbox ORDER BY key"):
+        try:
+            items = [pickle.dumps(item, _PROTOCOL) for item in pickle.loads(blob)]
+        except Exception:  # kept unreadable: that conversation starts over, as before
+            items = [b""]
+        for item in items:
+            seq += 1
+            rows.append((seq, key, item))
+    connection.executemany(_ADD_WAITING, rows)
+    connection.execute("DROP TABLE mailbox")
+    connection.execute("UPDATE meta SET name = 'taken_up_to' WHERE name = 'last_source'")
 
 
 def _create_private(path: str) -> None:

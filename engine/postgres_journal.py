@@ -1,17 +1,18 @@
 """The journal in a PostgreSQL database: what the SQLite journal keeps, on a server.
 
-Keeps what :class:`engine.journal.SqliteJournal` keeps (format 3: state
-snapshots, steps, mailboxes of any answers, timer deadlines, each state's and
-step's wall-clock time, the flows' memory per user, the flow a bot belongs
-to, the outbox, update ids), with the same guarantees: each scheduler
-batch is one transaction; the highest update id taken is committed with it,
-so a redelivered update is taken once; outputs are kept until the frontend
-confirms them; the journal stays bounded (a conversation's steps are deleted
-as soon as it enters a new state or ends); a database written by a newer
-version is refused; and every way of failing at start (bad URL, refused
-login, missing permissions, unreachable server, another instance using it)
-is one line naming the database (its password masked) and why. A database
-of schema 1 (the first PostgreSQL journal) is upgraded in place.
+Keeps what :class:`engine.journal.SqliteJournal` keeps (format 5: state
+snapshots, steps, waiting messages (a row each), timer deadlines, each state's
+and step's wall-clock time, the flows' memory per user, the flow a bot belongs
+to, the outbox, update ids taken), with the same guarantees: each scheduler
+batch is one transaction; the update ids it took are committed with it (see
+:mod:`engine.sources`), so a redelivered update is taken once, in any order;
+outputs are kept until the frontend confirms them; the journal stays bounded
+(a conversation's steps are deleted as soon as it enters a new state or
+ends); a database written by a newer version is refused; and every way of
+failing at start (bad URL, refused login, missing permissions, unreachable
+server, another instance using it) is one line naming the database (its
+password masked) and why. A database of an older schema (from 1, the first
+PostgreSQL journal, on) is upgraded in place.
 
 The tables live in their own schema, ``yielded``, so the database can be
 shared with other programs. Every row carries the bot it belongs to (the
@@ -41,13 +42,14 @@ from engine.commands import Command
 from engine.frontend import Delivery
 from engine.journal import UNREADABLE, JournalError, KeptJournal, Saved
 from engine.runner import Snapshot, Step, fingerprint
+from engine.sources import UNCHANGED, Taken
 
 log = logging.getLogger(__name__)
 
 #: The schema version this code writes (the SQLite journal's format number:
 #: both keep the same things). A database with a higher number was written by
 #: a newer version and is refused rather than misread.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: The PostgreSQL schema (namespace) holding the journal's tables.
 NAMESPACE = "yielded"
 #: The bot a journal belongs to unless told otherwise.
@@ -77,6 +79,20 @@ CREATE TABLE IF NOT EXISTS {_N}.notes (
 );
 """
 
+#: Schema 5: each waiting message in a row of its own, numbered in order
+#: (see KeptJournal), and the update ids taken above `bots.taken_up_to`
+#: (see engine.sources). Single instances only: shared ones take each update
+#: once through the updates table.
+_WAITING_AND_TAKEN = f"""
+CREATE TABLE IF NOT EXISTS {_N}.waiting (
+    bot TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, item BYTEA NOT NULL,
+    PRIMARY KEY (bot, key, seq)
+);
+CREATE TABLE IF NOT EXISTS {_N}.taken (
+    bot TEXT NOT NULL, update_id BIGINT NOT NULL, PRIMARY KEY (bot, update_id)
+);
+"""
+
 #: Schema 4: what several instances of one bot need (see :mod:`engine.shards`):
 #: each conversation's and output's shard, so an instance reads back only the
 #: shards it owns; the updates taken in by any instance, waiting for their
@@ -95,7 +111,7 @@ _SCHEMA = f"""
 CREATE SCHEMA IF NOT EXISTS {_N};
 CREATE TABLE IF NOT EXISTS {_N}.meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS {_N}.bots (
-    bot TEXT PRIMARY KEY, last_source BIGINT, flow TEXT, serial BIGINT NOT NULL DEFAULT 0
+    bot TEXT PRIMARY KEY, taken_up_to BIGINT, flow TEXT, serial BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS {_N}.conversations (
     bot TEXT NOT NULL, key TEXT NOT NULL,
@@ -109,16 +125,12 @@ CREATE TABLE IF NOT EXISTS {_N}.steps (
     fingerprint TEXT NOT NULL, answer BYTEA NOT NULL, at DOUBLE PRECISION,
     PRIMARY KEY (bot, key, seq)
 );
-CREATE TABLE IF NOT EXISTS {_N}.mailbox (
-    bot TEXT NOT NULL, key TEXT NOT NULL, items BYTEA NOT NULL,
-    PRIMARY KEY (bot, key)
-);
 CREATE TABLE IF NOT EXISTS {_N}.outgoing (
     bot TEXT NOT NULL, receipt BIGINT NOT NULL,
     key TEXT NOT NULL, kind TEXT NOT NULL, item BYTEA NOT NULL, shard INTEGER,
     PRIMARY KEY (bot, receipt)
 );
-""" + _MEMORY_AND_TIMERS + _NOTES + _SHARED
+""" + _MEMORY_AND_TIMERS + _NOTES + _SHARED + _WAITING_AND_TAKEN
 
 #: How a database of schema 1 (the first PostgreSQL journal, before timers and
 #: memory) is brought to 3: times, deadlines, memory, the flow per bot, and
@@ -141,6 +153,12 @@ ALTER TABLE {_N}.conversations ADD COLUMN since BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE {_N}.conversations ADD COLUMN shard INTEGER;
 ALTER TABLE {_N}.outgoing ADD COLUMN shard INTEGER;
 """ + _NOTES + _SHARED
+#: Schema 4 to 5: mailboxes, one pickled list per conversation, become a row
+#: per message (converted in Python: see _split_mailboxes); the highest update
+#: id taken (every id up to it counted as taken) is where the window starts.
+_UPGRADE_FROM_4 = _WAITING_AND_TAKEN + f"""
+ALTER TABLE {_N}.bots RENAME COLUMN last_source TO taken_up_to;
+"""
 
 _DROP_STEPS = f"DELETE FROM {_N}.steps WHERE bot = %s AND key = ANY(%s)"
 _DROP_CONVERSATIONS = f"DELETE FROM {_N}.conversations WHERE bot = %s AND key = ANY(%s)"
@@ -168,11 +186,14 @@ _ADD_STEPS = (
     f"INSERT INTO {_N}.steps "
     "SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bytea[], %s::float8[])"
 )
-_SAVE_MAILBOXES = (
-    f"INSERT INTO {_N}.mailbox SELECT %s, * FROM unnest(%s::text[], %s::bytea[]) "
-    "ON CONFLICT (bot, key) DO UPDATE SET items = EXCLUDED.items"
+_ADD_WAITING = (
+    f"INSERT INTO {_N}.waiting SELECT %s, * FROM unnest(%s::text[], %s::int8[], %s::bytea[]) "
+    "ON CONFLICT (bot, key, seq) DO UPDATE SET item = EXCLUDED.item"
 )
-_DROP_MAILBOXES = f"DELETE FROM {_N}.mailbox WHERE bot = %s AND key = ANY(%s)"
+_DROP_WAITING = (
+    f"DELETE FROM {_N}.waiting WHERE bot = %s "
+    "AND (key, seq) IN (SELECT * FROM unnest(%s::text[], %s::int8[]))"
+)
 _DROP_DEADLINES = f"DELETE FROM {_N}.deadlines WHERE bot = %s AND key = ANY(%s)"
 _SET_DEADLINES = (
     f"INSERT INTO {_N}.deadlines SELECT %s, * FROM unnest(%s::text[], %s::float8[]) "
@@ -188,8 +209,11 @@ _ADD_OUTGOING = (
     "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[], %s::int[])"
 )
 _DROP_OUTGOING = f"DELETE FROM {_N}.outgoing WHERE bot = %s AND receipt = ANY(%s)"
-_SAVE_SOURCE = (
-    f"UPDATE {_N}.bots SET last_source = GREATEST(last_source, %s) WHERE bot = %s"
+_SAVE_TAKEN_UP_TO = f"UPDATE {_N}.bots SET taken_up_to = %s WHERE bot = %s"
+_CLEAR_TAKEN = f"DELETE FROM {_N}.taken WHERE bot = %s"
+_DROP_TAKEN = f"DELETE FROM {_N}.taken WHERE bot = %s AND update_id = ANY(%s)"
+_ADD_TAKEN = (
+    f"INSERT INTO {_N}.taken SELECT %s, unnest(%s::int8[]) ON CONFLICT DO NOTHING"
 )
 
 
@@ -233,6 +257,7 @@ class PostgresJournal(KeptJournal):
         self._timed: set[str] = set()  # keys with a row in `deadlines`
         self._closing = threading.Lock()
         self._connection = self._open()
+        self._taken = self._read_taken()
 
     # -- opening, with a one-line reason for every way it can fail ----------
 
@@ -303,17 +328,22 @@ class PostgresJournal(KeptJournal):
         self._fence = (holder, shard_lock, write_lock)
 
     def took(self, source: int) -> None:
-        """Shared: update `source` was taken in this batch; marked so in its transaction."""
+        """Keep `source` as taken (see :meth:`Journal.taken`), with this batch.
+
+        Shared: it is marked taken in the updates table instead, in the same
+        transaction (ids are unique there; there is no window).
+        """
         if self.shared:
             self._took.append(source)
+        else:
+            self._taken.take(source)
 
     def dropped(self, key: str) -> None:
         """`key` is driven by another instance now: forget what is cached about it."""
         self._counts.pop(key, None)
         self._stored_steps.discard(key)
         self._timed.discard(key)
-        self._mailboxes.pop(key, None)
-        self._changed_mailboxes.discard(key)
+        self._waiting.pop(key, None)  # rows this batch adds or deletes are still written
 
     def _global(self, receipt: int) -> int:
         """The receipt as stored: unique across instances when shared."""
@@ -456,7 +486,7 @@ class PostgresJournal(KeptJournal):
         if self._serial > self._serial_written:
             serial, self._serial_written = [(self._serial, bot)], self._serial
         steps = [row for rows in self._new_steps.values() for row in rows]
-        kept_mailboxes, emptied = self._mailbox_changes()
+        waiting, unqueued = self._mailbox_changes()
         undated = [key for key, due in self._deadlines.items() if due is None]
         dated = [(key, due) for key, due in self._deadlines.items() if due is not None]
         forgotten = [user for user, data in self._memory_written.items() if data is None]
@@ -466,8 +496,8 @@ class PostgresJournal(KeptJournal):
             (_DROP_CONVERSATIONS, [(bot, ended)] if ended else []),
             (_SAVE_STATES, _columns(bot, saved)),
             (_ADD_STEPS, _columns(bot, steps)),
-            (_DROP_MAILBOXES, [(bot, emptied)] if emptied else []),
-            (_SAVE_MAILBOXES, _columns(bot, kept_mailboxes)),
+            (_DROP_WAITING, _columns(bot, unqueued)),
+            (_ADD_WAITING, _columns(bot, waiting)),
             (_DROP_DEADLINES, [(bot, undated)] if undated else []),
             (_SET_DEADLINES, _columns(bot, dated)),
             (_DROP_MEMORY, [(bot, forgotten)] if forgotten else []),
@@ -485,8 +515,8 @@ class PostgresJournal(KeptJournal):
             plan.append((_MARK_TAKEN, [(bot, self._took)] if self._took else []))
             if self._fence is not None:
                 fenced = sorted({_shard(key) for key in (
-                    *self._snapshots, *self._new_steps, *self._clear_steps, *emptied,
-                    *(row[0] for row in kept_mailboxes), *self._deadlines,
+                    *self._snapshots, *self._new_steps, *self._clear_steps,
+                    *(row[0] for row in unqueued), *(row[0] for row in waiting), *self._deadlines,
                     *(row[1] for row in self._outputs.values()),
                 )})  # fmt: skip
                 if fenced:
@@ -494,9 +524,22 @@ class PostgresJournal(KeptJournal):
                     row = (write_lock, fenced, holder(), shard_lock, fenced, fenced)
                     plan.insert(0, (_FENCE, [row]))
         else:
-            plan.append((_SAVE_SOURCE, [(source, bot)] if source is not None else []))
+            plan.extend(self._taken_changes())
         self._stored_steps.update(self._new_steps)
         return [(statement, rows) for statement, rows in plan if rows]
+
+    def _taken_changes(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """What changed in the update ids taken (see engine.sources), as plan entries."""
+        changes = self._taken.changes()
+        if changes is None:
+            return []
+        bot = self.bot
+        return [
+            (_CLEAR_TAKEN, [(bot,)] if changes.cleared else []),
+            (_DROP_TAKEN, [(bot, changes.removed)] if changes.removed else []),
+            (_ADD_TAKEN, [(bot, changes.added)] if changes.added else []),
+            (_SAVE_TAKEN_UP_TO, [] if changes.low is UNCHANGED else [(changes.low, bot)]),
+        ]
 
     def _reset_batch(self) -> None:
         self._snapshots = {}
@@ -551,10 +594,14 @@ class PostgresJournal(KeptJournal):
 
     # -- reading back -----------------------------------------------------------
 
-    def last_source(self) -> int | None:
-        """The highest update id committed for this bot."""
-        row = self._read(f"SELECT last_source FROM {_N}.bots WHERE bot = %s", (self.bot,))
-        return None if not row or row[0][0] is None else int(row[0][0])
+    def _read_taken(self) -> Taken:
+        """The update ids taken, as the database keeps them (shared: none, see :meth:`took`)."""
+        if self.shared:
+            return Taken()
+        row = self._read(f"SELECT taken_up_to FROM {_N}.bots WHERE bot = %s", (self.bot,))
+        low = None if not row or row[0][0] is None else int(row[0][0])
+        rows = self._read(f"SELECT update_id FROM {_N}.taken WHERE bot = %s", (self.bot,))
+        return Taken(low, [int(source) for (source,) in rows])
 
     def undelivered(
         self, shards: Iterable[int] | None = None
@@ -625,12 +672,10 @@ class PostgresJournal(KeptJournal):
             if at is not None:  # steps only get later
                 conversation.last_active = at
             self._counts[key] += 1
-        for key, items in self._read(
-            f"SELECT key, items FROM {_N}.mailbox WHERE bot = %s{where}", bot
+        for key, seq, item in self._read(
+            f"SELECT key, seq, item FROM {_N}.waiting WHERE bot = %s{where} ORDER BY key, seq", bot
         ):
-            if key in saved:
-                saved[key].mailbox = pickle.loads(items)
-                self._mailboxes[key] = list(saved[key].mailbox)
+            self._restore_waiting(saved, key, seq, bytes(item))
         for key, due in self._read(
             f"SELECT key, due FROM {_N}.deadlines WHERE bot = %s{where}", bot
         ):
@@ -675,12 +720,12 @@ class PostgresJournal(KeptJournal):
         self,
         conversations: Iterable[Saved],
         outputs: Iterable[tuple[int, str, Delivery, Any]],
-        last_source: int | None,
+        taken: Taken,
         *,
         memory: Iterable[tuple[str, bytes]] = (),
         flow: str | None = None,
     ) -> int:
-        """Write conversations, unsent outputs, memory, the flow and the last update id taken.
+        """Write conversations, unsent outputs, memory, the flow and the update ids taken.
 
         All in one transaction. Refused (a :class:`JournalError`) if this bot
         already has anything in the database: copying over live state would
@@ -706,9 +751,8 @@ class PostgresJournal(KeptJournal):
             self._since[key] = self._serial
             for name, value in saved.notes.items():
                 self.note(key, name, value)
-            if saved.mailbox:
-                self._mailboxes[key] = list(saved.mailbox)
-                self._changed_mailboxes.add(key)
+            for item in saved.mailbox:
+                self.queued(key, item)
             if saved.deadline is not None:
                 self.deadline(key, saved.deadline)
             count += 1
@@ -716,7 +760,9 @@ class PostgresJournal(KeptJournal):
             self.outgoing(receipt, key, kind, item)
         for user, data in memory:
             self.remember(user, data)
-        self.commit(last_source)
+        if not self.shared:
+            self._taken = taken.copy()
+        self.commit(taken.highest)
         if flow is not None:
             self.claim(flow)
         return count
@@ -805,9 +851,25 @@ def _upgrade(connection: psycopg.Connection[Any], version: int) -> None:
                 f"UPDATE {_N}.{table} SET shard = %s WHERE key = %s".encode(),
                 [(_shard(key), key) for (key,) in keys],
             )
+    if version <= 4:
+        connection.execute(_UPGRADE_FROM_4.encode())
+        _split_mailboxes(connection)
     connection.execute(
         f"UPDATE {_N}.meta SET value = %s WHERE name = 'schema_version'", (str(SCHEMA_VERSION),)
     )
+
+
+def _split_mailboxes(connection: psycopg.Connection[Any]) -> None:
+    """Schema 4 to 5: each conversation's pickled list of waiting messages becomes a row each."""
+    rows: list[tuple[str, str, int, bytes]] = []
+    for bot, key, blob in connection.execute(f"SELECT bot, key, items FROM {_N}.mailbox"):
+        try:
+            items = [pickle.dumps(item, _PROTOCOL) for item in pickle.loads(blob)]
+        except Exception:  # kept unreadable: that conversation starts over, as before
+            items = [b""]
+        rows.extend((bot, key, seq, item) for seq, item in enumerate(items, 1))
+    connection.cursor().executemany(f"INSERT INTO {_N}.waiting VALUES (%s, %s, %s, %s)", rows)
+    connection.execute(f"DROP TABLE {_N}.mailbox")
 
 
 # -- URLs and errors, on one line and without the password ----------------------

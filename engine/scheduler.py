@@ -55,6 +55,7 @@ from engine.frontend import Delivery, Frontend, Key, Notice, Receipt, refusal
 from engine.journal import Journal, JournalError, Saved
 from engine.observer import CANCELLED, EXPIRED, FAILED, FINISHED, RESTARTED, Observer
 from engine.runner import Diverged, Runner, Snapshot
+from engine.sources import SourcePolicy, unseen
 from engine.states import Flow, State, first_state
 from engine.workers import WorkerPool
 
@@ -78,14 +79,12 @@ _NEVER = float("inf")
 #: A handler's answer meaning "no value yet: park until an event arrives".
 _PARK = object()
 
-#: Decides whether an event's source (e.g. a Telegram update id) is new, given
-#: the last one taken (``None`` before the first).
-SourcePolicy = Callable[[int, "int | None"], bool]
-
-
-def increasing(source: int, last: int | None) -> bool:
-    """The default :data:`SourcePolicy`: a source is new when above the last one."""
-    return last is None or source > last
+#: How many messages one conversation may hold waiting while it is busy (in a
+#: Call, a Sleep, or with earlier messages still waiting). Each is journaled
+#: until taken; without a bound one user's burst could fill memory and disk.
+#: A hundred is far more than anyone types ahead; beyond it messages are
+#: dropped and the user is told (Notice.TOO_MANY_WAITING), once per burst.
+MAILBOX_LIMIT = 100
 
 
 # -- events: what arrives in the inbox ------------------------------------------
@@ -257,8 +256,9 @@ class Scheduler:
         journal: Journal | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        sources: SourcePolicy = increasing,
+        sources: SourcePolicy = unseen,
         observer: Observer | None = None,
+        mailbox_limit: int = MAILBOX_LIMIT,
     ) -> None:
         self.frontend = frontend
         self.flow = flow
@@ -274,6 +274,10 @@ class Scheduler:
         # read once when the timer is set.
         self._wall_clock = wall_clock
         self._is_new = sources
+        #: The update ids taken (see engine.sources), kept by the journal.
+        self._taken = self.journal.taken()
+        self.mailbox_limit = mailbox_limit
+        self._overflowing: set[Key] = set()  # told their messages are dropped, this burst
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._chats: dict[Key, _Chat] = {}
         self._expired: set[Key] = set()
@@ -286,8 +290,7 @@ class Scheduler:
         self._outbox: list[tuple[Any, ...]] = []
         self._workers = WorkerPool(workers)
         self._thread: threading.Thread | None = None
-        self._last_source = self.journal.last_source()
-        self._committed_source = self._last_source
+        self._committed_source = self._taken.highest
         self._batch_source: int | None = None
         #: Why the scheduler stopped by itself (its journal failed), or None.
         self.halted: str | None = None
@@ -429,7 +432,7 @@ class Scheduler:
 
     def already_taken(self, source: int) -> bool:
         """Whether an event from `source` was taken before (so would be skipped)."""
-        return not self._is_new(source, self._last_source)
+        return not self._is_new(source, self._taken)
 
     @property
     def committed_source(self) -> int | None:
@@ -439,7 +442,7 @@ class Scheduler:
     @property
     def last_source(self) -> int | None:
         """The highest event source taken so far (and journaled, with a journal)."""
-        return self._last_source
+        return self._taken.highest
 
     def running(self) -> int:
         """How many conversations are in progress (a snapshot, from any thread)."""
@@ -546,10 +549,10 @@ class Scheduler:
 
     def _take_source(self, source: int) -> bool:
         """Whether an event from `source` is new (then it is taken)."""
-        if not self._is_new(source, self._last_source):
+        if not self._is_new(source, self._taken):
             log.debug("skipping event from source %s: already taken", source)
             return False
-        self._last_source = self._batch_source = source
+        self._batch_source = source
         self.journal.took(source)
         return True
 
@@ -632,8 +635,18 @@ class Scheduler:
         else:
             if chat.mailbox is None:
                 chat.mailbox = deque()
+            elif len(chat.mailbox) >= self.mailbox_limit:
+                self._overflowed(key)
+                return
             chat.mailbox.append(text)
             self.journal.queued(key, text)
+
+    def _overflowed(self, key: Key) -> None:
+        """A message beyond the mailbox limit is dropped; the user is told once per burst."""
+        log.debug("conversation %s: mailbox full, a message dropped", key)
+        if key not in self._overflowing:
+            self._overflowing.add(key)
+            self._notify(key, Notice.TOO_MANY_WAITING)
 
     def _answer(self, chat: _Chat, question: Input | Choose, text: Any) -> None:
         """Send an answer in, or re-ask when the question refuses it."""
@@ -813,6 +826,7 @@ class Scheduler:
             del self._chats[chat.key]
             self._observer.ended(chat.key, how)
         chat.ticket = -1
+        self._overflowing.discard(chat.key)
         self.journal.ended(chat.key)
         self._later(self.frontend.ended, chat.key)
 
@@ -830,6 +844,8 @@ class Scheduler:
         while chat.mailbox:
             text = chat.mailbox.popleft()
             self.journal.dequeued(chat.key)
+            if not chat.mailbox:  # caught up: a later burst is told again
+                self._overflowing.discard(chat.key)
             value = question.accept(text)
             if value is not None:
                 self.journal.step(chat.key, question, value, None)
@@ -1013,6 +1029,7 @@ class Scheduler:
         leaving = [key for key in self._chats if event.leaving(key)]
         for key in leaving:
             del self._chats[key]  # its timers and late results find it gone
+            self._overflowing.discard(key)
             self.journal.dropped(key)
         self._expired = {key for key in self._expired if not event.leaving(key)}
         self._later(event.done.set)  # once this batch, the last written here, is committed

@@ -8,9 +8,10 @@ and their saved fields read), then start the bot with the URL as its state.
 Copied, in one transaction: every unfinished conversation (its state, the
 answers given since, the messages waiting for it, its timer's deadline and
 last activity), every output not yet confirmed as sent, the users' memory,
-the flow the file belongs to, and the last update id taken, so Telegram's redelivered
-updates are still skipped. The state file is left in place. A database that
-already holds state for the bot is refused, not overwritten.
+the flow the file belongs to, and the update ids taken (see engine.sources),
+so Telegram's redelivered updates are still skipped. The state file is left in
+place. A database that already holds state for the bot is refused, not
+overwritten.
 
 Exit status: 0 when copied, 2 for bad input (a missing or unusable file, a
 bad or unreachable database, a database already in use), 1 if writing failed.
@@ -62,7 +63,7 @@ def migrate(state_file: str, database_url: str, *, bot: str = DEFAULT_BOT) -> st
     try:
         conversations = list(source.unfinished())
         outputs = source.undelivered()
-        last_source = source.last_source()
+        taken = source.taken()
         memory, flow = _memory_and_flow(source)
     finally:
         source.close()
@@ -76,10 +77,10 @@ def migrate(state_file: str, database_url: str, *, bot: str = DEFAULT_BOT) -> st
                 f"{target.label}: bot {bot!r} already has state in this database; "
                 "not overwriting it"
             )
-        target.import_state(conversations, outputs, last_source, memory=memory, flow=flow)
+        target.import_state(conversations, outputs, taken, memory=memory, flow=flow)
     finally:
         target.close()
-    return _summary(state_file, target.label, conversations, len(outputs), last_source)
+    return _summary(state_file, target.label, conversations, len(outputs), taken.highest)
 
 
 def _memory_and_flow(source: SqliteJournal) -> tuple[list[tuple[str, bytes]], str | None]:

@@ -25,11 +25,12 @@ import psycopg
 import pytest
 
 from engine import Call, Choose, Input, Print, Sleep, State
+from engine.frontend import Notice
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.journals import open_journal
 from engine.postgres_journal import SCHEMA_VERSION, PostgresJournal, redact
 from engine.runner import Snapshot
-from engine.scheduler import Scheduler
+from engine.scheduler import MAILBOX_LIMIT, Scheduler
 from engine.states import Steps
 from engine.testing import RecordingFrontend
 from tests.support.engine import Confirming
@@ -76,10 +77,14 @@ class Napping(State):
 class Running:
     """A scheduler on a state file, stopped without ending its conversations."""
 
-    def __init__(self, state: str | Path, flow: Any = Round) -> None:
+    def __init__(
+        self, state: str | Path, flow: Any = Round, mailbox_limit: int = MAILBOX_LIMIT
+    ) -> None:
         self.frontend = RecordingFrontend()
         self.journal = open_journal(str(state))
-        self.scheduler = Scheduler(self.frontend, flow, journal=self.journal)
+        self.scheduler = Scheduler(
+            self.frontend, flow, journal=self.journal, mailbox_limit=mailbox_limit
+        )
         self.scheduler.start()
 
     def crash(self) -> None:
@@ -223,9 +228,11 @@ def test_a_conversation_that_loops_keeps_a_small_journal(state: str) -> None:
     scheduler = running.scheduler
     try:
         scheduler.begin("ann")
-        for number in range(1000):
+        for number in range(1000):  # typed ahead 40 rounds at a time, within the mailbox limit
             scheduler.send("ann", str(number))
             scheduler.send("ann", "continue")
+            if number % 40 == 39:
+                running.frontend.wait_for("ann", f"bot: round {number + 1}", timeout=30)
         running.frontend.wait_for("ann", "bot: round 1000", timeout=30)
         rows = _count_rows(running.journal)
     finally:
@@ -430,7 +437,7 @@ def test_a_database_from_a_newer_version_is_refused_and_left_alone(postgres_url:
         tables = connection.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'yielded'"
         ).fetchone()
-    assert tables == (10,)  # none added, none dropped
+    assert tables == (11,)  # none added, none dropped
 
 
 def test_a_bot_in_use_by_another_instance_is_refused_until_it_stops(postgres_url: str) -> None:
@@ -446,6 +453,7 @@ def test_a_bot_in_use_by_another_instance_is_refused_until_it_stops(postgres_url
 def test_bots_sharing_a_database_keep_their_own_update_ids(postgres_url: str) -> None:
     for bot, source in (("first", 10), ("second", 20)):
         journal = PostgresJournal(postgres_url, bot=bot)
+        journal.took(source)
         journal.commit(source)
         journal.close()
     for bot, source in (("first", 10), ("second", 20)):
@@ -497,9 +505,10 @@ def _register(cls: type) -> None:
 
 def _count_rows(journal: Journal) -> dict[str, int]:
     """Rows per table; "steps" are the rows holding steps (SQLite keeps them in batches)."""
-    tables = {"conversations": "conversations", "steps": "batches", "mailbox": "mailbox"}
+    tables = {"conversations": "conversations", "steps": "batches", "mailbox": "waiting"}
     if isinstance(journal, PostgresJournal):
-        tables = {name: f"yielded.{name}" for name in tables}
+        tables = {name: f"yielded.{table}" for name, table in tables.items()}
+        tables["steps"] = "yielded.steps"
     return {name: _count(journal, table) for name, table in tables.items()}
 
 
@@ -511,7 +520,7 @@ def _count(journal: Journal, table: str) -> int:
 
 
 def test_steps_kept_for_a_waiting_user_survive_while_others_move_on(state: str) -> None:
-    first = Running(state)
+    first = Running(state, mailbox_limit=100 + 1)  # bob's script is typed ahead
     first.scheduler.begin("ann")
     first.scheduler.send("ann", "500")  # ann's steps wait in early batches
     first.frontend.wait_for("ann", "bot: 1) quit")
@@ -739,3 +748,130 @@ def test_positions_and_notes_are_the_same_after_a_restart_and_go_with_the_conver
     third.entered("ann", Snapshot("tests.test_journal.Round", b"x"))  # after the restart
     assert third.position("ann") > last
     third.close()
+
+
+# -- update ids out of order; messages typed ahead ---------------------------------
+
+
+@dataclass
+class Echoing(State):
+    """Says back every message, for ever."""
+
+    def run(self) -> Steps:
+        while True:
+            text = yield Input("Next?")
+            yield Print(f"got {text}")
+
+
+def test_updates_taken_out_of_order_are_each_taken_once_across_a_restart(state: str) -> None:
+    first = Running(state, Echoing)
+    first.scheduler.begin("ann", source=10)
+    first.scheduler.send("ann", "b", source=12)  # another chat's 11 is still on its way
+    first.scheduler.send("ann", "a", source=11)
+    first.scheduler.send("ann", "b again", source=12)  # Telegram's retry
+    first.scheduler.send("ann", "d", source=14)  # 13 is on its way when the bot stops
+    first.frontend.wait_for("ann", "bot: got d")
+    first.crash()
+
+    second = Running(state, Echoing)
+    try:
+        for source, text in ((10, "start again"), (11, "a again"), (12, "b again"), (14, "d")):
+            second.scheduler.send("ann", text, source=source)  # all redelivered after the restart
+        second.scheduler.send("ann", "c", source=13)
+        second.scheduler.send("ann", "e", source=15)
+        lines = second.frontend.wait_for("ann", "bot: got e")
+    finally:
+        second.crash()
+    assert first.frontend.lines("ann") == [
+        "bot: Next?", "bot: got b", "bot: Next?", "bot: got a", "bot: Next?", "bot: got d",
+        "bot: Next?",
+    ]  # fmt: skip
+    assert lines == ["(restored)", "bot: got c", "bot: Next?", "bot: got e", "bot: Next?"]
+
+
+@dataclass
+class Busy(State):
+    """Asks once, then sleeps an hour while its user types ahead, then answers each message."""
+
+    def run(self) -> Steps:
+        yield Input("Go?")
+        yield Sleep(3600)
+        while True:
+            text = yield Input("Next?")
+            yield Print(f"got {text.split()[0]}")
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _bytes_in(value: Any) -> int:
+    """The bytes of the blobs (pickled values) a journal write carries."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(_bytes_in(item) for item in value)
+    return 0
+
+
+def _counting_writes(journal: Journal) -> list[int]:
+    """Count the bytes `journal` hands its database in each write (a list of one total)."""
+    assert isinstance(journal, (SqliteJournal, PostgresJournal))
+    written = [0]
+    write = journal._write
+
+    def counted(ops: Any) -> None:
+        written[0] += _bytes_in(ops)
+        write(ops)
+
+    journal._write = counted  # type: ignore[method-assign]
+    return written
+
+
+def _on_clocks(state: str, wall: float) -> tuple[Scheduler, RecordingFrontend, Journal]:
+    """A scheduler driven batch by batch with run_once, on fake clocks."""
+    frontend = RecordingFrontend()
+    journal = open_journal(state)
+    scheduler = Scheduler(
+        frontend, Busy, journal=journal, workers=0, clock=_Clock(wall), wall_clock=_Clock(wall)
+    )
+    assert scheduler.open()
+    return scheduler, frontend, journal
+
+
+def test_typed_ahead_messages_are_journaled_once_each_capped_and_kept_in_order(
+    state: str,
+) -> None:
+    _register(Busy)
+    scheduler, frontend, journal = _on_clocks(state, 1000.0)
+    written = _counting_writes(journal)
+    try:
+        scheduler.begin("ann")
+        scheduler.send("ann", "go")
+        scheduler.run_once(0)
+        assert frontend.lines("ann") == ["bot: Go?"]  # and now it sleeps
+        before = written[0]
+        texts = [f"m{number:03} " + "x" * 4000 for number in range(300)]
+        for text in texts:  # a burst: each message a batch of its own, as on a busy bot
+            scheduler.send("ann", text)
+            scheduler.run_once(0)
+        typed = written[0] - before
+    finally:
+        journal.close()
+    kept = sum(len(text) for text in texts[: scheduler.mailbox_limit])
+    # Each kept message written once (plus a little per batch); dropped ones not at all.
+    assert kept < typed < kept * 1.1
+    assert frontend.lines("ann") == ["bot: Go?", f"bot: {Notice.TOO_MANY_WAITING.value}"]
+
+    # After a restart the hour is over: the kept messages are answered, in order.
+    scheduler, frontend, journal = _on_clocks(state, 1000.0 + 3601)
+    try:
+        scheduler.run_once(0)
+    finally:
+        journal.close()
+    answers = [line for line in frontend.lines("ann") if line.startswith("bot: got")]
+    assert answers == [f"bot: got m{number:03}" for number in range(100)]

@@ -154,17 +154,28 @@ def test_a_format_2_file_is_upgraded_and_its_conversations_resume(tmp_path: Path
             ("ann", snapshot.state_class, snapshot.fields, 0),
         )
         connection.execute("INSERT INTO batches VALUES (1, ?)", (pickle.dumps(steps),))
+        # Typed ahead, kept as one pickled list; and the highest update id taken.
+        connection.execute("INSERT INTO mailbox VALUES ('ann', ?)", (pickle.dumps(["a", "b"]),))
+        connection.execute("INSERT INTO meta VALUES ('last_source', 41)")
         connection.commit()
     journal = SqliteJournal(path)
     try:
         [saved] = list(journal.unfinished())
+        taken = journal.taken()
     finally:
         journal.close()
     assert saved.key == "ann"
     assert [step.value for step in saved.steps] == ["sleep"]
+    assert saved.mailbox == ["a", "b"]  # a row each now, in order
+    assert (41 in taken, 42 in taken) == (True, False)  # every id up to the highest was taken
     assert saved.deadline is None and saved.last_active is None  # format 2 kept no times
     with closing(sqlite3.connect(path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         columns = {row[1] for row in connection.execute("PRAGMA table_info(batches)")}
         assert columns == {"id", "steps", "at"}
         assert connection.execute("SELECT count(*) FROM deadlines").fetchone()[0] == 0
+        assert connection.execute("SELECT key, seq FROM waiting").fetchall() == [
+            ("ann", 1), ("ann", 2),
+        ]  # fmt: skip
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        assert "mailbox" not in tables

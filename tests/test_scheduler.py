@@ -22,7 +22,8 @@ import pytest
 
 from engine import Call, Choose, Input, Print, Sleep, State
 from engine.frontend import Notice
-from engine.scheduler import Scheduler
+from engine.scheduler import MAILBOX_LIMIT, Scheduler
+from engine.sources import Taken
 from engine.states import Steps
 from engine.testing import RecordingFrontend
 from engine.workers import WorkerPool
@@ -266,7 +267,7 @@ def test_a_burst_of_messages_to_a_busy_conversation_waits_in_order(
     start_engine: StartEngine, gates: Gates
 ) -> None:
     gate = gates()
-    count = 500
+    count = MAILBOX_LIMIT
     scheduler, frontend = start_engine(lambda: Collector(held(gate), count))
     scheduler.begin("ann")
     round_trip(scheduler, frontend)  # now in the Call
@@ -293,6 +294,49 @@ def test_a_mailbox_is_taken_before_new_messages(start_engine: StartEngine, gates
     frontend.wait_for("ann", "bot: Next?")  # the mailbox ran dry at the third question
     scheduler.send("ann", "third")
     assert frontend.wait_for("ann", "ended") == ["bot: Next?", "bot: first second third", "ended"]
+
+
+TOO_MANY = f"bot: {Notice.TOO_MANY_WAITING.value}"
+
+
+@dataclass
+class TwoBursts(State):
+    """Busy twice (a Call until each gate opens), taking three answers after each."""
+
+    first: threading.Event
+    second: threading.Event
+
+    def run(self) -> Steps:
+        for gate in (self.first, self.second):
+            yield Call(gate.wait, 10)
+            answers = []
+            for _ in range(3):
+                answers.append((yield Input("Next?")))
+            yield Print(" ".join(answers))
+        return None
+
+
+def test_messages_beyond_the_mailbox_limit_are_dropped_and_the_user_told_once_per_burst(
+    start_engine: StartEngine, gates: Gates
+) -> None:
+    first, second = gates(), gates()
+    scheduler, frontend = start_engine(
+        lambda: TwoBursts(held(first), held(second)), mailbox_limit=3
+    )
+    scheduler.begin("ann")
+    for text in "abcde":  # d and e find the mailbox full
+        scheduler.send("ann", text)
+    round_trip(scheduler, frontend)
+    assert frontend.lines("ann") == [TOO_MANY]
+    first.set()
+    frontend.wait_for("ann", "bot: a b c")  # caught up, and busy again
+    for text in "fghi":
+        scheduler.send("ann", text)
+    round_trip(scheduler, frontend)
+    second.set()
+    assert frontend.wait_for("ann", "ended") == [
+        TOO_MANY, "bot: a b c", TOO_MANY, "bot: f g h", "ended",
+    ]  # fmt: skip
 
 
 @dataclass
@@ -726,9 +770,10 @@ def test_a_redelivered_update_is_taken_once(start_engine: StartEngine) -> None:
     assert scheduler.last_source == 3
 
 
-def far_below_is_new(source: int, last: int | None) -> bool:
-    """A source policy like Telegram's: new when above the last, or far below it."""
-    return last is None or source > last or source < last - 1_000_000
+def far_below_is_new(source: int, taken: Taken) -> bool:
+    """A source policy like Telegram's: new unless taken, or when far below the highest."""
+    highest = taken.highest
+    return source not in taken or (highest is not None and source < highest - 1_000_000)
 
 
 def test_the_frontends_source_policy_decides_what_is_new(start_engine: StartEngine) -> None:

@@ -53,7 +53,7 @@ def _ids(connection: psycopg.Connection[Any]) -> list[int]:
 
 
 def _mark(connection: psycopg.Connection[Any]) -> int | None:
-    row = connection.execute("SELECT last_source FROM yielded.bots WHERE bot = %s", (DEFAULT_BOT,))
+    row = connection.execute("SELECT taken_up_to FROM yielded.bots WHERE bot = %s", (DEFAULT_BOT,))
     found = row.fetchone()
     assert found is not None
     return found[0]  # type: ignore[no-any-return]

@@ -75,7 +75,9 @@ def test_steps_and_waiting_messages_are_copied_as_they_are(
     journal.queued("ann", Location(51.5, -0.12))
     journal.entered("bob", Snapshot.of(Round(0)))
     journal.remember("7", b"kept for user 7")
-    journal.commit(41)
+    journal.took(40)
+    journal.took(42)  # 41 has not come yet: it must still be taken after the move
+    journal.commit(42)
     journal.close()
 
     assert main([str(state_file), postgres_url]) == 0
@@ -85,6 +87,8 @@ def test_steps_and_waiting_messages_are_copied_as_they_are(
     try:
         saved = {each.key: each for each in copied.unfinished()}
         assert copied.recall("7") == b"kept for user 7"
+        taken = copied.taken()
+        assert (40 in taken, 41 in taken, 42 in taken) == (True, False, True)
         with pytest.raises(JournalError, match=r"belongs to the flow tests\.test_journal:Round"):
             copied.claim("flows.weather:WeatherFlow")
     finally:
@@ -108,6 +112,7 @@ def test_a_database_that_already_holds_the_bots_state_is_refused(
 ) -> None:
     SqliteJournal(state_file).close()
     running = PostgresJournal(postgres_url)
+    running.took(5)
     running.commit(5)  # the bot already ran on PostgreSQL
     running.close()
     assert main([str(state_file), postgres_url]) == 2

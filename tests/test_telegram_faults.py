@@ -121,7 +121,7 @@ def test_a_damaged_conversation_starts_over_and_the_others_go_on(
         "UPDATE conversations SET state_class = CAST(? AS TEXT) WHERE key = '2001'",
         b"flows.we\xffther:City",
     )
-    damage(state_file(bots), "INSERT OR REPLACE INTO mailbox VALUES ('2002', ?)", b"\x80garbage")
+    damage(state_file(bots), "INSERT INTO waiting VALUES (1000, '2002', ?)", b"\x80garbage")
     bots.restart()
 
     telegram.wait_text(2001, RESTARTED)

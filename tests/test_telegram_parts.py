@@ -709,11 +709,14 @@ def test_the_scheduler_tells_the_frontend_what_each_commit_made_durable(
     assert journaled.wait_for(7, timeout=30) == 7
 
 
-def test_update_ids_are_new_above_the_last_or_far_below_it() -> None:
+def test_update_ids_are_new_unless_taken_or_far_below_the_highest() -> None:
+    from engine.sources import Taken
     from frontends.telegram.updates import new_update
 
-    assert new_update(5, None)
-    assert new_update(101, 100)
-    assert not new_update(100, 100)
-    assert not new_update(7, 100)
-    assert new_update(12_345, 900_000_001)  # Telegram started again from a random id
+    assert new_update(5, Taken())
+    assert new_update(101, Taken(100))  # every id up to 100 taken
+    assert not new_update(100, Taken(100))
+    assert not new_update(7, Taken(100))
+    assert new_update(12_345, Taken(900_000_001))  # Telegram started again from a random id
+    assert new_update(101, Taken(100, [102]))  # arrives after 102: not taken yet
+    assert not new_update(102, Taken(100, [102]))

@@ -133,15 +133,15 @@ def test_instances_on_a_newer_schema_refuse_in_one_line(
         )
     for output in _refusal(telegram, postgres_url, tmp_path):
         assert output.count("\n") == 0, output
-        assert "written by a newer version (schema 99, this one reads up to 4)" in output
+        assert "written by a newer version (schema 99, this one reads up to 5)" in output
 
 
 def test_instances_on_an_older_schema_upgrade_it_and_both_run(
     telegram: FakeTelegram, places: FakeOpenMeteo, postgres_url: str, tmp_path: Path
 ) -> None:
-    from engine.postgres_journal import PostgresJournal
+    from engine.postgres_journal import SCHEMA_VERSION, PostgresJournal
 
-    PostgresJournal(postgres_url).close()  # schema 4; made schema 3 again:
+    PostgresJournal(postgres_url).close()  # the current schema; made schema 3 again:
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(
             "ALTER TABLE yielded.conversations DROP COLUMN shard;"
@@ -149,6 +149,10 @@ def test_instances_on_an_older_schema_upgrade_it_and_both_run(
             "DROP SEQUENCE yielded.instances; DROP TABLE yielded.notes;"
             "ALTER TABLE yielded.conversations DROP COLUMN since;"
             "ALTER TABLE yielded.bots DROP COLUMN serial;"
+            "DROP TABLE yielded.waiting; DROP TABLE yielded.taken;"
+            "CREATE TABLE yielded.mailbox (bot TEXT NOT NULL, key TEXT NOT NULL,"
+            " items BYTEA NOT NULL, PRIMARY KEY (bot, key));"
+            "ALTER TABLE yielded.bots RENAME COLUMN taken_up_to TO last_source;"
             "UPDATE yielded.meta SET value = '3' WHERE name = 'schema_version'"
         )
     with BotCluster(telegram, postgres_url, tmp_path, 2) as cluster:
@@ -165,4 +169,4 @@ def test_instances_on_an_older_schema_upgrade_it_and_both_run(
         version = connection.execute(
             "SELECT value FROM yielded.meta WHERE name = 'schema_version'"
         ).fetchone()
-    assert version == ("4",)
+    assert version == (str(SCHEMA_VERSION),)

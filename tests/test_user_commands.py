@@ -528,4 +528,4 @@ def test_a_format_2_file_gets_the_memory_table(state_file: Path) -> None:
     finally:
         journal.close()
     with closing(sqlite3.connect(state_file)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5

@@ -118,6 +118,24 @@ def test_a_redelivered_update_is_taken_once(start_bot: StartBot, telegram: FakeT
     assert "Already running" not in " ".join(telegram.texts(79))
 
 
+def test_an_update_overtaken_by_a_later_one_is_taken_after_a_restart(
+    start_bot: StartBot, telegram: FakeTelegram
+) -> None:
+    bot = start_bot()
+    telegram.hold(81)  # as Telegram retrying it: another chat's later update arrives first
+    telegram.send_text(81, "hello")
+    telegram.send_text(82, "hello")
+    telegram.wait_text(82, NOT_STARTED)
+    telegram.wait_until(lambda: telegram.unconfirmed() == 1, what="the later update answered 200")
+    assert bot.stop() == 0
+
+    start_bot()
+    telegram.release(81)
+    telegram.send_text(81, "hello again")  # delivered after the held one, in the chat's order
+    telegram.wait_messages(81, 2)
+    assert telegram.texts(81) == [NOT_STARTED, NOT_STARTED]  # the held one was not lost
+
+
 def test_sigterm_drains_and_exits_0(
     start_bot: StartBot, telegram: FakeTelegram, openmeteo: FakeOpenMeteo
 ) -> None:

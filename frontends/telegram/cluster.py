@@ -18,7 +18,7 @@ confirming the offset only once that commits; the others wait for the lease.
 
 Taken rows are pruned (:func:`prune_updates`, by the lease holder): those more
 than :data:`KEEP_TAKEN` ids below the newest taken go, and the highest id
-pruned becomes the bot's mark (``bots.last_source``). An update at or below
+pruned becomes the bot's mark (``bots.taken_up_to``). An update at or below
 the mark is refused as taken before, so a redelivery after pruning is still
 taken once.
 """
@@ -146,7 +146,7 @@ _PUT_UPDATES = (
     f"INSERT INTO {_N}.updates (bot, update_id, shard, payload) "
     "SELECT %s, u.id, u.shard, u.payload FROM unnest(%s::int8[], %s::int4[], %s::text[]) "
     "AS u(id, shard, payload) WHERE u.id > COALESCE("
-    f"(SELECT last_source FROM {_N}.bots WHERE bot = %s), -1) "
+    f"(SELECT taken_up_to FROM {_N}.bots WHERE bot = %s), -1) "
     "ON CONFLICT DO NOTHING RETURNING shard"
 )
 _PRUNING_LOCK = "SELECT pg_advisory_xact_lock{kind}(%s::int4, 0)"
@@ -160,21 +160,21 @@ def _prune_lock(bot: str) -> int:
 def prune_updates(connection: psycopg.Connection[Any], bot: str, keep: int = KEEP_TAKEN) -> int:
     """Delete `bot`'s taken updates more than `keep` ids below the newest taken; how many.
 
-    The highest id deleted becomes the bot's mark (``bots.last_source``,
+    The highest id deleted becomes the bot's mark (``bots.taken_up_to``,
     never lowered): from then on an update at or below it is refused as taken.
     Pending updates stay, whatever their id.
     """
     with connection.transaction():
         connection.execute(_PRUNING_LOCK.format(kind="").encode(), (_prune_lock(bot),))
         connection.execute(
-            f"UPDATE {_N}.bots SET last_source = GREATEST(last_source, newest.id - %s) "
+            f"UPDATE {_N}.bots SET taken_up_to = GREATEST(taken_up_to, newest.id - %s) "
             f"FROM (SELECT max(update_id) AS id FROM {_N}.updates WHERE bot = %s AND taken) "
             "AS newest WHERE bot = %s AND newest.id - %s >= 0".encode(),
             (keep, bot, bot, keep),
         )
         deleted = connection.execute(
             f"DELETE FROM {_N}.updates WHERE bot = %s AND taken AND update_id <= "
-            f"(SELECT last_source FROM {_N}.bots WHERE bot = %s)".encode(),
+            f"(SELECT taken_up_to FROM {_N}.bots WHERE bot = %s)".encode(),
             (bot, bot),
         )
         return deleted.rowcount

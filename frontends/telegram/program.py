@@ -18,6 +18,7 @@ from telebot import apihelper
 
 from engine.journal import Journal, JournalError
 from engine.scheduler import Scheduler
+from engine.sources import Taken
 from engine.states import Flow
 from frontends.programs import (
     EXIT_FAILED,
@@ -199,7 +200,7 @@ class Bot:
         return EXIT_FAILED if self.halted else EXIT_OK
 
 
-def _every_update(update_id: int, last: int | None) -> bool:
+def _every_update(update_id: int, taken: Taken) -> bool:
     """Shared instances' source policy: the updates table already took each update once."""
     return True
 

@@ -19,6 +19,10 @@ NOTICES: dict[Notice, str] = {
         "Call /start to try again."
     ),
     Notice.RESTARTED: "The bot was updated, so this conversation starts over.",
+    Notice.TOO_MANY_WAITING: (
+        "You sent many messages while I was busy, so I dropped the latest ones. "
+        "Please wait for my answer, then send again what I missed."
+    ),
 }
 TEXT_PLEASE = "Please answer with text."
 UNKNOWN_COMMAND = "Unknown command {command}. I know /start, /cancel, /forget and /help."

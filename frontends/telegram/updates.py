@@ -12,6 +12,7 @@ from telebot import types, util
 from engine.commands import Location, Photo
 from engine.frontend import Key, Notice
 from engine.scheduler import Scheduler
+from engine.sources import Taken
 from frontends.telegram.media import PHOTO_LIMIT, MediaApi
 from frontends.telegram.routing import (
     PressAnswer,
@@ -50,16 +51,20 @@ NON_TEXT = frozenset(
 MESSAGE_KINDS = frozenset(util.content_type_media) | frozenset(util.content_type_service) | NON_TEXT
 
 
-#: Update ids increase by one per update, so one that is not above the last
-#: taken was taken before, and is skipped. Not if it is far below, though:
-#: after a week without updates Telegram starts again from a random id, which
-#: must be taken.
+#: Update ids increase by one per update (not always in order of arrival: a
+#: webhook gets different chats' updates at once), so one the engine counts as
+#: taken (see engine.sources) was taken before, and is skipped. Not if it is
+#: far below the highest taken, though: after a week without updates Telegram
+#: starts again from a random id, which must be taken.
 REDELIVERY_WINDOW = 1_000_000
 
 
-def new_update(update_id: int, last: int | None) -> bool:
-    """Whether `update_id` is new, given the last one taken (the engine's source policy)."""
-    return last is None or not last - REDELIVERY_WINDOW < update_id <= last
+def new_update(update_id: int, taken: Taken) -> bool:
+    """Whether `update_id` is new, given the ids taken (the engine's source policy)."""
+    if update_id not in taken:
+        return True
+    highest = taken.highest
+    return highest is not None and update_id <= highest - REDELIVERY_WINDOW
 
 
 #: Callback data as the bot makes it: question tag, option number, owner in a group.
@@ -96,13 +101,12 @@ class Updates:
         self.username = ""  # the bot's, set by the poller from getMe
         self.bot_id: int | None = None
 
-    def handle(self, update: types.Update, *, with_id: bool = True) -> None:
+    def handle(self, update: types.Update) -> None:
         """Hand one update to its handler (other kinds are ignored) and its effect to the engine.
 
         The update's id goes to the scheduler with the event it caused, or
-        alone, so that the journal knows it was taken. Without `with_id` (a
-        webhook update that arrived after a higher one, which the engine's
-        increasing ids would skip) the effect goes without it.
+        alone, so that the journal knows it was taken, in whatever order ids
+        arrive.
         """
         event: EngineEvent | None = None
         try:
@@ -115,7 +119,7 @@ class Updates:
             elif update.callback_query is not None:
                 event = self.on_press(update.callback_query)
         finally:
-            (event or self._taken_alone)(source=update.update_id if with_id else None)
+            (event or self._taken_alone)(source=update.update_id)
 
     def _taken_alone(self, *, source: int | None) -> None:
         self.scheduler.post(None, source=source)

@@ -21,14 +21,13 @@ Threads: ``webhook-listener`` (waitress's socket loop) and ``waitress-N``
 under a lock: the handlers are written for one thread, and Telegram sends a
 chat's updates one at a time, so per-chat order is arrival order.
 
+Telegram sends different chats' updates at once, so update 11 may arrive
+before 10: the engine keeps every id taken within a window (see
+engine.sources), so each is handed over with its id and taken once, in any
+order, across restarts too.
+
 What the engine should offer, to replace stopgaps here:
 
-* out-of-order sources. Telegram sends different chats' updates at once, so
-  update 11 may arrive before 10. The scheduler skips any source not above
-  the last it took, so an update arriving after a higher one is handed over
-  without its id (it is still taken once in this run: the intake remembers
-  ids). After a crash, one such update that was in flight is taken as done;
-  the engine should keep the ids taken above a low-water mark instead.
 * a commit notification per source (here: ``Scheduler.post`` of an event,
   which runs after the batch commits).
 """
@@ -265,8 +264,6 @@ class Intake:
         self._lock = threading.Lock()
         # update id -> set once what it caused is journaled
         self._tickets: OrderedDict[int, threading.Event] = OrderedDict()
-        self._restart_mark = scheduler.last_source  # taken before this run, up to here
-        self._highest = self._restart_mark  # the highest id handed over with its id
 
     def take(self, update_id: int, update: Any, item: Any = None) -> threading.Event | None:
         """Hand `update` over; returns what is set once it is journaled (None: it was).
@@ -286,24 +283,20 @@ class Intake:
             self._tickets[update_id] = ticket
             if len(self._tickets) > REMEMBERED_UPDATES:
                 self._tickets.popitem(last=False)
-            if self._highest is None or update_id > self._highest:
-                self._highest = update_id
-                self._hand_over(update, update_id)
-            else:  # arrived after a higher one: without its id, or the engine skips it
-                self._hand_over(update, None)
+            self._hand_over(update, update_id)
             self.metrics.update_taken("webhook")
             self.scheduler.post(ticket.set)  # runs once the batch holding it commits
             return ticket
 
     def _taken_before_restart(self, update_id: int) -> bool:
-        mark = self._restart_mark
-        return mark is not None and update_id <= mark and self.scheduler.already_taken(update_id)
+        # This run's updates have tickets; the engine knows those taken before.
+        return self.scheduler.already_taken(update_id)
 
-    def _hand_over(self, update: Any, source: int | None) -> None:
+    def _hand_over(self, update: Any, update_id: int) -> None:
         try:
-            self.updates.handle(update, with_id=source is not None)
+            self.updates.handle(update)
         except Exception:
-            log.exception("error handling update %s", update.update_id)
+            log.exception("error handling update %s", update_id)
 
 
 #: pyTelegramBotAPI's Update, whose ``de_json`` is not annotated.

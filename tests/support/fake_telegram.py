@@ -233,6 +233,21 @@ class _WebhookMethods:
                     info["allowed_updates"] = hook.allowed_updates
             return info
 
+    def hold(self: Any, chat_id: int) -> None:
+        """Deliver nothing of `chat_id` by webhook until :meth:`release` (its updates wait).
+
+        As a chat's update retried by Telegram waits while other chats' go
+        on: later updates of other chats arrive before it.
+        """
+        with self._cond:
+            self._held_chats.add(chat_id)
+
+    def release(self: Any, chat_id: int) -> None:
+        """Deliver `chat_id`'s updates again (see :meth:`hold`)."""
+        with self._cond:
+            self._held_chats.discard(chat_id)
+            self._cond.notify_all()
+
     def clear_faults(self: Any) -> None:
         """Forget the faults `fail` queued and not yet used."""
         with self._cond:
@@ -268,7 +283,7 @@ class _WebhookMethods:
     def _next_delivery(self: Any, hook: _Webhook) -> dict[str, Any] | None:
         """The oldest update whose chat has nothing earlier in flight or waiting (under lock)."""
         now = time.monotonic()
-        held: set[object] = set(hook.busy_chats)
+        held: set[object] = set(hook.busy_chats) | self._held_chats
         for update in self._updates:
             chat = _chat_of(update)
             if chat in held:
@@ -365,6 +380,7 @@ class FakeTelegram(_WebhookMethods, LocalServer):
         self._local = threading.local()  # the request being served on this thread
         self.commands: list[dict[str, Any]] | None = None
         self._webhook: _Webhook | None = None  # set by setWebhook (see `webhook`)
+        self._held_chats: set[object] = set()  # webhook deliveries held back (see `hold`)
         #: Each webhook delivery attempt: (update_id, HTTP status or 0 if none).
         self.deliveries: list[tuple[int, int]] = []
         #: Files users sent, by file_id (see add_file).
