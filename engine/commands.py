@@ -145,9 +145,11 @@ class Input(Command):
     that much time passes with no answer.
     """
 
-    prompt: str | None
-    timeout: float | None
-    accepts: AnswerKinds
+    # The defaults stay declared: an Input pickled before a field existed
+    # is read back with its default (see _set_fields).
+    prompt: str | None = None
+    timeout: float | None = None
+    accepts: AnswerKinds = field(default=TEXT, kw_only=True)
 
     def __init__(
         self,

@@ -372,6 +372,7 @@ class SqliteJournal(KeptJournal):
         self._positions: dict[str, int] = {}  # key -> its latest state's or step's number
         self._at: float | None = None  # this batch's wall-clock time (see stamp)
         self._closing = threading.Lock()
+        self._checkpointed = False  # whether the -wal holds nothing the file lacks
         self._connection = self._open()
         self._taken = self._read_taken()
 
@@ -595,6 +596,26 @@ class SqliteJournal(KeptJournal):
             self._seq_written = self._seq
         if ops:
             self._write(ops)
+            self._checkpointed = False
+        elif not self._checkpointed:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy what the ``-wal`` holds into the state file itself, once idle.
+
+        A batch with nothing to write means the bot is idle (the scheduler
+        commits an empty batch after a second without events). Until now the
+        ``-wal`` file held every commit since SQLite's own last checkpoint (up
+        to about 4 MB): losing or damaging it lost all of that. From here it
+        holds nothing the state file lacks. PASSIVE: it never waits.
+        """
+        with self._closing:
+            try:
+                self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as error:  # not fatal: SQLite checkpoints by itself too
+                log.warning("%s: cannot checkpoint the -wal file (%s)", self.path, error)
+                return
+        self._checkpointed = True
 
     def _taken_changes(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
         """Add to `ops` what changed in the update ids taken (see engine.sources)."""

@@ -875,3 +875,25 @@ def test_typed_ahead_messages_are_journaled_once_each_capped_and_kept_in_order(
         journal.close()
     answers = [line for line in frontend.lines("ann") if line.startswith("bot: got")]
     assert answers == [f"bot: got m{number:03}" for number in range(100)]
+
+
+def test_once_idle_the_state_file_alone_holds_every_conversation(state_file: Path) -> None:
+    # Losing the -wal file then loses nothing: a copy of the state file
+    # without it (a careless backup, a -wal cut by a disk fault) is whole.
+    journal = SqliteJournal(state_file)
+    scheduler = Scheduler(RecordingFrontend(), Round, journal=journal, workers=0)
+    try:
+        scheduler.begin("ann")
+        scheduler.send("ann", "21")
+        while scheduler.has_events():
+            scheduler.run_once(wait=0)
+        scheduler.run_once(wait=0)  # nothing came: idle
+        copy = state_file.with_name("copy.sqlite3")
+        copy.write_bytes(state_file.read_bytes())
+    finally:
+        journal.close()
+    alone = SqliteJournal(copy)
+    try:
+        assert [saved.key for saved in alone.unfinished()] == ["ann"]
+    finally:
+        alone.close()

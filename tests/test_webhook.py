@@ -122,7 +122,8 @@ def test_an_update_overtaken_by_a_later_one_is_taken_after_a_restart(
     start_bot: StartBot, telegram: FakeTelegram
 ) -> None:
     bot = start_bot()
-    telegram.hold(81)  # as Telegram retrying it: another chat's later update arrives first
+    # As Telegram retrying it: another chat's later update arrives first.
+    telegram.hold_deliveries(81)
     telegram.send_text(81, "hello")
     telegram.send_text(82, "hello")
     telegram.wait_text(82, NOT_STARTED)
@@ -130,7 +131,7 @@ def test_an_update_overtaken_by_a_later_one_is_taken_after_a_restart(
     assert bot.stop() == 0
 
     start_bot()
-    telegram.release(81)
+    telegram.release_deliveries(81)
     telegram.send_text(81, "hello again")  # delivered after the held one, in the chat's order
     telegram.wait_messages(81, 2)
     assert telegram.texts(81) == [NOT_STARTED, NOT_STARTED]  # the held one was not lost

@@ -233,8 +233,8 @@ class _WebhookMethods:
                     info["allowed_updates"] = hook.allowed_updates
             return info
 
-    def hold(self: Any, chat_id: int) -> None:
-        """Deliver nothing of `chat_id` by webhook until :meth:`release` (its updates wait).
+    def hold_deliveries(self: Any, chat_id: int) -> None:
+        """Deliver nothing of `chat_id` by webhook until :meth:`release_deliveries`.
 
         As a chat's update retried by Telegram waits while other chats' go
         on: later updates of other chats arrive before it.
@@ -242,8 +242,8 @@ class _WebhookMethods:
         with self._cond:
             self._held_chats.add(chat_id)
 
-    def release(self: Any, chat_id: int) -> None:
-        """Deliver `chat_id`'s updates again (see :meth:`hold`)."""
+    def release_deliveries(self: Any, chat_id: int) -> None:
+        """Deliver `chat_id`'s updates again (see :meth:`hold_deliveries`)."""
         with self._cond:
             self._held_chats.discard(chat_id)
             self._cond.notify_all()
