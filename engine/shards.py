@@ -91,6 +91,11 @@ class Outage:
             self._reason, lasted = None, time.monotonic() - self._since
         log.warning("%s: the database is back after %.1f s; rejoining", self.label, lasted)
 
+    @property
+    def down(self) -> bool:
+        """Whether the database is lost now."""
+        return self._reason is not None
+
     def problem(self) -> str | None:
         """Why the instance is not ready (for ``/healthz``), or None."""
         reason, since = self._reason, self._since

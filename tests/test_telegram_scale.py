@@ -137,8 +137,7 @@ def test_200_users_two_instances_killed_and_restarted_every_dialogue_completes_o
             adopted = ADOPTED.findall(cluster.output(2))
             assert adopted and int(adopted[-1]) > 0  # the dead one's users, rebuilt
         # Both come back mid-load: shards move back to them as they are answering.
-        cluster.start(0)
-        cluster.start(1)
+        cluster.start_all(0, 1)
         telegram.send_texts((chat, DIALOGUE[4]) for chat in chats)
         _answered(telegram, chats, 4)
         repeated = _finish(telegram, chats)

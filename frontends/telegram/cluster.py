@@ -89,9 +89,12 @@ def _ignore(reason: str) -> None:
 class UpdateStore:
     """Puts updates into the ``updates`` table, for any request thread."""
 
-    def __init__(self, url: str, bot: str, lost: Lost = _ignore) -> None:
+    def __init__(
+        self, url: str, bot: str, lost: Lost = _ignore, down: Callable[[], bool] = bool
+    ) -> None:
         self.url, self.bot, self.label = url, bot, redact(url)
         self.lost = lost
+        self.down = down  # the database is lost: refuse at once, without trying to connect
         self._channel = channel(bot)
         self._lock = threading.Lock()
         self._connection = _connect(url)
@@ -99,6 +102,8 @@ class UpdateStore:
     def put(self, update_id: int, item: dict[str, Any]) -> bool:
         """Keep the update (once, however often it comes) and wake its owner; whether it worked."""
         shard = shard_of(update_key(item))
+        if self.down():
+            return False
         with self._lock:
             try:
                 if self._connection.closed:
@@ -246,7 +251,7 @@ class Cluster:
         self.scheduler = scheduler
         self.shards = Shards(url, bot=bot, shards=SHARDS, interval=interval,
                              changed=self._changed, disconnected=self._disconnected)  # fmt: skip
-        self.store = UpdateStore(url, bot, self.shards.lost)
+        self.store = UpdateStore(url, bot, self.shards.lost, lambda: self.shards.outage.down)
         self.feed = ShardFeed(url, bot, updates, self.shards.lost)
         journal.on_lost = self._journal_lost
 

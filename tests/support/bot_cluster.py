@@ -90,11 +90,12 @@ class BotCluster:
         )  # fmt: skip
         assert process.poll() is None, self.output(index)
 
-    def start_all(self) -> None:
-        """Start every instance at once; wait until each takes updates."""
-        for index in range(len(self.ports)):
+    def start_all(self, *indices: int) -> None:
+        """Start the instances `indices` (default: all) at once; wait until each takes updates."""
+        chosen = indices or tuple(range(len(self.ports)))
+        for index in chosen:
             self.start(index, ready=False)
-        for index in range(len(self.ports)):
+        for index in chosen:
             self._wait_ready(index)
 
     def output(self, index: int) -> str:
