@@ -89,7 +89,7 @@ class Outage:
             if self._reason is None:
                 return
             self._reason, lasted = None, time.monotonic() - self._since
-        log.warning("%s: the database is back after %.1f s; rejoining", self.label, lasted)
+        log.info("%s: the database is back after %.1f s; rejoining", self.label, lasted)
 
     @property
     def down(self) -> bool:

@@ -9,10 +9,14 @@ are killed with SIGKILL and started again, or while the database server is
 stopped and started again: every dialogue completes, every chat gets
 exactly its texts in order.
 
-Outputs are at least once, as with one instance: one sent but not yet
-confirmed when its shard moves is sent again by the new owner, so a reply
-may come twice in a row. Only a few may, and they are counted
-(:data:`REPEATS_ALLOWED`).
+Outputs are at least once, as with one instance: replies sent but not yet
+confirmed when their instance dies, or when their shard moves, are sent
+again by the new owner, so a chat may get a run of replies twice in a row
+(the first part of the run, then all of it). Only a few chats may, and they
+are counted: what a killed instance had sent and not yet confirmed (its
+senders' sends in flight, the confirmations of its batch being committed),
+and a handover's (:data:`HANDOVER_REPEATS`, until the old owner confirms its
+sends in flight before letting a shard go).
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ USERS = 200
 RESTART_USERS = 40
 FIRST_CHAT = 5000
 ADOPTED = re.compile(r"adopted (\d+) conversation")
-#: Chats that may get one reply twice in a row (see the module docstring).
-REPEATS_ALLOWED = 2
+#: Chats that may get a run of replies twice in a row (see the module docstring):
+#: per instance killed, twice the default --senders; per test, for handovers.
+REPEATS_PER_KILL = 8
+HANDOVER_REPEATS = 2
 T = TypeVar("T")
 
 
@@ -79,8 +85,21 @@ def places(openmeteo: FakeOpenMeteo) -> FakeOpenMeteo:
 
 
 def _once_each(texts: list[str]) -> list[str]:
-    """`texts` with a message repeated right after itself kept once."""
-    return [text for n, text in enumerate(texts) if n == 0 or texts[n - 1] != text]
+    """`texts` with a run of messages repeated right after itself kept once.
+
+    What at-least-once looks like in a chat: the new owner sends again every
+    reply not confirmed, some of which the old one had sent (a, b, a, b, c).
+    """
+    kept: list[str] = []
+    n = 0
+    while n < len(texts):
+        run = next((k for k in range(1, 5) if kept[-k:] == texts[n : n + k] and len(kept) >= k), 0)
+        if run:
+            n += run
+        else:
+            kept.append(texts[n])
+            n += 1
+    return kept
 
 
 def _step(telegram: FakeTelegram, chats: list[int], index: int, timeout: float = 30.0) -> None:
@@ -102,21 +121,28 @@ def _wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -
     return result
 
 
-def _finish(telegram: FakeTelegram, chats: list[int]) -> list[int]:
+def _finish(telegram: FakeTelegram, chats: list[int], allowed: int) -> list[int]:
     """Close every dialogue with /cancel and check each chat's texts; the chats with a repeat.
 
     The /cancel's answer comes after anything still on its way. Nothing
-    lost, nothing out of order, no answer given twice: only a reply repeated
-    right after itself (at least once, see the module docstring), counted.
+    lost, nothing out of order, no answer given twice: only a run of replies
+    repeated right after itself (at least once, see the module docstring),
+    in at most `allowed` chats.
     """
     telegram.send_texts((chat, "/cancel") for chat in chats)
     for chat in chats:
         telegram.wait_text(chat, NOT_STARTED, 30)
     for chat in chats:
-        assert _once_each(telegram.texts(chat)) == [*EXPECTED, NOT_STARTED], chat
+        assert _once_each(telegram.texts(chat)) == [*EXPECTED, NOT_STARTED], (
+            chat, telegram.texts(chat))
     repeated = [chat for chat in chats if len(telegram.texts(chat)) > len(EXPECTED) + 1]
-    assert len(repeated) <= REPEATS_ALLOWED, repeated
+    assert len(repeated) <= allowed, {chat: _repeats(telegram.texts(chat)) for chat in repeated}
     return repeated
+
+
+def _repeats(texts: list[str]) -> list[str]:
+    """The texts of a chat that came more than once."""
+    return [text for n, text in enumerate(texts) if text in texts[:n]]
 
 
 def test_200_users_two_instances_killed_and_restarted_every_dialogue_completes_once_in_order(
@@ -141,14 +167,14 @@ def test_200_users_two_instances_killed_and_restarted_every_dialogue_completes_o
         cluster.start_all(0, 1)
         telegram.send_texts((chat, DIALOGUE[4]) for chat in chats)
         _answered(telegram, chats, 4)
-        repeated = _finish(telegram, chats)
+        repeated = _finish(telegram, chats, 2 * REPEATS_PER_KILL + HANDOVER_REPEATS)
         for index in (0, 1):
             _wait_for(lambda i=index: ADOPTED.search(cluster.output(i)),  # type: ignore[misc]
                       f"instance {index} to own shards again")  # fmt: skip
         assert all("Traceback" not in cluster.output(index) for index in range(3))
     print(f"\nfailover after kill -9 (every user of the step answered): "
           f"{failovers[0]:.2f} s of 3 instances, {failovers[1]:.2f} s of 2; "
-          f"{len(repeated)} chat(s) with a repeated reply")  # fmt: skip
+          f"{len(repeated)} chat(s) with replies repeated")  # fmt: skip
 
 
 def _unready(cluster: BotCluster, index: int) -> tuple[int, str] | None:
@@ -186,7 +212,7 @@ def test_database_restarting_under_load_instances_reconnect_and_nothing_is_lost(
         _answered(telegram, chats, 2)
         _step(telegram, chats, 3)
         _step(telegram, chats, 4)
-        repeated = _finish(telegram, chats)
+        repeated = _finish(telegram, chats, HANDOVER_REPEATS)  # sends are confirmed: none lost
         for index in range(3):
             _wait_for(lambda i=index: cluster.health(i)[0] == 200,  # type: ignore[misc]
                       f"instance {index} to be ready again")  # fmt: skip
@@ -196,7 +222,7 @@ def test_database_restarting_under_load_instances_reconnect_and_nothing_is_lost(
             # One line when the outage starts, one when it ends: not one per request.
             assert output.count("lost the database") == 1, output
             assert output.count("the database is back") == 1, output
-    print(f"\ndatabase restart: {len(repeated)} chat(s) with a repeated reply")
+    print(f"\ndatabase restart: {len(repeated)} chat(s) with replies repeated")
 
 
 def _refusal(telegram: FakeTelegram, url: str, tmp_path: Path) -> list[str]:
