@@ -9,6 +9,7 @@ an instance whose connection dropped lets every shard go and rejoins.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -126,6 +127,7 @@ def _cut(shards: Shards, url: str) -> None:
 def test_an_instance_that_loses_its_connection_lets_everything_go_and_rejoins(
     cluster: Cluster, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="engine.shards")
     first, second = cluster.start(), cluster.start()
     _until(lambda: len(first.owned) == len(second.owned) == SHARDS // 2)
     lets_go = threading.Event()
