@@ -111,7 +111,6 @@ class Bot:
         )
         self.cluster: cluster.Cluster | None = None
         intake = None
-        checks = []
         if shared:
             # Imported here: psycopg (which imports asyncio) only for those who use it.
             from engine.postgres_journal import PostgresJournal
@@ -121,11 +120,10 @@ class Bot:
             self.cluster = cluster.Cluster(journal.url, journal.bot, journal, self.scheduler,
                                            self.updates, args.shard_interval)  # fmt: skip
             intake = cluster.SharedIntake(self.cluster.store, self.metrics)
-            checks.append(self.cluster.problem)
         self.poller = webhook.receiver(
             args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
             outbox=self.outbox, metrics=self.metrics, journaled=self.journaled,
-            redact=redactor.redact, intake=intake, checks=checks,
+            redact=redactor.redact, intake=intake,
         )  # fmt: skip
         webhook_mode = isinstance(self.poller, webhook.WebhookReceiver)
         if self.cluster is not None:
