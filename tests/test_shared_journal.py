@@ -82,7 +82,8 @@ def test_a_write_for_a_shard_no_longer_held_is_refused_and_the_new_owner_has_the
     _save(first.journal, key, 1)
     pid = first.shards.backend_pid()
     with psycopg.connect(postgres_url, autocommit=True) as admin:  # what the server sees of a cut
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # Its timeout: the backend ends (and its locks go) after this returns, not before.
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
     first.journal.entered(key, Snapshot("tests.flows_for_tests.Nowhere", b"later"))
     with pytest.raises(JournalError, match="no longer owns shard"):
         first.journal.commit(None)
