@@ -169,6 +169,16 @@ class JournalError(Exception):
     """The state file cannot be used; the message names the file and why."""
 
 
+class JournalLost(JournalError):
+    """This batch was not kept, but the journal goes on (a shared database, reconnecting).
+
+    What the batch did is rolled back and its conversations are not this
+    process's to drive any more: the scheduler lets every one go, without
+    showing what the batch would have; their owner rebuilds them from what
+    the journal holds, and the updates they took are handed over again.
+    """
+
+
 class KeptJournal(Journal):
     """What the SQLite and PostgreSQL journals keep alike, in the process, between commits.
 

@@ -40,7 +40,7 @@ from psycopg import conninfo, errors
 
 from engine.commands import Command
 from engine.frontend import Delivery
-from engine.journal import UNREADABLE, JournalError, KeptJournal, Saved
+from engine.journal import UNREADABLE, JournalError, JournalLost, KeptJournal, Saved
 from engine.runner import Snapshot, Step, fingerprint
 from engine.sources import UNCHANGED, Taken
 
@@ -256,6 +256,8 @@ class PostgresJournal(KeptJournal):
         self._unnoted: set[str] = set()  # this batch: keys whose notes all go
         self._timed: set[str] = set()  # keys with a row in `deadlines`
         self._closing = threading.Lock()
+        #: Shared: told (with the reason) when a batch is lost to a failed connection or fence.
+        self.on_lost: Callable[[str], None] | None = None
         self._connection = self._open()
         self._taken = self._read_taken()
 
@@ -300,6 +302,13 @@ class PostgresJournal(KeptJournal):
                 f"INSERT INTO {_N}.bots (bot) VALUES (%s) ON CONFLICT DO NOTHING",
                 (self.bot,),
             )
+        self._hold_bot(connection)
+        if self.shared:
+            number = connection.execute(f"SELECT nextval('{_N}.instances')".encode()).fetchone()
+            assert number is not None
+            self._receipt_base = int(number[0]) << RECEIPT_BITS
+
+    def _hold_bot(self, connection: psycopg.Connection[Any]) -> None:
         # Held for the connection's life: a second instance of the bot is refused
         # instead of both answering the same users; a dead one's is released.
         # Shared instances hold it shared: they exclude a single one, not each other.
@@ -310,10 +319,45 @@ class PostgresJournal(KeptJournal):
         if not (owned and owned[0]):
             how = "a single instance" if self.shared else "another running instance"
             raise JournalError(f"{self.label}: bot {self.bot!r} is in use by {how}")
-        if self.shared:
-            number = connection.execute(f"SELECT nextval('{_N}.instances')".encode()).fetchone()
-            assert number is not None
-            self._receipt_base = int(number[0]) << RECEIPT_BITS
+
+    def disconnect(self) -> None:
+        """Shared, from any thread: drop the connection; the next read or write reconnects.
+
+        For when the database was lost: a connection from before would fail at
+        its first use after the server is back, and lose that batch too.
+        """
+        with self._closing:
+            self._connection.close()
+
+    def _reconnected(self) -> psycopg.Connection[Any]:
+        """Shared: the connection, made again if it was lost (the bot's lock taken again)."""
+        if self._connection.closed:
+            connection = psycopg.connect(
+                self.url, autocommit=True, **_connect_options(self.url, self.label)
+            )
+            try:
+                self._hold_bot(connection)
+            except JournalError:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    def _lost(
+        self, reason: str, message: str, statements: list[tuple[str, list[tuple[Any, ...]]]]
+    ) -> JournalLost:
+        """Shared: this batch is lost (rolled back); what the scheduler is told, after on_lost.
+
+        Confirmations in it are kept for the next batch: those outputs were
+        sent, and must not be sent again by whoever rebuilds their conversations.
+        """
+        delivered = [receipt for statement, rows in statements if statement is _DROP_OUTGOING
+                     for receipt in rows[0][1]]  # fmt: skip
+        self._reset_batch()
+        self._delivered = delivered
+        if self.on_lost is not None:
+            self.on_lost(reason)
+        return JournalLost(f"{self.label}: {message}")
 
     def fence(self, holder: Callable[[], int | None], shard_lock: int, write_lock: int) -> None:
         """Shared: commit only while the session `holder()` (a backend pid) holds the shards.
@@ -559,7 +603,8 @@ class PostgresJournal(KeptJournal):
         # a stuck scheduler thread still commits.
         with self._closing:
             try:
-                with self._connection.transaction(), self._connection.cursor() as cursor:
+                connection = self._reconnected() if self.shared else self._connection
+                with connection.transaction(), connection.cursor() as cursor:
                     for statement, rows in statements:
                         if len(rows) == 1:
                             cursor.execute(statement, rows[0])
@@ -568,15 +613,18 @@ class PostgresJournal(KeptJournal):
                         if statement is _FENCE:
                             self._check_fence(cursor.fetchone())
             except psycopg.Error as error:
-                raise JournalError(
-                    f"{self.label}: cannot write the journal ({_explain(error, self.url)})"
-                ) from None
+                why = _explain(error, self.url)
+                if self.shared and _is_lost(error, self._connection):
+                    raise self._lost(why, f"lost the database ({why})", statements) from None
+                raise JournalError(f"{self.label}: cannot write the journal ({why})") from None
+            except _Fenced as fenced:  # only shared journals are fenced
+                raise self._lost(str(fenced), str(fenced), statements) from None
 
     def _check_fence(self, row: tuple[Any, ...] | None) -> None:
         """Refuse the batch (rolled back) if a shard it writes is owned no more."""
         if row is None or not row[0]:
-            raise JournalError(
-                f"{self.label}: this instance no longer owns shard(s) it was writing; "
+            raise _Fenced(
+                "this instance no longer owns shard(s) it was writing; "
                 "another instance drives them now"
             )
 
@@ -614,11 +662,14 @@ class PostgresJournal(KeptJournal):
         if self.shared and shards is None:
             return outputs
         where, params = self._in_shards(shards)
+        confirmed = set(self._delivered)  # sent, and not yet written so (a batch was lost)
         for receipt, key, kind, blob in self._read(
             f"SELECT receipt, key, kind, item FROM {_N}.outgoing WHERE bot = %s{where} "
             "ORDER BY receipt",
             params,
         ):
+            if receipt in confirmed:
+                continue
             try:
                 outputs.append((receipt, key, Delivery(kind), pickle.loads(blob)))
             except Exception as error:
@@ -708,11 +759,13 @@ class PostgresJournal(KeptJournal):
     def _read(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._closing:
             try:
-                return self._connection.execute(query.encode(), params).fetchall()
+                connection = self._reconnected() if self.shared else self._connection
+                return connection.execute(query.encode(), params).fetchall()
             except psycopg.Error as error:
-                raise JournalError(
-                    f"{self.label}: cannot read the journal ({_explain(error, self.url)})"
-                ) from None
+                why = _explain(error, self.url)
+                if self.shared and _is_lost(error, self._connection):
+                    raise self._lost(why, f"lost the database ({why})", []) from None
+                raise JournalError(f"{self.label}: cannot read the journal ({why})") from None
 
     # -- copying in (engine.sqlite_to_postgres) --------------------------------
 
@@ -783,6 +836,15 @@ class PostgresJournal(KeptJournal):
         finally:
             with self._closing:
                 self._connection.close()
+
+
+class _Fenced(Exception):
+    """A shared journal's batch was refused: its instance no longer owns a shard it writes."""
+
+
+def _is_lost(error: psycopg.Error, connection: psycopg.Connection[Any]) -> bool:
+    """Whether `error` is the connection failing (the server gone), not the statement."""
+    return isinstance(error, psycopg.OperationalError) or connection.closed
 
 
 _NOTHING = pickle.dumps((None, None), _PROTOCOL)

@@ -52,7 +52,7 @@ from engine.commands import (
     Who,
 )
 from engine.frontend import Delivery, Frontend, Key, Notice, Receipt, refusal
-from engine.journal import Journal, JournalError, Saved
+from engine.journal import Journal, JournalError, JournalLost, Saved
 from engine.observer import CANCELLED, EXPIRED, FAILED, FINISHED, RESTARTED, Observer
 from engine.runner import Diverged, Runner, Snapshot
 from engine.sources import SourcePolicy, unseen
@@ -519,7 +519,7 @@ class Scheduler:
         # Timers due by now go first: an answer taken after its question's
         # deadline goes to what the flow asks next, not to that question.
         self._fire_timers()
-        for event in batch:
+        for done, event in enumerate(batch, 1):
             if type(event) is Stop:
                 stopping = True
                 break
@@ -531,15 +531,52 @@ class Scheduler:
                 ):
                     continue
                 table[type(event)](event)
+            except JournalLost:  # reading for it failed: the batch goes as a commit's would
+                self._let_all_go(batch[done:])
+                return True
             except Exception:  # a bug here must not stop every other conversation
                 log.exception("error handling %r", event)
         self._fire_timers()
         try:
             self._commit()
+        except JournalLost:
+            self._let_all_go([])
+            return not stopping
         except JournalError as error:
             self._halt(str(error))
             return False
         return not stopping
+
+    def _let_all_go(self, rest: list[Any]) -> None:
+        """The journal lost this batch (see :class:`JournalLost`): let every conversation go.
+
+        Nothing the batch would show is shown; what it would do afterwards
+        (a Drop's or a post's callback) is done. Updates waiting in the inbox
+        are dropped too: their conversations are gone from here, and the
+        updates are handed over again, after the rebuild, to whoever owns them.
+        """
+        log.debug("the journal lost a batch: letting %d conversation(s) go", len(self._chats))
+        for key in self._chats:
+            self.journal.dropped(key)
+        self._chats.clear()
+        self._expired.clear()
+        outbox, self._outbox = self._outbox, []
+        presenters = {shown[1] for shown in self._shown.values()}
+        waiting = list(rest)
+        while True:
+            try:
+                waiting.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        for event in waiting:
+            if not (type(event) in _SOURCED and event.source is not None):
+                self._inbox.put(event)
+        for entry in outbox:
+            if entry[0] not in presenters:
+                try:
+                    entry[0](*entry[1:])
+                except Exception:
+                    log.exception("the %s frontend failed", self.frontend.name)
 
     def next_timer(self) -> float | None:
         """Seconds until the next timer is due (0 if overdue), or ``None`` if none will be."""

@@ -17,6 +17,13 @@ survivor within one interval of the server noticing the death: at once for
 ``kill -9`` on a reachable machine, within the keepalive time
 (:data:`KEEPALIVE`, about 6 s) for a network cut.
 
+When the database is lost (a restart, a network cut, or any of the
+instance's connections failing: :meth:`Shards.lost`), the instance lets every
+shard go (its owner told first), closes the connection (so the locks go with
+it) and reconnects as soon as the server answers, then rejoins: it waits one
+interval for the other instances to come back too, and takes its share again.
+:class:`Outage` logs one line when it starts and one when it is over.
+
 This module is the ownership layer only: see the README's "Running at scale"
 for what is and is not built on it yet.
 """
@@ -27,6 +34,7 @@ import logging
 import math
 import random
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +57,51 @@ _LOCK = "SELECT pg_advisory_lock(%s::int4, %s::int4)"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s::int4, %s::int4)"
 _UNLOCK = "SELECT pg_advisory_unlock(%s::int4, %s::int4)"
 
+#: Seconds between two attempts to reconnect while the database is lost.
+RECONNECT = 0.25
+
 #: Told of shards gained or lost: ``changed(gained, lost)``.
 Changed = Callable[[frozenset[int], frozenset[int]], None]
+
+
+class Outage:
+    """Whether the instance has lost the database: one log line when lost, one when back."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self._since = 0.0
+
+    def failed(self, reason: str) -> bool:
+        """A connection failed for `reason`; whether that starts an outage (then it is logged)."""
+        with self._lock:
+            if self._reason is not None:
+                return False
+            self._reason, self._since = reason, time.monotonic()
+        log.error("%s: lost the database (%s); letting every conversation go until it is back",
+                  self.label, reason)  # fmt: skip
+        return True
+
+    def back(self) -> None:
+        """Connected again: the outage is over."""
+        with self._lock:
+            if self._reason is None:
+                return
+            self._reason, lasted = None, time.monotonic() - self._since
+        log.info("%s: the database is back after %.1f s; rejoining", self.label, lasted)
+
+    @property
+    def down(self) -> bool:
+        """Whether the database is lost now."""
+        return self._reason is not None
+
+    def problem(self) -> str | None:
+        """Why the instance is not ready (for ``/healthz``), or None."""
+        reason, since = self._reason, self._since
+        if reason is None:
+            return None
+        return f"database lost {time.monotonic() - since:.0f}s ago ({reason})"
 
 
 def shard_of(key: str, shards: int = SHARDS) -> int:
@@ -81,12 +132,16 @@ class Shards:
         shards: int = SHARDS,
         interval: float = INTERVAL,
         changed: Changed | None = None,
+        disconnected: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.label = redact(url)
         self.shards = shards
         self.interval = interval
         self.changed = changed
+        #: Called once every shard is let go after the database was lost, before reconnecting.
+        self.disconnected = disconnected
+        self.outage = Outage(self.label)
         self.owned: frozenset[int] = frozenset()
         self.leader = False
         self._member_ns = _namespace(bot, "member")
@@ -98,6 +153,8 @@ class Shards:
         self._lease_wanted = True  # False once given up for good (stopping)
         self._connection: psycopg.Connection[Any] | None = None
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set to rebalance (or rejoin) before the interval is up
+        self._rejoin = threading.Event()  # set when the database is lost (see lost)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="shards", daemon=True)
 
@@ -105,24 +162,29 @@ class Shards:
 
     def start(self) -> Shards:
         """Connect, join, take a fair share now, then keep it balanced in the background."""
-        options = _connect_options(self.url, self.label)
         try:
-            self._connection = psycopg.connect(self.url, autocommit=True, **options)
-            idle, interval, count = KEEPALIVE
-            self._connection.execute(
-                f"SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; "
-                f"SET tcp_keepalives_count = {count}".encode()
-            )
-            self._sql(_LOCK, self._member_ns, self._member_id)
+            self._join()
             self.rebalance()
         except psycopg.Error as error:
             raise JournalError(f"{self.label}: {_explain(error, self.url)}") from None
         self._thread.start()
         return self
 
+    def _join(self) -> None:
+        """Connect and hold the member lock (psycopg.Error if the server cannot be reached)."""
+        options = _connect_options(self.url, self.label)
+        self._connection = psycopg.connect(self.url, autocommit=True, **options)
+        idle, interval, count = KEEPALIVE
+        self._connection.execute(
+            f"SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; "
+            f"SET tcp_keepalives_count = {count}".encode()
+        )
+        self._sql(_LOCK, self._member_ns, self._member_id)
+
     def stop(self) -> None:
         """Give everything back (the owner is told first) and disconnect; joins the thread."""
         self._stopping.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval + 10)
         with self._lock:
@@ -139,15 +201,58 @@ class Shards:
     # -- balancing -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stopping.wait(self.interval):
+        while not self._stopping.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
             try:
+                if self._rejoin.is_set():
+                    self._reconnect()
+                    if self._stopping.is_set():
+                        break
                 self.rebalance()
             except psycopg.Error as error:
                 # The connection is gone: so are the locks. Stop driving anything.
-                log.error("%s: lost the database (%s); giving up every shard",
-                          self.label, _explain(error, self.url))
-                self._abandon()
-                return
+                self.lost(_explain(error, self.url))
+
+    def lost(self, reason: str) -> None:
+        """A connection of this instance to the database failed: let go of everything, rejoin.
+
+        From any thread; logged once per outage. Does nothing more while an
+        outage is already being dealt with.
+        """
+        if self.outage.failed(reason):
+            self._rejoin.set()
+            self._wake.set()
+
+    def _reconnect(self) -> None:
+        """Let every shard go (the owner is told first), drop the connection, connect again."""
+        self._abandon()
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()  # the locks go with it, if the server is there
+                self._connection = None
+        if self.disconnected is not None:
+            self.disconnected()
+        while not self._stopping.is_set():
+            try:
+                with self._lock:
+                    self._join()
+                break
+            except psycopg.Error:
+                with self._lock:
+                    if self._connection is not None:
+                        self._connection.close()
+                        self._connection = None
+                self._stopping.wait(RECONNECT)
+        else:
+            return
+        self._rejoin.clear()
+        self.outage.back()
+        # The others reconnect about now too: counted after a while, the
+        # shares are right the first time instead of moving back and forth.
+        self._stopping.wait(self.interval)
 
     def _abandon(self) -> None:
         with self._lock:

@@ -133,6 +133,20 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def restartable_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own, which it may stop and start again (``halt``/``resume``)."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except (ServerError, OSError) as error:
+        pytest.fail(f"cannot start PostgreSQL for the test: {error}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL of a new, empty database on the session's server (as its superuser)."""
     return postgres_server.create_database()

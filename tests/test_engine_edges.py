@@ -20,7 +20,7 @@ import pytest
 
 from engine import Call, Choose, Input, Print, Sleep, State
 from engine.frontend import Notice
-from engine.journal import JournalError, SqliteJournal
+from engine.journal import JournalError, JournalLost, SqliteJournal
 from engine.scheduler import Scheduler
 from engine.states import Steps
 from engine.testing import FlowMismatch, FlowTest, RecordingFrontend, check_transcript
@@ -242,3 +242,35 @@ def test_a_journal_that_cannot_be_written_stops_the_engine_and_says_so(
         scheduler.stop()
         journal.close()
     assert not [name for name in engine_threads() if name == "engine-scheduler"]
+
+
+def test_a_batch_the_journal_lost_lets_every_conversation_go_and_the_engine_goes_on(
+    tmp_path: Path,
+) -> None:
+    class LosesOneBatch(SqliteJournal):
+        """A shared database's journal that loses the first batch with something in it."""
+
+        lost = threading.Event()
+
+        def commit(self, source: int | None) -> None:
+            if self._ops and not self.lost.is_set():
+                self._ops.clear()  # rolled back
+                self.lost.set()
+                raise JournalLost(f"{self.path}: lost the database (server closed the connection)")
+            super().commit(source)
+
+    journal = LosesOneBatch(tmp_path / "state.sqlite3")
+    frontend = Halting()
+    scheduler = Scheduler(frontend, Quitter, journal=journal)
+    try:
+        scheduler.start()
+        scheduler.begin("ann")  # its batch is lost: nothing shown, the conversation let go
+        assert journal.lost.wait(2)
+        scheduler.begin("bob")
+        frontend.wait_for("bob", "bot: Ready?", timeout=2)
+        assert scheduler.halted is None and frontend.reasons == []
+        assert frontend.lines("ann") == []
+        assert not scheduler.is_running("ann") and scheduler.is_running("bob")
+    finally:
+        scheduler.stop()
+        journal.close()

@@ -3,11 +3,13 @@
 Several :class:`Shards` on one real database, as several instances would
 run: they split the shards fairly, exactly one holds the polling lease, and
 when one's connection dies (``pg_terminate_backend``: what the server sees of
-a ``kill -9``) the others own its shards within the rebalancing interval.
+a ``kill -9``) the others own its shards within the rebalancing interval;
+an instance whose connection dropped lets every shard go and rejoins.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -102,10 +104,8 @@ def test_a_dead_instances_shards_and_lease_move_within_the_interval(
     _until(lambda: all(len(shards.owned) >= 20 for shards in cluster.instances))
     victim, *survivors = cluster.instances
     assert victim.leader
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        assert victim._connection is not None
-        pid = victim._connection.info.backend_pid
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    victim.url = f"postgresql://a:b@127.0.0.1:{closed_port()}/x"  # dead: it cannot come back
+    _cut(victim, postgres_url)
     took = _until(lambda: len(survivors[0].owned | survivors[1].owned) == SHARDS)
     assert took < 2 * INTERVAL + 1.0  # one rebalance after the server dropped it
     _until(lambda: survivors[0].leader or survivors[1].leader)
@@ -115,6 +115,39 @@ def test_a_dead_instances_shards_and_lease_move_within_the_interval(
     # "run" its shards for up to an interval: it could not commit (its session
     # is gone), which is what the journal must rely on (see the README).
     assert [overlap for overlap in cluster.overlaps if 0 not in overlap[1:]] == []
+
+
+def _cut(shards: Shards, url: str) -> None:
+    """Drop `shards`' connection from the server's side, as a restart or a network cut would."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        assert shards._connection is not None
+        admin.execute("SELECT pg_terminate_backend(%s)", (shards._connection.info.backend_pid,))
+
+
+def test_an_instance_that_loses_its_connection_lets_everything_go_and_rejoins(
+    cluster: Cluster, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine.shards")
+    first, second = cluster.start(), cluster.start()
+    _until(lambda: len(first.owned) == len(second.owned) == SHARDS // 2)
+    lets_go = threading.Event()
+    told = first.changed
+    assert told is not None
+
+    def changed(gained: frozenset[int], lost: frozenset[int]) -> None:
+        if lost and not (first.owned - lost):  # every shard it ran, at once
+            lets_go.set()
+        told(gained, lost)
+
+    first.changed = changed
+    _cut(first, postgres_url)
+    assert lets_go.wait(10)
+    _until(lambda: len(first.owned) == len(second.owned) == SHARDS // 2)
+    assert sum(len(running) for running in cluster.running) == SHARDS
+    lines = [record.getMessage() for record in caplog.records if record.name == "engine.shards"]
+    assert sum("lost the database" in line for line in lines) == 1, lines
+    assert sum("the database is back" in line for line in lines) == 1, lines
+    assert first.outage.problem() is None
 
 
 def test_an_unreachable_database_is_one_line() -> None:

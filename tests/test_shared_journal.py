@@ -3,7 +3,8 @@
 Real :class:`PostgresJournal` and :class:`Shards` on one real database, as
 two instances would run them: each reads back only the shards it owns,
 receipts never collide, a write for a shard the instance no longer holds is
-refused, and the shard's new owner finds everything the old one committed.
+refused, and the shard's new owner finds everything the old one committed;
+a batch lost with the database is rolled back, and the journal reconnects.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import psycopg
 import pytest
 
 from engine.frontend import Delivery
-from engine.journal import JournalError
+from engine.journal import JournalError, JournalLost
 from engine.postgres_journal import PostgresJournal
 from engine.runner import Snapshot
-from engine.shards import Shards, shard_of
+from engine.shards import SHARDS, Shards, shard_of
+from tests.support.postgres_server import PostgresServer
 
 NEVER = 3600.0  # the rebalancing thread stays idle: each test rebalances by hand
 
@@ -127,3 +129,33 @@ def test_an_update_taken_is_marked_in_the_same_transaction(postgres_url: str) ->
         assert journal.last_source() is None  # no per-bot maximum when shared
     finally:
         journal.close()
+
+
+def test_a_batch_lost_with_the_database_is_rolled_back_and_the_journal_reconnects(
+    restartable_postgres: PostgresServer,
+) -> None:
+    url = restartable_postgres.create_database()
+    journal = PostgresJournal(url, shared=True)
+    told: list[str] = []
+    journal.on_lost = told.append
+    try:
+        _save(journal, "kept", 1)
+        restartable_postgres.halt()
+        journal.delivered(1)  # sent: must not be sent again by whoever rebuilds it
+        journal.entered("kept", Snapshot("tests.flows_for_tests.Nowhere", b"later"))
+        with pytest.raises(JournalLost, match="lost the database"):
+            journal.commit(None)
+        assert len(told) == 1
+        restartable_postgres.resume()
+        everything = range(SHARDS)
+        [saved] = journal.unfinished(everything)  # reconnected; the lost batch left nothing
+        assert saved.snapshot.fields == b"fields"
+        assert journal.undelivered(everything) == []  # confirmed, written with the next batch
+        journal.commit(None)
+    finally:
+        journal.close()
+    again = PostgresJournal(url, shared=True)
+    try:
+        assert again.undelivered(range(SHARDS)) == []
+    finally:
+        again.close()

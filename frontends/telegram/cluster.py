@@ -21,6 +21,11 @@ than :data:`KEEP_TAKEN` ids below the newest taken go, and the highest id
 pruned becomes the bot's mark (``bots.taken_up_to``). An update at or below
 the mark is refused as taken before, so a redelivery after pruning is still
 taken once.
+
+Any of the instance's connections failing is the database lost
+(``Shards.lost``, logged once): the instance lets every conversation go,
+refuses webhook updates (503, so Telegram sends them again) and says why on
+``/healthz``, reconnects everything, and takes its share of shards again.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from engine.scheduler import Adoption, Scheduler
 from engine.shards import SHARDS, Shards, shard_of
 from frontends.telegram.routing import conversation_key, is_group
 from frontends.telegram.updates import Updates
+from frontends.telegram.webhook import NotKept
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +97,23 @@ def update_key(item: dict[str, Any]) -> Key:
     return f"update:{item.get('update_id')}"
 
 
+#: Told that a connection to the database failed, with why (``Shards.lost``).
+Lost = Callable[[str], None]
+
+
+def _ignore(reason: str) -> None:
+    pass
+
+
 class UpdateStore:
     """Puts updates into the ``updates`` table, for any request thread."""
 
-    def __init__(self, url: str, bot: str) -> None:
+    def __init__(
+        self, url: str, bot: str, lost: Lost = _ignore, down: Callable[[], bool] = bool
+    ) -> None:
         self.url, self.bot, self.label = url, bot, redact(url)
+        self.lost = lost
+        self.down = down  # the database is lost: refuse at once, without trying to connect
         self._channel = channel(bot)
         self._lock = threading.Lock()
         self._connection = _connect(url)
@@ -107,11 +125,14 @@ class UpdateStore:
     def put_many(self, items: list[tuple[int, dict[str, Any]]]) -> int | None:
         """Keep `items` (update id, raw update) in one transaction; how many were new.
 
-        None if they could not be kept (logged). An update already in the
-        table, or at or below the pruning mark, is not new and is not kept again.
+        None if they could not be kept (logged; the database lost is told to
+        `lost`). An update already in the table, or at or below the pruning
+        mark, is not new and is not kept again.
         """
         if not items:
             return 0
+        if self.down():
+            return None
         shards = [shard_of(update_key(item)) for _, item in items]
         with self._lock:
             try:
@@ -131,9 +152,20 @@ class UpdateStore:
             except (psycopg.Error, JournalError) as error:
                 first, last = items[0][0], items[-1][0]
                 which = str(first) if first == last else f"{first}..{last}"
-                log.error("%s: cannot keep update %s (%s)", self.label, which, error)
+                log.debug("%s: cannot keep update %s (%s)", self.label, which, error)
+                if isinstance(error, psycopg.OperationalError) or self._connection.closed:
+                    self._connection.close()
+                    self.lost(_explain(error, self.url) if isinstance(error, psycopg.Error)
+                              else str(error))  # fmt: skip
+                else:
+                    log.error("%s: cannot keep update %s (%s)", self.label, which, error)
                 return None
         return len(kept)
+
+    def disconnect(self) -> None:
+        """Drop the connection (the database was lost); the next update reconnects."""
+        with self._lock:
+            self._connection.close()
 
     def close(self) -> None:
         with self._lock:
@@ -188,15 +220,16 @@ class SharedIntake:
         self.metrics = metrics
 
     def take(self, update_id: int, update: Any, item: Any = None) -> threading.Event | None:
-        """Keep `item`; an event set once it is committed (never set if it could not be)."""
-        kept = threading.Event()
+        """Keep `item`; an event set once it is committed (:class:`NotKept` if it cannot be)."""
         new = self.store.put_many([(update_id, item)])
-        if new is not None:
-            if new:
-                self.metrics.update_taken("webhook")
-            else:  # in the table already, or at or below the pruning mark
-                self.metrics.updates_redelivered.inc()
-            kept.set()
+        if new is None:
+            raise NotKept("the database cannot be reached")
+        if new:
+            self.metrics.update_taken("webhook")
+        else:  # in the table already, or at or below the pruning mark
+            self.metrics.updates_redelivered.inc()
+        kept = threading.Event()
+        kept.set()
         return kept
 
 
@@ -240,16 +273,18 @@ class ShardFeed(threading.Thread):
         pruning: Callable[[], bool] = lambda: False,
         keep: int = KEEP_TAKEN,
         prune_every: float = PRUNE_EVERY,
+        lost: Lost = _ignore,
     ) -> None:
         super().__init__(name="shard-feed", daemon=True)
         self.url, self.bot, self.label = url, bot, redact(url)
         self.updates = updates
+        self.lost = lost
         self.pruning = pruning
         self.keep = keep
         self.prune_every = prune_every
         self._pruned_at: float | None = None  # time.monotonic() of the last pruning
         self._owned: set[int] = set()
-        self._handed: set[int] = set()  # update ids handed over and not yet seen taken
+        self._handed: dict[int, int] = {}  # update id -> shard: handed over, not yet seen taken
         self._lock = threading.Lock()  # held while handing over: losing a shard waits
         self._stopping = threading.Event()
         self._connection: psycopg.Connection[Any] | None = None
@@ -262,6 +297,15 @@ class ShardFeed(threading.Thread):
         """Hand over nothing more of `shards` (returns once a hand-over under way is done)."""
         with self._lock:
             self._owned -= shards
+            # Not taken by the time they are let go (a batch lost with the
+            # database): handed over again if the shards come back here.
+            self._handed = {u: shard for u, shard in self._handed.items() if shard not in shards}
+
+    def lose_all(self) -> None:
+        """Hand over nothing more (the database was lost)."""
+        with self._lock:
+            owned = frozenset(self._owned)
+        self.lose(owned)
 
     def run(self) -> None:
         while not self._stopping.is_set():
@@ -274,10 +318,12 @@ class ShardFeed(threading.Thread):
                 for _ in self._connection.notifies(timeout=FEED_POLL, stop_after=1):
                     pass
             except (psycopg.Error, JournalError) as error:
-                log.error("%s: cannot read updates (%s); trying again", self.label, error)
+                log.debug("%s: cannot read updates (%s); trying again", self.label, error)
                 if self._connection is not None:
                     self._connection.close()
-                self._stopping.wait(1.0)
+                self.lost(_explain(error, self.url) if isinstance(error, psycopg.Error)
+                          else str(error))  # fmt: skip
+                self._stopping.wait(FEED_POLL)
 
     def _take_pending(self) -> None:
         assert self._connection is not None
@@ -285,15 +331,16 @@ class ShardFeed(threading.Thread):
             if not self._owned:
                 return
             rows = self._connection.execute(
-                f"SELECT update_id, payload FROM {_N}.updates WHERE bot = %s AND NOT taken "
-                "AND shard = ANY(%s) ORDER BY update_id".encode(),
+                f"SELECT update_id, payload, shard FROM {_N}.updates WHERE bot = %s "
+                "AND NOT taken AND shard = ANY(%s) ORDER BY update_id".encode(),
                 (self.bot, sorted(self._owned)),
             ).fetchall()
             pending = {row[0] for row in rows}
-            self._handed &= pending  # the rest were taken: forget them
-            for update_id, payload in rows:
+            # The rest were taken: forget them.
+            self._handed = {u: shard for u, shard in self._handed.items() if u in pending}
+            for update_id, payload, shard in rows:
                 if update_id not in self._handed:
-                    self._handed.add(update_id)
+                    self._handed[update_id] = shard
                     self._hand_over(update_id, payload)
 
     def _prune_when_due(self) -> None:
@@ -337,10 +384,11 @@ class Cluster:
         self.journal = journal
         self.scheduler = scheduler
         self.updates = updates
-        self.store = UpdateStore(url, bot)
-        self.feed = ShardFeed(url, bot, updates, pruning=self.leading)
         self.shards = Shards(url, bot=bot, shards=SHARDS, interval=interval,
-                             changed=self._changed)  # fmt: skip
+                             changed=self._changed, disconnected=self._disconnected)  # fmt: skip
+        self.store = UpdateStore(url, bot, self.shards.lost, lambda: self.shards.outage.down)
+        self.feed = ShardFeed(url, bot, updates, pruning=self.leading, lost=self.shards.lost)
+        journal.on_lost = self._journal_lost
 
     def leading(self) -> bool:
         """Whether this instance holds the lease (polls, in polling mode, and prunes)."""
@@ -382,6 +430,20 @@ class Cluster:
 
             self.scheduler.adopt(load)
             self.feed.gain(gained)
+
+    def _journal_lost(self, reason: str) -> None:
+        """A batch was lost (on the scheduler's thread, before it lets every conversation go)."""
+        self.feed.lose_all()  # nothing more handed over that the scheduler would take as new
+        self.shards.lost(reason)
+
+    def _disconnected(self) -> None:
+        """Every shard is let go after the database was lost: no connection from before is kept."""
+        self.journal.disconnect()
+        self.store.disconnect()
+
+    def problem(self) -> str | None:
+        """Why this instance is not ready (``/healthz``), or None."""
+        return self.shards.outage.problem()
 
     def stop(self) -> None:
         """Give the shards back (their conversations let go first), stop the feed."""

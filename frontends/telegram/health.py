@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -280,8 +280,10 @@ class Health:
         *,
         probe: Callable[[], object],
         telegram_window: float = 60.0,
+        checks: Sequence[Callable[[], str | None]] = (),
     ) -> None:
         self.scheduler = scheduler
+        self.checks = checks  # more reasons not to be ready (the database lost, say)
         self.state_path = state_path
         self.metrics = metrics
         self.probe = probe
@@ -298,6 +300,7 @@ class Health:
         journal = self._journal_problem()
         if journal:
             found.append(journal)
+        found.extend(problem for check in self.checks if (problem := check()))
         if not self._telegram_reachable():
             found.append(f"Telegram not reachable in the last {self.telegram_window:g}s")
         return found

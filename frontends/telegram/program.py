@@ -111,6 +111,7 @@ class Bot:
         )
         self.cluster: cluster.Cluster | None = None
         intake = None
+        checks = []
         if shared:
             # Imported here: psycopg (which imports asyncio) only for those who use it.
             from engine.postgres_journal import PostgresJournal
@@ -120,10 +121,11 @@ class Bot:
             self.cluster = cluster.Cluster(journal.url, journal.bot, journal, self.scheduler,
                                            self.updates, args.shard_interval)  # fmt: skip
             intake = cluster.SharedIntake(self.cluster.store, self.metrics)
+            checks.append(self.cluster.problem)
         self.poller = webhook.receiver(
             args, self.bot, self.updates, self.stopping, scheduler=self.scheduler,
             outbox=self.outbox, metrics=self.metrics, journaled=self.journaled,
-            redact=redactor.redact, intake=intake,
+            redact=redactor.redact, intake=intake, checks=checks,
         )  # fmt: skip
         webhook_mode = isinstance(self.poller, webhook.WebhookReceiver)
         if self.cluster is not None:

@@ -44,7 +44,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
@@ -303,11 +303,15 @@ class Intake:
 _update_type: Any = types.Update
 
 
+class NotKept(Exception):
+    """The update cannot be kept now (the database is lost): 503, and Telegram sends it again."""
+
+
 class Taker(Protocol):
     """What takes an update from a webhook request: :class:`Intake`, or a shared one."""
 
     def take(self, update_id: int, update: Any, item: Any = None) -> threading.Event | None:
-        """What is set once the update is kept (None: it was before)."""
+        """What is set once the update is kept (None: it was before); may raise NotKept."""
         ...
 
 
@@ -393,7 +397,10 @@ class WebhookApp:
         except Exception as error:  # unreadable: taking it again would not help
             log.warning("ignoring update %s, which could not be read: %r", update_id, error)
             return self._refuse(start_response, "200 OK", "unreadable")
-        ticket = self.intake.take(update_id, update, item)
+        try:
+            ticket = self.intake.take(update_id, update, item)
+        except NotKept:
+            return self._refuse(start_response, "503 Service Unavailable", "not_kept", retry=True)
         if ticket is not None and not ticket.wait(COMMIT_WAIT):
             log.warning("update %s not journaled within %gs: Telegram will retry", update_id,
                         COMMIT_WAIT)  # fmt: skip
@@ -636,6 +643,7 @@ def receiver(
     redact: Callable[[str], str],
     environ: Mapping[str, str] = os.environ,
     intake: Taker | None = None,
+    checks: Sequence[Callable[[], str | None]] = (),
 ) -> Poller:
     """What takes updates in the bot: a :class:`WebhookReceiver` or a :class:`MeteredPoller`.
 
@@ -650,7 +658,8 @@ def receiver(
     def probe() -> object:
         return api._make_request(bot.token, "getMe", params={"timeout": 2})
 
-    health = Health(scheduler, args.state, metrics, probe=probe, telegram_window=args.ready_window)
+    health = Health(scheduler, args.state, metrics, probe=probe, telegram_window=args.ready_window,
+                    checks=checks)  # fmt: skip
     if settings is None:
         listener = None
         if args.metrics is not None:

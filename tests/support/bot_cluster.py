@@ -3,7 +3,7 @@
 For the scale tests and ``bench/scale_bench.py``: each instance listens on
 its own port; the fake Telegram posts to the proxy, which spreads the
 updates over the instances; an instance can be killed with SIGKILL and
-started again on its port.
+started again on its port, and asked for its ``/healthz``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import requests
 
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.flows import CLASSIC
@@ -84,21 +86,37 @@ class BotCluster:
                 cwd=self.directory, env=env, stdout=output, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.processes[index] = process
-        started = POLLING_READY if self.polling else READY
         if ready:
-            self.telegram.wait_until(
-                lambda: started in self.output(index) or process.poll() is not None,
-                timeout=30, what=f"instance {index} to take updates",
-            )  # fmt: skip
-            assert process.poll() is None, self.output(index)
+            self._wait_ready(index)
         return process
 
-    def start_all(self) -> None:
-        for index in range(len(self.ports)):
-            self.start(index)
+    def _wait_ready(self, index: int) -> None:
+        process = self.processes[index]
+        assert process is not None
+        started = POLLING_READY if self.polling else READY
+        self.telegram.wait_until(
+            lambda: started in self.output(index) or process.poll() is not None,
+            timeout=30, what=f"instance {index} to take updates",
+        )  # fmt: skip
+        assert process.poll() is None, self.output(index)
+
+    def start_all(self, *indices: int) -> None:
+        """Start the instances `indices` (default: all) at once; wait until each takes updates."""
+        chosen = indices or tuple(range(len(self.ports)))
+        for index in chosen:
+            self.start(index, ready=False)
+        for index in chosen:
+            self._wait_ready(index)
 
     def output(self, index: int) -> str:
         return self.logs[index].read_text(encoding="utf-8", errors="replace")
+
+    def health(self, index: int) -> tuple[int, str]:
+        """Instance `index`'s ``/healthz``: its status and body."""
+        with requests.Session() as session:
+            session.trust_env = False
+            answer = session.get(f"http://127.0.0.1:{self.ports[index]}/healthz", timeout=10)
+            return answer.status_code, answer.text.strip()
 
     def kill(self, index: int) -> float:
         """``kill -9`` instance `index`; the monotonic time it died."""

@@ -215,8 +215,8 @@ class _WebhookMethods:
         with self._cond:
             self._webhook = hook
             self._cond.notify_all()
-        for thread in hook.threads:
-            thread.start()
+            for thread in hook.threads:  # started before another setWebhook can stop them
+                thread.start()
         return True
 
     def _api_getWebhookInfo(self: Any, params: dict[str, Any]) -> Any:

@@ -4,8 +4,10 @@
 and starts ``postgres`` listening on 127.0.0.1 at a free port, password
 login required over TCP (so a wrong password is refused, as in production).
 ``server.create_database()`` gives the URL of a new, empty database;
-``server.url(database, user, password)`` builds others. Stopped (fast
-shutdown, killed after a timeout) and its folder deleted on exit.
+``server.url(database, user, password)`` builds others. ``halt()`` and
+``resume()`` restart it on the same data and port, as an operator's restart
+would (every session is cut). Stopped (fast shutdown, killed after a
+timeout) and its folder deleted on exit.
 
 Why not ``pgserver.get_server()``: it listens on a Unix socket only, trusts
 every login, and keeps state (a lock file, atexit hooks) outside the test's
@@ -109,29 +111,47 @@ class PostgresServer:
         Through ``pg_ctl``, so the server is not a child of this process: tests
         that check they leave no child process behind are not misled by it.
         """
-        assert self.folder is not None
         for attempt in range(5):
             self.port = _free_port(self.host)
-            settings = {
-                "listen_addresses": self.host,
-                "port": str(self.port),
-                "unix_socket_directories": str(self.folder),
-                "fsync": "on" if self.durable else "off",
-                "max_connections": "200",
-            }
             try:
-                self._pg_ctl(
-                    "start",
-                    "--wait", f"--timeout={START_TIMEOUT:.0f}",
-                    f"--log={self.folder / 'postgres.log'}",
-                    "-o", " ".join(f"-c {name}={value}" for name, value in settings.items()),
-                )
+                self._pg_ctl_start()
             except ServerError:
                 if "could not bind" not in self.log_tail() or attempt == 4:
                     raise ServerError(f"PostgreSQL did not start: {self.log_tail()}") from None
             else:
                 self._running = True
                 return
+
+    def _pg_ctl_start(self) -> None:
+        assert self.folder is not None
+        settings = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.folder),
+            "fsync": "on" if self.durable else "off",
+            "max_connections": "200",
+        }
+        self._pg_ctl(
+            "start",
+            "--wait", f"--timeout={START_TIMEOUT:.0f}",
+            f"--log={self.folder / 'postgres.log'}",
+            "-o", " ".join(f"-c {name}={value}" for name, value in settings.items()),
+        )
+
+    def halt(self) -> None:
+        """Stop the server as a restart does (every session is cut); data and port are kept."""
+        assert self._running, "the server is not running"
+        self._pg_ctl("stop", "--wait", f"--timeout={STOP_TIMEOUT:.0f}", "--mode=fast")
+        self._running = False
+
+    def resume(self) -> None:
+        """Start the server :meth:`halt` stopped again, on the same data and port."""
+        assert not self._running and self.folder is not None, "the server is not halted"
+        try:
+            self._pg_ctl_start()
+        except ServerError:
+            raise ServerError(f"PostgreSQL did not start again: {self.log_tail()}") from None
+        self._running = True
 
     def stop(self) -> None:
         """Stop the server (fast shutdown, then kill) and delete its folder."""
