@@ -194,6 +194,9 @@ class KeptJournal(Journal):
     """
 
     def __init__(self) -> None:
+        # Held while writing: a program closing the journal while a stuck
+        # scheduler thread still commits waits for that write.
+        self._closing = threading.Lock()
         # key -> the numbers of its waiting messages' rows, oldest first.
         self._waiting: dict[str, deque[int]] = {}
         self._waiting_seq = 0  # the last row number given (never given again while running)
@@ -201,6 +204,20 @@ class KeptJournal(Journal):
         self._waiting_removed: list[tuple[str, int]] = []  # this batch: (key, number) written
         # Memory written in this batch, not yet committed: read back before the store.
         self._memory_written: dict[str, bytes | None] = {}
+
+    def close(self) -> None:
+        """Write what is buffered and let go of the store (a failure is logged, not raised)."""
+        try:
+            self.commit(None)
+        except JournalError as error:
+            log.error("%s", error)
+        finally:
+            with self._closing:
+                self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Close the connection to the store (the file, the database)."""
+        raise NotImplementedError
 
     def queued(self, key: str, text: Any) -> None:
         """Keep a waiting message: one row of its own."""
@@ -381,7 +398,6 @@ class SqliteJournal(KeptJournal):
         self._noted: set[str] = set()  # keys with rows in `notes`
         self._positions: dict[str, int] = {}  # key -> its latest state's or step's number
         self._at: float | None = None  # this batch's wall-clock time (see stamp)
-        self._closing = threading.Lock()
         self._checkpointed = False  # whether the -wal holds nothing the file lacks
         self._connection = self._open()
         self._taken = self._read_taken()
@@ -739,15 +755,8 @@ class SqliteJournal(KeptJournal):
             except Exception as error:  # only a frontend's convenience is lost
                 log.warning("conversation %s: its note %s cannot be read (%r)", key, name, error)
 
-    def close(self) -> None:
-        """Write what is buffered and close the file (a failure is logged, not raised)."""
-        try:
-            self.commit(None)
-        except JournalError as error:
-            log.error("%s", error)
-        finally:
-            with self._closing:
-                self._connection.close()
+    def _disconnect(self) -> None:
+        self._connection.close()
 
 
 class _Pickled(bytes):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -255,7 +254,6 @@ class PostgresJournal(KeptJournal):
         self._noted: set[str] = set()  # keys with rows in `notes`
         self._unnoted: set[str] = set()  # this batch: keys whose notes all go
         self._timed: set[str] = set()  # keys with a row in `deadlines`
-        self._closing = threading.Lock()
         #: Shared: told (with the reason) when a batch is lost to a failed connection or fence.
         self.on_lost: Callable[[str], None] | None = None
         self._connection = self._open()
@@ -327,7 +325,7 @@ class PostgresJournal(KeptJournal):
         its first use after the server is back, and lose that batch too.
         """
         with self._closing:
-            self._connection.close()
+            self._disconnect()
 
     def _reconnected(self) -> psycopg.Connection[Any]:
         """Shared: the connection, made again if it was lost (the bot's lock taken again)."""
@@ -827,15 +825,8 @@ class PostgresJournal(KeptJournal):
             for table in ("conversations", "outgoing", "memory")
         )
 
-    def close(self) -> None:
-        """Write what is buffered and disconnect (a failure is logged, not raised)."""
-        try:
-            self.commit(None)
-        except JournalError as error:
-            log.error("%s", error)
-        finally:
-            with self._closing:
-                self._connection.close()
+    def _disconnect(self) -> None:
+        self._connection.close()
 
 
 class _Fenced(Exception):
