@@ -154,20 +154,25 @@ class TeleBotApi:
             )
         elif force_reply:
             markup = types.ForceReply(selective=True)
-        reply = None
-        if reply_to is not None:
-            reply = types.ReplyParameters(reply_to, allow_sending_without_reply=True)
-        # pyTelegramBotAPI's own request, without TeleBot.send_message's
-        # Message.de_json of the answer: only its id is read, and that parse
-        # was ~7 % of the senders' CPU (measured with py-spy under
-        # bench/telegram_bench.py).
+        return self._send_text(chat_id, text, markup, reply_to)
+
+    def _send_text(
+        self, chat_id: int, text: str, markup: types.JsonSerializable | None, reply_to: int | None
+    ) -> int:
+        """Send a text message; its id.
+
+        pyTelegramBotAPI's own request, without TeleBot.send_message's
+        Message.de_json of the answer: only its id is read, and that parse
+        was ~7 % of the senders' CPU (measured with py-spy under
+        bench/telegram_bench.py).
+        """
         message = self._call(
             apihelper.send_message,
             self.bot.token,
             chat_id,
             text,
             reply_markup=markup,
-            reply_parameters=reply,
+            reply_parameters=_reply(reply_to),
             timeout=MESSAGE_TIMEOUT,
         )
         return sent_id(message)
@@ -202,15 +207,7 @@ class TeleBotApi:
             markup.add(types.KeyboardButton(LOCATION_BUTTON, request_location=True))
         else:
             markup = types.ReplyKeyboardRemove(selective=True)
-        message = self._call(
-            self.bot.send_message,
-            chat_id,
-            text,
-            reply_markup=markup,
-            reply_parameters=_reply(reply_to),
-            timeout=MESSAGE_TIMEOUT,
-        )
-        return sent_id(message)
+        return self._send_text(chat_id, text, markup, reply_to)
 
     def send_photo(
         self, chat_id: int, png: bytes, *, caption: str | None, reply_to: int | None
