@@ -37,6 +37,16 @@ def openmeteo(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenMeteo]:
         yield server
 
 
+@pytest.fixture
+def places(openmeteo: FakeOpenMeteo) -> FakeOpenMeteo:
+    """The fake Open-Meteo knowing the two cities the bot dialogues of the tests ask for."""
+    openmeteo.add_place("Springfield", 39.8, -89.6, country="United States")
+    openmeteo.set_forecast(39.8, -89.6, temperature=21.5)
+    openmeteo.add_place("Shelbyville", 35.5, -86.5, country="United States")
+    openmeteo.set_forecast(35.5, -86.5, temperature=9.0)
+    return openmeteo
+
+
 # -- the engine ---------------------------------------------------------------
 
 @pytest.fixture
@@ -114,36 +124,33 @@ def telegram() -> Iterator[FakeTelegram]:
 # -- PostgreSQL -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL for the whole session (see ``tests/postgres_server.py``).
-
-    Started the first time a test asks for it, stopped and deleted at the end.
-    Never skipped: if it cannot start, every test that needs it fails, saying why.
-    """
+def _running_postgres(whose: str) -> Iterator[PostgresServer]:
+    """A real PostgreSQL, started now, stopped and deleted after; a failed start fails."""
     server = PostgresServer()
     try:
         server.start()
     except (ServerError, OSError) as error:
-        pytest.fail(f"cannot start PostgreSQL for the tests: {error}", pytrace=False)
+        pytest.fail(f"cannot start PostgreSQL for {whose}: {error}", pytrace=False)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session (see ``tests/support/postgres_server.py``).
+
+    Started the first time a test asks for it, stopped and deleted at the end.
+    Never skipped: if it cannot start, every test that needs it fails, saying why.
+    """
+    yield from _running_postgres("the tests")
 
 
 @pytest.fixture
 def restartable_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of the test's own, which it may stop and start again (``halt``/``resume``)."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except (ServerError, OSError) as error:
-        pytest.fail(f"cannot start PostgreSQL for the test: {error}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_postgres("the test")
 
 
 @pytest.fixture

@@ -28,9 +28,7 @@ from engine.shards import Shards
 from tests.support.bot_cluster import BotCluster
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.openmeteo_server import FakeOpenMeteo
-from tests.test_telegram_scale import AFTER, DIALOGUE, EXPECTED, NOT_STARTED, places
-
-__all__ = ["places"]  # a fixture, used by name
+from tests.test_telegram_scale import AFTER, DIALOGUE, EXPECTED, NOT_STARTED
 
 T = TypeVar("T")
 

@@ -451,12 +451,8 @@ def test_typing_is_shown_while_a_call_runs(start_bot: StartBot, telegram: FakeTe
 
 
 def test_two_people_in_a_group_each_get_their_own_answers(
-    start_bot: StartBot, telegram: FakeTelegram, openmeteo: FakeOpenMeteo
+    start_bot: StartBot, telegram: FakeTelegram, places: FakeOpenMeteo
 ) -> None:
-    openmeteo.add_place("Springfield", 39.8, -89.6, country="United States")
-    openmeteo.set_forecast(39.8, -89.6, temperature=21.5)
-    openmeteo.add_place("Shelbyville", 35.5, -86.5, country="United States")
-    openmeteo.set_forecast(35.5, -86.5, temperature=9.0)
     group = -1001234
     start_bot("--no-pacing")
 

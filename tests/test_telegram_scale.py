@@ -76,15 +76,6 @@ def telegram() -> Iterator[FakeTelegram]:
         yield server
 
 
-@pytest.fixture
-def places(openmeteo: FakeOpenMeteo) -> FakeOpenMeteo:
-    openmeteo.add_place("Springfield", 39.8, -89.6, country="United States")
-    openmeteo.set_forecast(39.8, -89.6, temperature=21.5)
-    openmeteo.add_place("Shelbyville", 35.5, -86.5, country="United States")
-    openmeteo.set_forecast(35.5, -86.5, temperature=9.0)
-    return openmeteo
-
-
 def _once_each(texts: list[str]) -> list[str]:
     """`texts` with a run of messages repeated right after itself kept once.
 
