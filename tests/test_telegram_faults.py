@@ -40,7 +40,6 @@ from tests.test_telegram_restart import (
 
 # The fixtures of the kill -9 tests: the fakes, and bots run in a test's directory.
 telegram = restart.telegram
-places = restart.places
 bots = restart.bots
 
 

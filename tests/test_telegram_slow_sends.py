@@ -22,7 +22,6 @@ from tests.test_telegram_restart import (
 )
 
 telegram = restart.telegram
-places = restart.places
 bots = restart.bots
 
 
