@@ -13,76 +13,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from frontends.telegram.sending import (
-    Confirmation,
-    Keyboard,
-    Outbox,
-    Pacing,
-    Retrying,
-    TransientError,
-)
+from frontends.telegram.sending import Confirmation, Outbox, Pacing, Retrying, TransientError
+from tests.support.fake_bot_api import FakeBotApi
 
 GROUP = -500
 
 
-class HeldApi:
-    """Records sends; a send to `held_chat` waits at a barrier until released."""
-
-    def __init__(self, held_chat: int) -> None:
-        self.held_chat = held_chat
-        self.arrived = threading.Event()
-        self.release = threading.Event()
-        self.fail_held = False
-        self.lock = threading.Condition()
-        self.sent: list[tuple[int, str]] = []
-
-    def send_message(
-        self,
-        chat_id: int,
-        text: str,
-        *,
-        reply_to: int | None,
-        keyboard: Keyboard | None,
-        force_reply: bool,
-    ) -> int:
-        if chat_id == self.held_chat and not self.arrived.is_set():
-            self.arrived.set()
-            assert self.release.wait(10), "never released"
-            if self.fail_held:
-                raise TransientError("HTTP 502")
-        with self.lock:
-            self.sent.append((chat_id, text))
-            self.lock.notify_all()
-            return len(self.sent)
-
-    def send_chat_action(self, chat_id: int, action: str) -> None:
-        pass
-
-    def edit_text(self, chat_id: int, message_id: int, text: str) -> None:
-        pass
-
-    def remove_keyboard(self, chat_id: int, message_id: int) -> None:
-        pass
-
-    def answer_callback(self, callback_id: str, text: str | None) -> None:
-        pass
-
-    def wait_for(self, text: str) -> None:
-        with self.lock:
-            assert self.lock.wait_for(lambda: any(t == text for _, t in self.sent), 10), text
+@pytest.fixture
+def api() -> FakeBotApi:
+    return FakeBotApi()
 
 
 @pytest.fixture
-def api() -> HeldApi:
-    return HeldApi(held_chat=GROUP)
-
-
-@pytest.fixture
-def outbox(api: HeldApi) -> Iterator[Outbox]:
+def outbox(api: FakeBotApi) -> Iterator[Outbox]:
     outbox = Outbox(api, senders=2, pacing=Pacing.off(), retrying=Retrying(0.01, 0.05))
     outbox.start()
     yield outbox
-    api.release.set()
+    api.release_all()
     outbox.close(timeout=1.0)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("telegram-sender")]
 
@@ -103,41 +50,43 @@ def settle_in_thread(
 
 
 def test_a_send_in_flight_is_waited_for_and_confirmed_the_queued_ones_are_left(
-    api: HeldApi, outbox: Outbox
+    api: FakeBotApi, outbox: Outbox
 ) -> None:
     confirmed: list[int] = []
+    held = api.hold(GROUP)
     # Two people in one group: "-500:1" leaves (its shard moves), "-500:2" stays.
     for receipt, (key, text) in enumerate(
         [("-500:1", "in flight"), ("-500:1", "queued"), ("-500:2", "stays"), ("-500:1", "also")]
     ):
         outbox.send_text(GROUP, text, on_done=Confirmation(key, receipt, confirmed.append))
-    assert api.arrived.wait(10)
+    assert held.arrived.wait(10)
 
     settling, result = settle_in_thread(outbox, "-500:1", confirmed)
-    api.release.set()
+    held.release()
     settling.join(10)
 
     [(settled, confirmed_then)] = result
     assert settled and 0 in confirmed_then  # it returned once the send in flight was confirmed
     api.wait_for("stays")
     outbox.close(timeout=1.0)
-    assert [text for _, text in api.sent] == ["in flight", "stays"]
+    assert api.texts(GROUP) == ["in flight", "stays"]
     assert confirmed == [0, 2]  # "queued" and "also" are the new owner's to send
 
 
 def test_a_send_in_flight_that_fails_for_now_is_left_to_the_new_owner(
-    api: HeldApi, outbox: Outbox
+    api: FakeBotApi, outbox: Outbox
 ) -> None:
     confirmed: list[int] = []
-    api.fail_held = True
+    held = api.hold(GROUP)
+    api.failures[GROUP] = [TransientError("HTTP 502")]  # once it is released
     outbox.send_text(GROUP, "fails", on_done=Confirmation("-500:1", 1, confirmed.append))
-    assert api.arrived.wait(10)
+    assert held.arrived.wait(10)
 
     settling, result = settle_in_thread(outbox, "-500:1", confirmed)
-    api.release.set()
+    held.release()
     settling.join(10)
     outbox.send_text(GROUP, "next", on_done=Confirmation("-500:2", 2, confirmed.append))
     api.wait_for("next")
 
     assert result == [(True, [])]
-    assert [text for _, text in api.sent] == ["next"] and confirmed == [2]
+    assert api.texts(GROUP) == ["next"] and confirmed == [2]

@@ -32,7 +32,6 @@ from frontends.telegram.sending import (
     MAX_RETRY_AFTER,
     Bucket,
     ChatGone,
-    Keyboard,
     Outbox,
     Pacing,
     PermanentError,
@@ -44,6 +43,7 @@ from frontends.telegram.sending import (
 )
 from frontends.telegram.texts import NOTICES, help_text
 from tests.support.engine import Engine
+from tests.support.fake_bot_api import FakeBotApi
 from tests.support.fake_telegram import TOKEN, FakeTelegram
 
 SECRET = TOKEN.split(":")[1]
@@ -356,69 +356,12 @@ def test_rate_zero_is_unlimited() -> None:
 # -- the outbox ---------------------------------------------------------------------------------
 
 
-class FakeApi:
-    """Records sends; scripted failures per chat."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sent: list[tuple[int, str, float]] = []
-        self.failures: dict[int, list[Exception]] = {}
-        self.next_id = 0
-        self.changed = threading.Condition(self.lock)
-        self.slow: dict[int, float] = {}
-
-    def send_message(
-        self,
-        chat_id: int,
-        text: str,
-        *,
-        reply_to: int | None,
-        keyboard: Keyboard | None,
-        force_reply: bool,
-    ) -> int:
-        with self.lock:
-            failures = self.failures.get(chat_id)
-            if failures:
-                raise failures.pop(0)
-        if chat_id in self.slow:
-            time.sleep(self.slow[chat_id])
-        with self.changed:
-            self.sent.append((chat_id, text, time.monotonic()))
-            self.next_id += 1
-            self.changed.notify_all()
-            return self.next_id
-
-    def send_chat_action(self, chat_id: int, action: str) -> None:
-        pass
-
-    def edit_text(self, chat_id: int, message_id: int, text: str) -> None:
-        pass
-
-    def remove_keyboard(self, chat_id: int, message_id: int) -> None:
-        pass
-
-    def answer_callback(self, callback_id: str, text: str | None) -> None:
-        pass
-
-    def texts(self, chat_id: int) -> list[str]:
-        with self.lock:
-            return [text for chat, text, _ in self.sent if chat == chat_id]
-
-    def wait(self, count: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while len(self.sent) < count:
-                left = deadline - time.monotonic()
-                assert left > 0, f"only {len(self.sent)} of {count} sent"
-                self.changed.wait(left)
-
-
 FAST = Retrying(first_backoff=0.01, max_backoff=0.05)
 
 
 @pytest.fixture
-def api() -> FakeApi:
-    return FakeApi()
+def api() -> FakeBotApi:
+    return FakeBotApi()
 
 
 @pytest.fixture
@@ -430,7 +373,7 @@ def outboxes() -> Iterator[list[Outbox]]:
     assert not [t.name for t in threading.enumerate() if t.name.startswith("telegram-sender")]
 
 
-def start(made: list[Outbox], api: FakeApi, **options: Any) -> Outbox:
+def start(made: list[Outbox], api: FakeBotApi, **options: Any) -> Outbox:
     options.setdefault("pacing", Pacing.off())
     options.setdefault("retrying", FAST)
     outbox = Outbox(api, **options)
@@ -439,7 +382,7 @@ def start(made: list[Outbox], api: FakeApi, **options: Any) -> Outbox:
     return outbox
 
 
-def test_each_chat_gets_its_messages_in_order(api: FakeApi, outboxes: list[Outbox]) -> None:
+def test_each_chat_gets_its_messages_in_order(api: FakeBotApi, outboxes: list[Outbox]) -> None:
     outbox = start(outboxes, api, senders=4)
 
     for n in range(50):
@@ -451,7 +394,7 @@ def test_each_chat_gets_its_messages_in_order(api: FakeApi, outboxes: list[Outbo
         assert api.texts(chat) == [f"{chat}/{n}" for n in range(50)]
 
 
-def test_long_text_goes_as_several_messages(api: FakeApi, outboxes: list[Outbox]) -> None:
+def test_long_text_goes_as_several_messages(api: FakeBotApi, outboxes: list[Outbox]) -> None:
     outbox = start(outboxes, api)
 
     text = "\n".join(["x" * 99] * 100)  # 100 lines, 9,999 characters
@@ -463,7 +406,7 @@ def test_long_text_goes_as_several_messages(api: FakeApi, outboxes: list[Outbox]
 
 
 def test_retry_after_is_honoured_without_holding_up_other_chats(
-    api: FakeApi, outboxes: list[Outbox]
+    api: FakeBotApi, outboxes: list[Outbox]
 ) -> None:
     outbox = start(outboxes, api, senders=1)
     api.failures[1] = [RetryAfter(0.3)]
@@ -480,7 +423,7 @@ def test_retry_after_is_honoured_without_holding_up_other_chats(
     assert when["first"] >= 0.3
 
 
-def test_transient_errors_are_retried_in_order(api: FakeApi, outboxes: list[Outbox]) -> None:
+def test_transient_errors_are_retried_in_order(api: FakeBotApi, outboxes: list[Outbox]) -> None:
     outbox = start(outboxes, api)
     api.failures[1] = [TransientError("HTTP 502"), TransientError("connection failed")]
 
@@ -492,7 +435,7 @@ def test_transient_errors_are_retried_in_order(api: FakeApi, outboxes: list[Outb
 
 
 def test_only_an_answer_that_can_never_succeed_ends_a_send(
-    api: FakeApi, outboxes: list[Outbox], caplog: pytest.LogCaptureFixture
+    api: FakeBotApi, outboxes: list[Outbox], caplog: pytest.LogCaptureFixture
 ) -> None:
     outbox = start(outboxes, api)
     api.failures[77] = [ChatGone("HTTP 403: Forbidden: bot was blocked by the user")]
@@ -519,7 +462,9 @@ def test_only_an_answer_that_can_never_succeed_ends_a_send(
     assert any("works again" in r.getMessage() for r in caplog.records)
 
 
-def test_a_chat_is_paced_and_others_are_not_held_up(api: FakeApi, outboxes: list[Outbox]) -> None:
+def test_a_chat_is_paced_and_others_are_not_held_up(
+    api: FakeBotApi, outboxes: list[Outbox]
+) -> None:
     pacing = Pacing(chat_rate=10.0, chat_burst=2, group_per_minute=0, global_rate=0)
     outbox = start(outboxes, api, senders=1, pacing=pacing)
     started = time.monotonic()
@@ -534,7 +479,7 @@ def test_a_chat_is_paced_and_others_are_not_held_up(api: FakeApi, outboxes: list
     assert next(at - started for chat, _, at in api.sent if chat == 2) < 0.1
 
 
-def test_groups_are_paced_per_minute(api: FakeApi, outboxes: list[Outbox]) -> None:
+def test_groups_are_paced_per_minute(api: FakeBotApi, outboxes: list[Outbox]) -> None:
     pacing = Pacing(chat_rate=0, chat_burst=1, group_per_minute=120, global_rate=0)
     outbox = start(outboxes, api, pacing=pacing)
     started = time.monotonic()
@@ -546,7 +491,7 @@ def test_groups_are_paced_per_minute(api: FakeApi, outboxes: list[Outbox]) -> No
     assert api.sent[-1][2] - started >= 1.0  # a burst of 120, then 2 a second
 
 
-def test_the_global_rate_is_shared_by_all_senders(api: FakeApi, outboxes: list[Outbox]) -> None:
+def test_the_global_rate_is_shared_by_all_senders(api: FakeBotApi, outboxes: list[Outbox]) -> None:
     pacing = Pacing(chat_rate=0, chat_burst=1, group_per_minute=0, global_rate=20)
     outbox = start(outboxes, api, senders=4, pacing=pacing)
     started = time.monotonic()
@@ -558,7 +503,7 @@ def test_the_global_rate_is_shared_by_all_senders(api: FakeApi, outboxes: list[O
     assert api.sent[-1][2] - started >= 0.4  # a burst of 20, then 10 more at 20 a second
 
 
-def test_close_sends_what_is_queued(api: FakeApi, outboxes: list[Outbox]) -> None:
+def test_close_sends_what_is_queued(api: FakeBotApi, outboxes: list[Outbox]) -> None:
     pacing = Pacing(chat_rate=20.0, chat_burst=1, group_per_minute=0, global_rate=0)
     outbox = Outbox(api, pacing=pacing, retrying=FAST)
     outbox.start()
@@ -571,7 +516,7 @@ def test_close_sends_what_is_queued(api: FakeApi, outboxes: list[Outbox]) -> Non
 
 
 def test_close_counts_what_it_could_not_send_in_one_line(
-    api: FakeApi, caplog: pytest.LogCaptureFixture
+    api: FakeBotApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     pacing = Pacing(chat_rate=2.0, chat_burst=1, group_per_minute=0, global_rate=0)
     outbox = Outbox(api, pacing=pacing, retrying=FAST)
@@ -591,7 +536,7 @@ def test_close_counts_what_it_could_not_send_in_one_line(
 
 
 def test_a_message_is_confirmed_once_out_or_given_up_but_not_when_dropped_at_a_stop(
-    api: FakeApi,
+    api: FakeBotApi,
 ) -> None:
     pacing = Pacing(chat_rate=2.0, chat_burst=1, group_per_minute=0, global_rate=0)
     outbox = Outbox(api, pacing=pacing, retrying=FAST)
