@@ -9,10 +9,11 @@ group chat) go on.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from frontends.telegram.media import send_picture, send_with_reply_keyboard
 from frontends.telegram.sending import Confirmation, Outbox, Pacing, Retrying, TransientError
 from tests.support.fake_bot_api import FakeBotApi
 
@@ -90,3 +91,38 @@ def test_a_send_in_flight_that_fails_for_now_is_left_to_the_new_owner(
 
     assert result == [(True, [])]
     assert api.texts(GROUP) == ["next"] and confirmed == [2]
+
+
+LONG_TEXT = "\n".join(["x" * 99] * 50)  # two messages
+LONG_CAPTION = "c" * 2000  # over a caption's limit: the picture, then the caption as text
+
+
+def long_text_with_a_reply_keyboard(outbox: Outbox, on_done: Confirmation) -> None:
+    send_with_reply_keyboard(outbox, GROUP, LONG_TEXT, "location", on_done=on_done)
+
+
+def picture_with_a_long_caption(outbox: Outbox, on_done: Confirmation) -> None:
+    send_picture(outbox, GROUP, b"png", LONG_CAPTION, on_done=on_done)
+
+
+@pytest.mark.parametrize("queue", [long_text_with_a_reply_keyboard, picture_with_a_long_caption])
+def test_every_message_of_an_output_in_several_is_left_to_the_new_owner(
+    api: FakeBotApi, outbox: Outbox, queue: Callable[[Outbox, Confirmation], None]
+) -> None:
+    confirmed: list[int] = []
+    held = api.hold(GROUP)
+    outbox.send_text(GROUP, "in flight", on_done=Confirmation("-500:1", 0, confirmed.append))
+    queue(outbox, Confirmation("-500:1", 1, confirmed.append))
+    outbox.send_text(GROUP, "stays", on_done=Confirmation("-500:2", 2, confirmed.append))
+    assert held.arrived.wait(10)
+
+    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
+    held.release()
+    settling.join(10)
+    api.wait_for("stays")
+    outbox.close(timeout=1.0)
+
+    [(settled, confirmed_then)] = result
+    assert settled and 0 in confirmed_then
+    # The new owner sends all of output 1 (it is unconfirmed): none of it may go from here.
+    assert api.texts(GROUP) == ["in flight", "stays"] and confirmed == [0, 2]

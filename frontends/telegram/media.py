@@ -13,7 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from frontends.telegram.sending import BotApi, ChatAction, Job, Outbox, SendText, split_text
+from frontends.telegram.sending import (
+    BotApi,
+    ChatAction,
+    Job,
+    Outbox,
+    SendText,
+    owner_of,
+    split_text,
+)
 
 log = logging.getLogger("frontends.telegram.outbox")
 
@@ -94,14 +102,23 @@ def send_with_reply_keyboard(
     reply_to: int | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> None:
-    """Queue `text` (split as needed) with `keyboard` on its last piece."""
+    """Queue `text` (split as needed) with `keyboard` on its last piece.
+
+    Every piece belongs to the conversation `on_done` names, if it names one.
+    """
+    owner = owner_of(on_done)
     pieces = split_text(text) or ["…"]
     for piece in pieces[:-1]:
-        outbox.put(SendText(chat_id, piece, reply_to=reply_to))
+        outbox.put(SendText(chat_id, piece, reply_to=reply_to, owner=owner))
         reply_to = None
     outbox.put(
         SendWithReplyKeyboard(
-            chat_id, pieces[-1], reply_to=reply_to, on_done=on_done, reply_keyboard=keyboard
+            chat_id,
+            pieces[-1],
+            reply_to=reply_to,
+            on_done=on_done,
+            reply_keyboard=keyboard,
+            owner=owner,
         )
     )
 
@@ -115,11 +132,15 @@ def send_picture(
     reply_to: int | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> None:
-    """Queue a picture: "upload_photo" shows while it goes, a long caption follows as text."""
+    """Queue a picture: "upload_photo" shows while it goes, a long caption follows as text.
+
+    All of it belongs to the conversation `on_done` names, if it names one.
+    """
+    owner = owner_of(on_done)
     rest = None
     if caption is not None and len(caption) > CAPTION_LIMIT:
         caption, rest = None, caption
-    outbox.put(ChatAction(chat_id, "upload_photo"))
-    outbox.put(SendPhoto(chat_id, png, caption, reply_to, None if rest else on_done))
+    outbox.put(ChatAction(chat_id, "upload_photo", owner=owner))
+    outbox.put(SendPhoto(chat_id, png, caption, reply_to, None if rest else on_done, owner=owner))
     if rest:
         outbox.send_text(chat_id, rest, on_done=on_done)

@@ -406,6 +406,15 @@ class Confirmation:
         self.confirm(self.receipt)
 
 
+def owner_of(on_done: Callable[[], None] | None) -> str | None:
+    """The conversation whose output `on_done` confirms (a :class:`Confirmation`'s key), if any.
+
+    Every job of that output is tagged with it (:attr:`Job.owner`), not only
+    the one that carries `on_done`: else a handover leaves the others here.
+    """
+    return getattr(on_done, "key", None)
+
+
 # ---------------------------------------------------------------- lanes and senders
 
 
@@ -593,7 +602,7 @@ class Outbox:
     def put(self, job: Job) -> None:
         """Queue `job` behind the chat's earlier jobs."""
         if job.owner is None:
-            job.owner = getattr(getattr(job, "on_done", None), "key", None)
+            job.owner = owner_of(getattr(job, "on_done", None))
         timeline = self._answers if isinstance(job, AnswerCallback) else self._messages
         with self._lock:
             if not self._closed:
@@ -625,7 +634,7 @@ class Outbox:
             if on_done is not None:
                 on_done()
             return
-        owner = getattr(on_done, "key", None)
+        owner = owner_of(on_done)
         last = len(pieces) - 1
         for index, piece in enumerate(pieces):
             job = SendText(
