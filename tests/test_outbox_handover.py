@@ -1,9 +1,10 @@
 """The outbox letting go of conversations that move to another instance (``Outbox.settle``).
 
 In process, against a Bot API stand-in whose sends to one chat can be held
-at a barrier: what is in flight is waited for and confirmed, what is queued
-is left unconfirmed for the new owner, other conversations (even in the same
-group chat) go on.
+at a barrier: what is in flight is waited for and confirmed (with the rest of
+an output in several messages that has begun), what is queued is left
+unconfirmed for the new owner, other conversations (even in the same group
+chat) go on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from frontends.telegram.media import send_picture, send_with_reply_keyboard
-from frontends.telegram.sending import Confirmation, Outbox, Pacing, Retrying, TransientError
+from frontends.telegram.sending import (
+    Confirmation,
+    Outbox,
+    Pacing,
+    Retrying,
+    TransientError,
+    split_text,
+)
 from tests.support.fake_bot_api import FakeBotApi
 
 GROUP = -500
@@ -126,3 +134,57 @@ def test_every_message_of_an_output_in_several_is_left_to_the_new_owner(
     assert settled and 0 in confirmed_then
     # The new owner sends all of output 1 (it is unconfirmed): none of it may go from here.
     assert api.texts(GROUP) == ["in flight", "stays"] and confirmed == [0, 2]
+
+
+def test_an_output_in_several_messages_under_way_is_finished_before_it_is_let_go(
+    api: FakeBotApi, outbox: Outbox
+) -> None:
+    confirmed: list[int] = []
+    held = api.hold(GROUP)
+    outbox.send_text(GROUP, LONG_TEXT, on_done=Confirmation("-500:1", 0, confirmed.append))
+    assert held.arrived.wait(10)  # its first message is in flight
+
+    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
+    held.release()
+    settling.join(10)
+
+    # Left half sent, the new owner would send all of it again: the first message twice.
+    [(settled, confirmed_then)] = result
+    assert settled and confirmed_then == [0]
+    assert "\n".join(api.texts(GROUP)) == LONG_TEXT
+
+
+def test_an_output_under_way_whose_message_fails_for_now_is_left_whole_to_the_new_owner(
+    api: FakeBotApi, outbox: Outbox
+) -> None:
+    confirmed: list[int] = []
+    held = api.hold(GROUP)
+    api.failures[GROUP] = [TransientError("HTTP 502")]  # once it is released
+    outbox.send_text(GROUP, LONG_TEXT, on_done=Confirmation("-500:1", 1, confirmed.append))
+    assert held.arrived.wait(10)
+
+    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
+    held.release()
+    settling.join(10)
+    outbox.send_text(GROUP, "next", on_done=Confirmation("-500:2", 2, confirmed.append))
+    api.wait_for("next")
+
+    assert result == [(True, [])]
+    assert api.texts(GROUP) == ["next"] and confirmed == [2]
+
+
+def test_an_output_under_way_not_finished_in_time_is_left_to_the_new_owner(
+    api: FakeBotApi, outbox: Outbox
+) -> None:
+    confirmed: list[int] = []
+    held = api.hold(GROUP)
+    outbox.send_text(GROUP, LONG_TEXT, on_done=Confirmation("-500:1", 1, confirmed.append))
+    assert held.arrived.wait(10)
+
+    assert not outbox.settle(lambda key: key == "-500:1", timeout=0.05)
+    held.release()
+    outbox.send_text(GROUP, "next", on_done=Confirmation("-500:2", 2, confirmed.append))
+    api.wait_for("next")
+
+    # The one in flight may go twice (as the README says); the rest goes from the new owner only.
+    assert api.texts(GROUP) == [split_text(LONG_TEXT)[0], "next"] and confirmed == [2]

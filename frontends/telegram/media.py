@@ -19,7 +19,6 @@ from frontends.telegram.sending import (
     Job,
     Outbox,
     SendText,
-    owner_of,
     split_text,
 )
 
@@ -104,12 +103,11 @@ def send_with_reply_keyboard(
 ) -> None:
     """Queue `text` (split as needed) with `keyboard` on its last piece.
 
-    Every piece belongs to the conversation `on_done` names, if it names one.
+    Every piece is part of the output `on_done` confirms.
     """
-    owner = owner_of(on_done)
     pieces = split_text(text) or ["…"]
     for piece in pieces[:-1]:
-        outbox.put(SendText(chat_id, piece, reply_to=reply_to, owner=owner))
+        outbox.put(SendText(chat_id, piece, reply_to=reply_to, part_of=on_done))
         reply_to = None
     outbox.put(
         SendWithReplyKeyboard(
@@ -118,7 +116,7 @@ def send_with_reply_keyboard(
             reply_to=reply_to,
             on_done=on_done,
             reply_keyboard=keyboard,
-            owner=owner,
+            part_of=on_done,
         )
     )
 
@@ -134,13 +132,13 @@ def send_picture(
 ) -> None:
     """Queue a picture: "upload_photo" shows while it goes, a long caption follows as text.
 
-    All of it belongs to the conversation `on_done` names, if it names one.
+    All of it is part of the output `on_done` confirms.
     """
-    owner = owner_of(on_done)
     rest = None
     if caption is not None and len(caption) > CAPTION_LIMIT:
         caption, rest = None, caption
-    outbox.put(ChatAction(chat_id, "upload_photo", owner=owner))
-    outbox.put(SendPhoto(chat_id, png, caption, reply_to, None if rest else on_done, owner=owner))
+    outbox.put(ChatAction(chat_id, "upload_photo", part_of=on_done))
+    photo_done = None if rest else on_done  # else the caption confirms it, once it is out
+    outbox.put(SendPhoto(chat_id, png, caption, reply_to, photo_done, part_of=on_done))
     if rest:
         outbox.send_text(chat_id, rest, on_done=on_done)

@@ -30,8 +30,9 @@ keeps the ordering, pacing and retry rules testable without any HTTP.
 * Jobs still queued when the bot stops are not confirmed, so with a journal
   they are sent after the restart; one INFO line counts them.
 * When a conversation moves to another instance (shared mode), its jobs not
-  yet started are left to the new owner and those in flight are waited for
-  (:meth:`Outbox.settle`), so a reply is not sent by both.
+  yet started are left to the new owner and those in flight are waited for,
+  with the rest of a reply in several messages under way (:meth:`Outbox.settle`),
+  so a reply is not sent by both.
 """
 
 from __future__ import annotations
@@ -279,14 +280,26 @@ class Retrying:
 # ---------------------------------------------------------------- jobs
 
 
+def _owner(output: Callable[[], None] | None) -> str | None:
+    """The conversation whose output `output` (its ``on_done``) confirms, if it names one."""
+    return getattr(output, "key", None)
+
+
 @dataclass(eq=False)
 class Job:
     """One Bot API call for one chat."""
 
     chat_id: int
-    #: The conversation it is for, if it is one's output (see :meth:`Outbox.settle`).
-    owner: str | None = field(default=None, kw_only=True, repr=False)
+    #: The output it is (a part of), named by the ``on_done`` that confirms that
+    #: output once its last job is done; a :class:`Confirmation` also names the
+    #: conversation whose output it is (see :meth:`Outbox.settle`).
+    part_of: Callable[[], None] | None = field(default=None, kw_only=True, repr=False)
     paced = False  # whether it counts against the message rates
+
+    @property
+    def owner(self) -> str | None:
+        """The conversation it is for, if it is one's journaled output."""
+        return _owner(self.part_of)
 
     def run(self, api: BotApi) -> None:
         raise NotImplementedError
@@ -406,15 +419,6 @@ class Confirmation:
         self.confirm(self.receipt)
 
 
-def owner_of(on_done: Callable[[], None] | None) -> str | None:
-    """The conversation whose output `on_done` confirms (a :class:`Confirmation`'s key), if any.
-
-    Every job of that output is tagged with it (:attr:`Job.owner`), not only
-    the one that carries `on_done`: else a handover leaves the others here.
-    """
-    return getattr(on_done, "key", None)
-
-
 # ---------------------------------------------------------------- lanes and senders
 
 
@@ -428,7 +432,8 @@ class _Lane:
     """
 
     __slots__ = ("buckets", "busy", "chat_id", "current", "entry", "failures", "jobs",
-                 "not_before", "throttled", "timeline", "typing_next", "typing_until")  # fmt: skip
+                 "not_before", "started", "throttled", "timeline", "typing_next",
+                 "typing_until")  # fmt: skip
 
     def __init__(self, chat_id: int, buckets: list[Bucket], timeline: _Timeline) -> None:
         self.chat_id = chat_id
@@ -442,7 +447,17 @@ class _Lane:
         self.typing_until = 0.0
         self.busy = False
         self.current: Job | None = None  # the job in flight (None: none, or "typing")
+        #: The output (``part_of``) of the job begun last: the rest of it is under way.
+        self.started: Callable[[], None] | None = None
         self.entry: tuple[float, int, _Lane] | None = None
+
+    def continues(self, job: Job) -> bool:
+        """Whether `job` is a later part of the output under way (a long text's next message)."""
+        return job is not self.current and job.part_of is not None and job.part_of is self.started
+
+    def under_way(self) -> int:
+        """How many jobs are left of the output under way, not counting the one in flight."""
+        return sum(1 for job in self.jobs if self.continues(job))
 
     def ready_at(self, now: float) -> float | None:
         """When this lane has something to do (None: nothing)."""
@@ -601,8 +616,8 @@ class Outbox:
 
     def put(self, job: Job) -> None:
         """Queue `job` behind the chat's earlier jobs."""
-        if job.owner is None:
-            job.owner = owner_of(getattr(job, "on_done", None))
+        if job.part_of is None:
+            job.part_of = getattr(job, "on_done", None)
         timeline = self._answers if isinstance(job, AnswerCallback) else self._messages
         with self._lock:
             if not self._closed:
@@ -626,7 +641,7 @@ class Outbox:
 
         The reply goes with the first piece; the keyboard, the force-reply,
         `on_sent` and `on_done` with the last (where the question is). Every
-        piece belongs to the conversation `on_done` names, if it names one.
+        piece is part of the output `on_done` confirms.
         """
         pieces = split_text(text)
         if not pieces:
@@ -634,7 +649,6 @@ class Outbox:
             if on_done is not None:
                 on_done()
             return
-        owner = owner_of(on_done)
         last = len(pieces) - 1
         for index, piece in enumerate(pieces):
             job = SendText(
@@ -645,8 +659,8 @@ class Outbox:
                 force_reply=force_reply and index == last,
                 on_sent=on_sent if index == last else None,
                 on_done=on_done if index == last else None,
+                part_of=on_done,
             )
-            job.owner = owner
             self.put(job)
 
     def typing(self, chat_id: int, on: bool = True) -> None:
@@ -660,33 +674,32 @@ class Outbox:
         sends them, from the journal); those in flight are waited for, up to
         `timeout` seconds (not at all once stopped: :meth:`close` waited), and
         confirmed as usual if they went out (one that failed for now is
-        dropped too). Returns whether none was left in flight: one still out
-        may be sent by both.
+        dropped too). An output in several messages (a long text) that has
+        begun going out is finished within that time too, since its new owner
+        would send it whole again; what is not by then is dropped. Returns
+        whether none was left in flight: one still out may be sent by both.
         """
         with self._lock:
-            dropped = sum(
-                self._drop_leaving(timeline, lane, leaving)
-                for timeline in (self._messages, self._answers)
-                for lane in list(timeline.lanes.values())
-            )
-            self._queued -= dropped
+            dropped = self._drop_all_leaving(leaving, finish_started=not self._closed)
             if self._closed:  # stopped: what is in flight had its time (see close)
-                return not self._in_flight_for(leaving)
-            if self._in_flight_for(leaving):
+                return not self._owed_for(leaving)
+            if self._owed_for(leaving):
                 log.info(
                     "handing conversations over: %d queued send(s) left to their new owner, "
-                    "waiting for %d in flight", dropped, self._in_flight_for(leaving),
+                    "waiting for %d in flight or finishing a reply under way", dropped,
+                    self._owed_for(leaving),
                 )  # fmt: skip
             deadline = time.monotonic() + timeout
             self._settling = leaving
             try:
-                while self._in_flight_for(leaving):
+                while self._owed_for(leaving):
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        self._drop_all_leaving(leaving, finish_started=False)
                         log.warning(
                             "handing conversations over: %d send(s) still in flight after "
                             "%.0fs; their new owner sends them too, so they may arrive twice",
-                            self._in_flight_for(leaving), timeout,
+                            self._owed_for(leaving), timeout,
                         )  # fmt: skip
                         return False
                     self._settled.wait(left)
@@ -788,13 +801,33 @@ class Outbox:
             else:
                 self._work.notify()
 
+    def _drop_all_leaving(self, leaving: Callable[[str], bool], *, finish_started: bool) -> int:
+        """Drop every lane's jobs that `leaving` names (see :meth:`_drop_leaving`); how many."""
+        dropped = sum(
+            self._drop_leaving(timeline, lane, leaving, finish_started=finish_started)
+            for timeline in (self._messages, self._answers)
+            for lane in list(timeline.lanes.values())
+        )
+        self._queued -= dropped
+        return dropped
+
     def _drop_leaving(
-        self, timeline: _Timeline, lane: _Lane, leaving: Callable[[str], bool]
+        self,
+        timeline: _Timeline,
+        lane: _Lane,
+        leaving: Callable[[str], bool],
+        *,
+        finish_started: bool,
     ) -> int:
-        """Drop `lane`'s jobs that `leaving` names and are not in flight; how many."""
+        """Drop `lane`'s jobs that `leaving` names; how many (not counted off `_queued`).
+
+        The one in flight is kept, and with `finish_started` the rest of the
+        output it (or the job before) began.
+        """
         kept = collections.deque(
-            job for index, job in enumerate(lane.jobs)
+            job for job in lane.jobs
             if job is lane.current or job.owner is None or not leaving(job.owner)
+            or (finish_started and lane.continues(job))
         )  # fmt: skip
         dropped = len(lane.jobs) - len(kept)
         if dropped:
@@ -804,14 +837,22 @@ class Outbox:
             self._schedule(timeline, lane, self.clock())
         return dropped
 
-    def _in_flight_for(self, leaving: Callable[[str], bool]) -> int:
+    def _owed_for(self, leaving: Callable[[str], bool]) -> int:
+        """How many jobs that `leaving` names are in flight or finish an output under way.
+
+        One in flight counts until its confirmation has run (its lane is released).
+        """
+
+        def leaves(output: Callable[[], None] | None) -> bool:
+            owner = _owner(output)
+            return owner is not None and leaving(owner)
+
         return sum(
-            1
+            (lane.current is not None and leaves(lane.current.part_of))
+            + (lane.under_way() if leaves(lane.started) else 0)
             for timeline in (self._messages, self._answers)
             for lane in timeline.lanes.values()
-            if lane.current is not None and lane.current.owner is not None
-            and leaving(lane.current.owner)
-        )  # fmt: skip
+        )
 
     # -- the senders' side
 
@@ -889,6 +930,7 @@ class Outbox:
             for bucket in lane.buckets:
                 bucket.take(now)
         lane.current = job
+        lane.started = job.part_of
         return job
 
     def _release(self, lane: _Lane) -> None:
@@ -947,7 +989,8 @@ class Outbox:
         now = self.clock()
         settling = self._settling
         if settling is not None and job.owner is not None and settling(job.owner):
-            self._done(lane, finished=False)  # its new owner sends it
+            self._done(lane, finished=False)  # its new owner sends it: all of its output
+            self._queued -= self._drop_leaving(lane.timeline, lane, settling, finish_started=False)
             return []
         if self._closed and now >= self.deadline:  # sent after the restart
             self._unsent_at_stop += isinstance(job, SendText)
