@@ -204,6 +204,7 @@ class KeptJournal(Journal):
         self._waiting_removed: list[tuple[str, int]] = []  # this batch: (key, number) written
         # Memory written in this batch, not yet committed: read back before the store.
         self._memory_written: dict[str, bytes | None] = {}
+        self._at: float | None = None  # this batch's wall-clock time (see stamp)
 
     def close(self) -> None:
         """Write what is buffered and let go of the store (a failure is logged, not raised)."""
@@ -219,13 +220,25 @@ class KeptJournal(Journal):
         """Close the connection to the store (the file, the database)."""
         raise NotImplementedError
 
+    @staticmethod
+    def _pickled(value: Any, warning: str, *args: Any) -> bytes | None:
+        """`value` pickled to be kept; None if it cannot be, logged as `warning` % (args, why)."""
+        try:
+            return pickle.dumps(value, _PROTOCOL)
+        except Exception as failure:
+            log.warning(warning, *args, failure)
+            return None
+
+    def stamp(self, when: float) -> None:
+        """Record `when` with this batch's steps and states."""
+        self._at = when
+
     def queued(self, key: str, text: Any) -> None:
         """Keep a waiting message: one row of its own."""
-        try:
-            blob = pickle.dumps(text, _PROTOCOL)
-        except Exception as failure:  # read back, it cannot be restored: that conversation
-            log.warning("conversation %s: cannot keep a waiting message (%s)", key, failure)
-            blob = b""  # starts over after a restart, as with any unreadable value
+        # One that cannot be kept is kept empty: read back, it cannot be restored,
+        # so its conversation starts over after a restart, as with any unreadable value.
+        warning = "conversation %s: cannot keep a waiting message (%s)"
+        blob = self._pickled(text, warning, key) or b""
         self._waiting_seq += 1
         seq = self._waiting_seq
         waiting = self._waiting.get(key)
@@ -397,7 +410,6 @@ class SqliteJournal(KeptJournal):
         self._timed: set[str] = set()  # keys with a row in `deadlines`
         self._noted: set[str] = set()  # keys with rows in `notes`
         self._positions: dict[str, int] = {}  # key -> its latest state's or step's number
-        self._at: float | None = None  # this batch's wall-clock time (see stamp)
         self._checkpointed = False  # whether the -wal holds nothing the file lacks
         self._connection = self._open()
         self._taken = self._read_taken()
@@ -540,10 +552,8 @@ class SqliteJournal(KeptJournal):
         if value is None:
             self._ops.append((_DROP_NOTE, (key, name)))
             return
-        try:
-            blob = pickle.dumps(value, _PROTOCOL)
-        except Exception as failure:
-            log.warning("conversation %s: cannot keep the note %s (%s)", key, name, failure)
+        blob = self._pickled(value, "conversation %s: cannot keep the note %s (%s)", key, name)
+        if blob is None:
             return
         self._noted.add(key)
         self._ops.append((_SAVE_NOTE, (key, name, blob)))
@@ -557,16 +567,10 @@ class SqliteJournal(KeptJournal):
         self._timed.discard(key)
         self._ops.append((_DROP_DEADLINE, (key,)))
 
-    def stamp(self, when: float) -> None:
-        """Record `when` with this batch's steps and states."""
-        self._at = when
-
     def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
         """Keep the output until it is confirmed."""
-        try:
-            blob = pickle.dumps(item, _PROTOCOL)
-        except Exception as failure:
-            log.warning("conversation %s: cannot keep %r until sent (%s)", key, item, failure)
+        blob = self._pickled(item, "conversation %s: cannot keep %r until sent (%s)", key, item)
+        if blob is None:
             return
         self._ops.append((_ADD_OUTGOING, (receipt, key, kind.value, blob)))
 

@@ -240,7 +240,6 @@ class PostgresJournal(KeptJournal):
         self._deadlines: dict[str, float | None] = {}  # None: dropped
         self._outputs: dict[int, tuple[Any, ...]] = {}
         self._delivered: list[int] = []
-        self._at: float | None = None  # this batch's wall-clock time (see stamp)
         self._at_of_state: dict[str, float | None] = {}  # when each snapshot was taken
         # What the database holds, as far as this (the only) writer knows.
         self._stored_steps: set[str] = set()
@@ -442,11 +441,10 @@ class PostgresJournal(KeptJournal):
         if value is None:
             self._notes[(key, name)] = None
             return
-        try:
-            self._notes[(key, name)] = pickle.dumps(value, _PROTOCOL)
-        except Exception as failure:
-            log.warning("conversation %s: cannot keep the note %s (%s)", key, name, failure)
+        blob = self._pickled(value, "conversation %s: cannot keep the note %s (%s)", key, name)
+        if blob is None:
             return
+        self._notes[(key, name)] = blob
         self._noted.add(key)
 
     def deadline(self, key: str, when: float) -> None:
@@ -458,16 +456,10 @@ class PostgresJournal(KeptJournal):
         self._timed.discard(key)
         self._deadlines[key] = None
 
-    def stamp(self, when: float) -> None:
-        """Record `when` with this batch's steps and states."""
-        self._at = when
-
     def outgoing(self, receipt: int, key: str, kind: Delivery, item: Any) -> None:
         """Keep the output until it is confirmed."""
-        try:
-            blob = pickle.dumps(item, _PROTOCOL)
-        except Exception as failure:
-            log.warning("conversation %s: cannot keep %r until sent (%s)", key, item, failure)
+        blob = self._pickled(item, "conversation %s: cannot keep %r until sent (%s)", key, item)
+        if blob is None:
             return
         receipt = self._global(receipt)
         self._outputs[receipt] = (receipt, key, kind.value, blob, _shard(key))

@@ -9,6 +9,7 @@ about SQLite files only.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sqlite3
@@ -25,7 +26,7 @@ import psycopg
 import pytest
 
 from engine import Call, Choose, Input, Print, Sleep, State
-from engine.frontend import Notice
+from engine.frontend import Delivery, Notice
 from engine.journal import Journal, JournalError, SqliteJournal
 from engine.journals import open_journal
 from engine.postgres_journal import SCHEMA_VERSION, PostgresJournal, redact
@@ -653,6 +654,32 @@ def test_memory_is_read_back_within_its_batch_and_after_a_restart(state: str) ->
         assert journal.recall("7") is None
     finally:
         journal.close()
+
+
+def test_a_note_or_an_output_that_cannot_be_kept_is_logged_and_left_out(
+    state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    unpicklable = threading.Lock()
+    journal = open_journal(state)
+    try:
+        with caplog.at_level(logging.WARNING, logger="engine"):
+            journal.note("ann", "where", unpicklable)
+            journal.outgoing(1, "ann", Delivery.MESSAGE, unpicklable)
+            journal.outgoing(2, "ann", Delivery.MESSAGE, Print("kept"))
+        journal.commit(None)
+    finally:
+        journal.close()
+    journal = open_journal(state)
+    try:
+        assert [(receipt, item) for receipt, _, _, item in journal.undelivered()] == [
+            (2, Print("kept"))
+        ]
+    finally:
+        journal.close()
+    warnings = [record.getMessage() for record in caplog.records]
+    assert "conversation ann: cannot keep the note where" in warnings[0]
+    assert "conversation ann: cannot keep <unlocked _thread.lock" in warnings[1]
+    assert "until sent" in warnings[1] and len(warnings) == 2
 
 
 #: The tables of the first PostgreSQL journal (schema 1), as it created them.
