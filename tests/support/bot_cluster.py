@@ -18,9 +18,10 @@ import requests
 
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.flows import CLASSIC
+from tests.support.local_server import free_port
 from tests.support.processes import stop_process
 from tests.support.round_robin import RoundRobin
-from tests.support.webhook_bot import environment, free_port
+from tests.support.webhook_bot import environment
 
 HOOK_PATH = "/telegram/hook"
 READY = "webhook mode: Telegram posts"

@@ -37,12 +37,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
+from tests.support.local_server import FakeServer, KeepAliveHandler, LocalServer
 
 __all__ = [
     "BOT_ID", "SECRET", "TOKEN", "FakeTelegram", "Hold", "Request", "Sent", "bot_environment",
@@ -388,8 +387,8 @@ class FakeTelegram(_WebhookMethods, LocalServer):
 
     # -- lifecycle -------------------------------------------------------------
 
-    def _make_server(self) -> _Server:
-        return _Server(("127.0.0.1", 0), _Handler, self)
+    def _make_server(self) -> FakeServer[FakeTelegram]:
+        return FakeServer(("127.0.0.1", 0), _Handler, self)
 
     def _opening(self) -> None:
         self._closed = False
@@ -1065,16 +1064,8 @@ def _int(value: Any, default: Any) -> Any:
         return default
 
 
-class _Server(KeepAliveServer):
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: FakeTelegram
-    ) -> None:
-        self.fake = fake
-        super().__init__(address, handler)
-
-
 class _Handler(KeepAliveHandler):
-    server: _Server
+    server: FakeServer[FakeTelegram]
 
     def do_GET(self) -> None:
         self._serve()
@@ -1218,10 +1209,14 @@ class _Handler(KeepAliveHandler):
 
 
 def bot_environment(telegram: FakeTelegram, token: str | None = TOKEN) -> dict[str, str]:
-    """The environment for a bot subprocess that talks to `telegram` (no proxy, our token)."""
+    """The environment for a bot subprocess that talks to `telegram` (no proxy, our token).
+
+    It polls: a webhook URL in the caller's environment is left out.
+    """
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.pop("TELEGRAM_BOT_API_KEY", None)
     env.pop("TELEGRAM_BOT_TOKEN", None)
+    env.pop("TELEGRAM_WEBHOOK_URL", None)
     if token is not None:
         env["TELEGRAM_BOT_TOKEN"] = token
     env["TELEGRAM_API_URL"] = telegram.url

@@ -9,12 +9,21 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 #: The test certificate (self-signed, for 127.0.0.1) that HTTPS fakes serve with.
 TEST_CERTIFICATE = Path(__file__).resolve().parent.parent / "fixtures" / "tls" / "cert.pem"
 
 Served = TypeVar("Served", bound="LocalServer")
+Fake = TypeVar("Fake")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now (bound, then released: a server binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class LocalServer:
@@ -115,6 +124,16 @@ class KeepAliveServer(ThreadingHTTPServer):
             for connection in self.connections:
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
+
+
+class FakeServer(KeepAliveServer, Generic[Fake]):
+    """A :class:`KeepAliveServer` whose handlers reach their fake as ``self.server.fake``."""
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: Fake
+    ) -> None:
+        self.fake = fake
+        super().__init__(address, handler)
 
 
 class KeepAliveHandler(BaseHTTPRequestHandler):

@@ -32,12 +32,11 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.local_server import KeepAliveHandler, KeepAliveServer, LocalServer
+from tests.support.local_server import FakeServer, KeepAliveHandler, LocalServer
 
 __all__ = [
     "DEFAULT_WEATHER",
@@ -237,8 +236,8 @@ class FakeOpenMeteo(LocalServer):
 
     # -- lifecycle ---------------------------------------------------------
 
-    def _make_server(self) -> _Server:
-        return _Server(("127.0.0.1", 0), _Handler, self)
+    def _make_server(self) -> FakeServer[FakeOpenMeteo]:
+        return FakeServer(("127.0.0.1", 0), _Handler, self)
 
     def _opening(self) -> None:
         self._stopping.clear()
@@ -458,19 +457,8 @@ class FakeOpenMeteo(LocalServer):
         return 200, body
 
 
-class _Server(KeepAliveServer):
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        fake: FakeOpenMeteo,
-    ) -> None:
-        self.fake = fake
-        super().__init__(address, handler)
-
-
 class _Handler(KeepAliveHandler):
-    server: _Server
+    server: FakeServer[FakeOpenMeteo]
 
     def do_GET(self) -> None:
         fake = self.server.fake

@@ -24,7 +24,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -35,6 +34,8 @@ from types import TracebackType
 from urllib.parse import quote
 
 import psycopg
+
+from tests.support.local_server import free_port
 
 #: How long start-up (initdb + postgres ready) and shutdown may take.
 START_TIMEOUT = 60.0
@@ -112,7 +113,7 @@ class PostgresServer:
         that check they leave no child process behind are not misled by it.
         """
         for attempt in range(5):
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
             try:
                 self._pg_ctl_start()
             except ServerError:
@@ -237,14 +238,7 @@ class PostgresServer:
 
 def closed_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on (bound, then released), for an unreachable server."""
-    return _free_port(host)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_port(host)
 
 
 def _binary(program: str) -> Path:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,20 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.fake_telegram import ROOT, TOKEN, FakeTelegram
+from tests.support.fake_telegram import TOKEN, FakeTelegram, bot_environment
 from tests.support.flows import CLASSIC
+from tests.support.local_server import free_port
 from tests.support.openmeteo_server import FakeOpenMeteo
 from tests.support.processes import stop_process
 
 SECRET_PART = TOKEN.split(":")[1]
 HOOK_SECRET = "test-webhook-secret_0123456789"
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (the bot binds it a moment later)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -66,15 +58,8 @@ StartBot = Callable[..., Bot]
 
 
 def environment(telegram: FakeTelegram) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.pop("TELEGRAM_BOT_API_KEY", None)
-    env.pop("TELEGRAM_WEBHOOK_URL", None)
-    env["TELEGRAM_BOT_TOKEN"] = TOKEN
-    env["TELEGRAM_API_URL"] = telegram.url
-    env["TELEGRAM_WEBHOOK_SECRET"] = HOOK_SECRET
-    env["NO_PROXY"] = "127.0.0.1"
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+    """:func:`bot_environment` with the webhook secret the tests know."""
+    return {**bot_environment(telegram), "TELEGRAM_WEBHOOK_SECRET": HOOK_SECRET}
 
 
 @pytest.fixture(name="start_bot")
