@@ -24,6 +24,7 @@ from frontends.telegram.sending import (
     split_text,
 )
 from tests.support.fake_bot_api import FakeBotApi
+from tests.support.fake_telegram import Hold
 
 GROUP = -500
 
@@ -43,10 +44,14 @@ def outbox(api: FakeBotApi) -> Iterator[Outbox]:
     assert not [t.name for t in threading.enumerate() if t.name.startswith("telegram-sender")]
 
 
-def settle_in_thread(
-    outbox: Outbox, leaving: str, confirmed: list[int]
-) -> tuple[threading.Thread, list[tuple[bool, list[int]]]]:
-    """Settle `leaving` on a thread; its result, and what was confirmed when it returned."""
+def settle_while_held(
+    outbox: Outbox, held: Hold, confirmed: list[int], leaving: str = "-500:1"
+) -> tuple[bool, list[int]]:
+    """Once `held`'s send is in flight, settle `leaving` on a thread and release it.
+
+    Returns what settle returned, and what was confirmed when it returned.
+    """
+    assert held.arrived.wait(10)
     result: list[tuple[bool, list[int]]] = []
 
     def settle() -> None:
@@ -55,7 +60,10 @@ def settle_in_thread(
 
     thread = threading.Thread(target=settle, name="test-settle")
     thread.start()
-    return thread, result
+    held.release()
+    thread.join(10)
+    [outcome] = result
+    return outcome
 
 
 def test_a_send_in_flight_is_waited_for_and_confirmed_the_queued_ones_are_left(
@@ -68,13 +76,9 @@ def test_a_send_in_flight_is_waited_for_and_confirmed_the_queued_ones_are_left(
         [("-500:1", "in flight"), ("-500:1", "queued"), ("-500:2", "stays"), ("-500:1", "also")]
     ):
         outbox.send_text(GROUP, text, on_done=Confirmation(key, receipt, confirmed.append))
-    assert held.arrived.wait(10)
 
-    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
-    held.release()
-    settling.join(10)
+    settled, confirmed_then = settle_while_held(outbox, held, confirmed)
 
-    [(settled, confirmed_then)] = result
     assert settled and 0 in confirmed_then  # it returned once the send in flight was confirmed
     api.wait_for("stays")
     outbox.close(timeout=1.0)
@@ -82,27 +86,24 @@ def test_a_send_in_flight_is_waited_for_and_confirmed_the_queued_ones_are_left(
     assert confirmed == [0, 2]  # "queued" and "also" are the new owner's to send
 
 
-def test_a_send_in_flight_that_fails_for_now_is_left_to_the_new_owner(
-    api: FakeBotApi, outbox: Outbox
+LONG_TEXT = "\n".join(["x" * 99] * 50)  # two messages
+LONG_CAPTION = "c" * 2000  # over a caption's limit: the picture, then the caption as text
+
+
+@pytest.mark.parametrize("text", ["fails", LONG_TEXT], ids=["one message", "several"])
+def test_a_send_in_flight_that_fails_for_now_is_left_to_the_new_owner_with_its_output(
+    api: FakeBotApi, outbox: Outbox, text: str
 ) -> None:
     confirmed: list[int] = []
     held = api.hold(GROUP)
     api.failures[GROUP] = [TransientError("HTTP 502")]  # once it is released
-    outbox.send_text(GROUP, "fails", on_done=Confirmation("-500:1", 1, confirmed.append))
-    assert held.arrived.wait(10)
+    outbox.send_text(GROUP, text, on_done=Confirmation("-500:1", 1, confirmed.append))
 
-    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
-    held.release()
-    settling.join(10)
+    assert settle_while_held(outbox, held, confirmed) == (True, [])
     outbox.send_text(GROUP, "next", on_done=Confirmation("-500:2", 2, confirmed.append))
     api.wait_for("next")
 
-    assert result == [(True, [])]
     assert api.texts(GROUP) == ["next"] and confirmed == [2]
-
-
-LONG_TEXT = "\n".join(["x" * 99] * 50)  # two messages
-LONG_CAPTION = "c" * 2000  # over a caption's limit: the picture, then the caption as text
 
 
 def long_text_with_a_reply_keyboard(outbox: Outbox, on_done: Confirmation) -> None:
@@ -122,15 +123,11 @@ def test_every_message_of_an_output_in_several_is_left_to_the_new_owner(
     outbox.send_text(GROUP, "in flight", on_done=Confirmation("-500:1", 0, confirmed.append))
     queue(outbox, Confirmation("-500:1", 1, confirmed.append))
     outbox.send_text(GROUP, "stays", on_done=Confirmation("-500:2", 2, confirmed.append))
-    assert held.arrived.wait(10)
 
-    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
-    held.release()
-    settling.join(10)
+    settled, confirmed_then = settle_while_held(outbox, held, confirmed)
     api.wait_for("stays")
     outbox.close(timeout=1.0)
 
-    [(settled, confirmed_then)] = result
     assert settled and 0 in confirmed_then
     # The new owner sends all of output 1 (it is unconfirmed): none of it may go from here.
     assert api.texts(GROUP) == ["in flight", "stays"] and confirmed == [0, 2]
@@ -140,37 +137,12 @@ def test_an_output_in_several_messages_under_way_is_finished_before_it_is_let_go
     api: FakeBotApi, outbox: Outbox
 ) -> None:
     confirmed: list[int] = []
-    held = api.hold(GROUP)
+    held = api.hold(GROUP)  # its first message is in flight
     outbox.send_text(GROUP, LONG_TEXT, on_done=Confirmation("-500:1", 0, confirmed.append))
-    assert held.arrived.wait(10)  # its first message is in flight
-
-    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
-    held.release()
-    settling.join(10)
 
     # Left half sent, the new owner would send all of it again: the first message twice.
-    [(settled, confirmed_then)] = result
-    assert settled and confirmed_then == [0]
+    assert settle_while_held(outbox, held, confirmed) == (True, [0])
     assert "\n".join(api.texts(GROUP)) == LONG_TEXT
-
-
-def test_an_output_under_way_whose_message_fails_for_now_is_left_whole_to_the_new_owner(
-    api: FakeBotApi, outbox: Outbox
-) -> None:
-    confirmed: list[int] = []
-    held = api.hold(GROUP)
-    api.failures[GROUP] = [TransientError("HTTP 502")]  # once it is released
-    outbox.send_text(GROUP, LONG_TEXT, on_done=Confirmation("-500:1", 1, confirmed.append))
-    assert held.arrived.wait(10)
-
-    settling, result = settle_in_thread(outbox, "-500:1", confirmed)
-    held.release()
-    settling.join(10)
-    outbox.send_text(GROUP, "next", on_done=Confirmation("-500:2", 2, confirmed.append))
-    api.wait_for("next")
-
-    assert result == [(True, [])]
-    assert api.texts(GROUP) == ["next"] and confirmed == [2]
 
 
 def test_an_output_under_way_not_finished_in_time_is_left_to_the_new_owner(
