@@ -26,7 +26,7 @@ from frontends.telegram.texts import NOTICES, UNKNOWN_COMMAND
 from tests.support.fake_telegram import SECRET, TOKEN, FakeTelegram, Sent, bot_environment
 from tests.support.flows import CLASSIC, long_text
 from tests.support.openmeteo_server import FakeOpenMeteo
-from tests.support.processes import stop_process
+from tests.support.processes import spawn_bot, stop_process, wait_until_called
 
 ROOT = Path(__file__).resolve().parent.parent
 CITY = "Name a city: "
@@ -74,25 +74,15 @@ def start_bot(
         if "--flow" not in options:  # the text-only dialogue (see tests.support.flows)
             options = (*options, "--flow", CLASSIC)
         path = tmp_path / f"bot-{len(started)}.log"
-        with path.open("wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "frontends.telegram", *options],
-                cwd=tmp_path,  # where the bot keeps its state file; bots of one test share it
-                env=env if env is not None else bot_environment(telegram),
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        bot = BotProcess(process, path)
+        polls = len(telegram.requests_to("getUpdates"))
+        # In tmp_path: the bot keeps its state file there; bots of one test share it.
+        env = env if env is not None else bot_environment(telegram)
+        bot = BotProcess(spawn_bot(options, cwd=tmp_path, env=env, log=path), path)
         started.append(bot)
         if flow_fails:
             failing.append(bot)
         if ready:
-            telegram.wait_until(
-                lambda: telegram.requests_to("getUpdates") or bot.process.poll() is not None,
-                timeout=15,
-                what="the bot to poll",
-            )
-            assert bot.process.poll() is None, bot.output()
+            wait_until_called(telegram, "getUpdates", polls, bot.process, path, timeout=15)
         return bot
 
     try:

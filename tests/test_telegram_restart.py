@@ -23,7 +23,6 @@ import contextlib
 import resource
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from frontends.telegram.texts import PRESS_STALE
 from tests.support.fake_telegram import SECRET, FakeTelegram, Sent, bot_environment
 from tests.support.flows import CLASSIC
 from tests.support.openmeteo_server import FakeOpenMeteo
+from tests.support.processes import spawn_bot, wait_until_called
 
 T = TypeVar("T")
 
@@ -125,23 +125,14 @@ class Bots:
             self.options = options
         polls = len(self.telegram.requests_to("getUpdates"))
         log = self.directory / f"bot-{len(self.started)}.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "frontends.telegram", "--no-pacing", *self.options],
-                cwd=self.directory,  # the state file is weather-bot.sqlite3 in here
-                env={**bot_environment(self.telegram), **self.environment},
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        self.started.append((process, log))
-        self.telegram.wait_until(
-            lambda: (
-                len(self.telegram.requests_to("getUpdates")) > polls or process.poll() is not None
-            ),
-            timeout=20,
-            what="the bot to poll",
+        process = spawn_bot(
+            ["--no-pacing", *self.options],
+            cwd=self.directory,  # the state file is weather-bot.sqlite3 in here
+            env={**bot_environment(self.telegram), **self.environment},
+            log=log,
         )
-        assert process.poll() is None, self.output()
+        self.started.append((process, log))
+        wait_until_called(self.telegram, "getUpdates", polls, process, log)
 
     def crash(self, *, settled: bool = True) -> None:
         """``kill -9`` the running bot, by default once it has been quiet a moment.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from tests.support.fake_telegram import SECRET, FakeTelegram, bot_environment
 from tests.support.flows import REMIND_AFTER
-from tests.support.processes import stop_process
+from tests.support.processes import spawn_bot, stop_process, wait_until_called
 
 QUESTION = "What is your name?"
 REMINDER = "Still there? I would like to know your name."
@@ -43,24 +42,12 @@ class Runs:
         """Start the bot and wait until it polls (it has recovered by then); return when."""
         polls = len(self.telegram.requests_to("getUpdates"))
         log = self.directory / f"bot-{len(self.started)}.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "frontends.telegram", "--no-pacing",
-                 "--flow", "tests.support.flows:Remind"],
-                cwd=self.directory,
-                env=bot_environment(self.telegram),
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        process = spawn_bot(
+            ["--no-pacing", "--flow", "tests.support.flows:Remind"],
+            cwd=self.directory, env=bot_environment(self.telegram), log=log,
+        )  # fmt: skip
         self.started.append((process, log))
-        self.telegram.wait_until(
-            lambda: (
-                len(self.telegram.requests_to("getUpdates")) > polls or process.poll() is not None
-            ),
-            timeout=20,
-            what="the bot to poll",
-        )
-        assert process.poll() is None, log.read_text()
+        wait_until_called(self.telegram, "getUpdates", polls, process, log)
         return time.monotonic()
 
     def kill(self) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import requests
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.flows import CLASSIC
 from tests.support.local_server import free_port
-from tests.support.processes import stop_process
+from tests.support.processes import spawn_bot, stop_process
 from tests.support.round_robin import RoundRobin
 from tests.support.webhook_bot import environment
 
@@ -81,11 +80,7 @@ class BotCluster:
         env = self.env or environment(self.telegram)
         if self.polling:
             env = {**env, "TELEGRAM_API_URL": f"{self.telegram.url}/instance-{index}"}
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "frontends.telegram", *options],
-                cwd=self.directory, env=env, stdout=output, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        process = spawn_bot(options, cwd=self.directory, env=env, log=log)
         self.processes[index] = process
         if ready:
             self._wait_ready(index)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from tests.support.fake_telegram import TOKEN, FakeTelegram, bot_environment
 from tests.support.flows import CLASSIC
 from tests.support.local_server import free_port
 from tests.support.openmeteo_server import FakeOpenMeteo
-from tests.support.processes import stop_process
+from tests.support.processes import spawn_bot, stop_process, wait_until_called
 
 SECRET_PART = TOKEN.split(":")[1]
 HOOK_SECRET = "test-webhook-secret_0123456789"
@@ -89,25 +88,13 @@ def start_bot_fixture(
         bot = Bot(None, path, port)  # type: ignore[arg-type]
         if webhook:
             bot_options += ["--webhook", bot.hook_url, "--listen", f"127.0.0.1:{port}"]
-        before = len(telegram.requests_to("setWebhook" if webhook else "getUpdates"))
-        with path.open("wb") as output:
-            bot.process = subprocess.Popen(
-                [sys.executable, "-m", "frontends.telegram", *bot_options],
-                cwd=tmp_path,
-                env=env if env is not None else environment(telegram),
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
+        method = "setWebhook" if webhook else "getUpdates"
+        before = len(telegram.requests_to(method))
+        env = env if env is not None else environment(telegram)
+        bot.process = spawn_bot(bot_options, cwd=tmp_path, env=env, log=path)
         started.append(bot)
         if ready:
-            method = "setWebhook" if webhook else "getUpdates"
-            telegram.wait_until(
-                lambda: len(telegram.requests_to(method)) > before
-                or bot.process.poll() is not None,
-                timeout=15,
-                what=f"the bot to call {method}",
-            )
-            assert bot.process.poll() is None, bot.output()
+            wait_until_called(telegram, method, before, bot.process, path, timeout=15)
             if webhook:  # setWebhook answered: taking updates
                 telegram.wait_until(
                     lambda: "webhook mode: Telegram posts" in bot.output()
