@@ -1102,9 +1102,9 @@ class _Handler(KeepAliveHandler):
         with fake._cond:
             data = fake.files.get(match[2]) if match[1] == fake.token else None
         if data is None:
-            self._raw(404, b"Not Found", "text/plain")
+            self.respond(404, b"Not Found", "text/plain")
         else:
-            self._raw(200, data, "image/jpeg")
+            self.respond(200, data, "image/jpeg")
         return True
 
     def _serve(self) -> None:
@@ -1161,7 +1161,7 @@ class _Handler(KeepAliveHandler):
         fake = self.server.fake
         if fault.kind == "raw":
             fake._record(method, params, f"raw {fault.status}")
-            self._raw(fault.status, fault.body, fault.content_type)
+            self.respond(fault.status, fault.body, fault.content_type)
             return
         if fault.kind == "drop":
             fake._record(method, params, "drop")
@@ -1190,22 +1190,12 @@ class _Handler(KeepAliveHandler):
             self._answer(409, {"ok": False, "error_code": 409, "description": description})
         elif status >= 500:
             page = f"<html><body><h1>{status} Bad Gateway</h1></body></html>".encode()
-            self._raw(status, page, "text/html")
+            self.respond(status, page, "text/html")
         else:
             self._answer(status, {"ok": False, "error_code": status, "description": "Bad Request"})
 
     def _answer(self, status: int, body: dict[str, Any]) -> None:
-        self._raw(status, json.dumps(body).encode(), "application/json")
-
-    def _raw(self, status: int, body: bytes, kind: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:  # the bot went away (e.g. stopped during a long poll)
-            self.close_connection = True
+        self.respond(status, json.dumps(body).encode(), "application/json")
 
 
 def bot_environment(telegram: FakeTelegram, token: str | None = TOKEN) -> dict[str, str]:

@@ -161,5 +161,16 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             super().finish()
 
+    def respond(self, status: int, body: bytes, content_type: str) -> None:
+        """Send a whole answer; a client that went away (stopped, gave up waiting) is no error."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
     def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output quiet: the fakes record what they were asked

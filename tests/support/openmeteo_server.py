@@ -494,9 +494,9 @@ class _Handler(KeepAliveHandler):
             self._send(400, {**body, "reason": failure.reason} if failure.reason else body)
         elif failure.kind == "server_error":
             status = failure.status or 500
-            self._send_raw(status, "text/html", f"<html><h1>{status} oops</h1></html>")
+            self.respond(status, f"<html><h1>{status} oops</h1></html>".encode(), "text/html")
         elif failure.kind == "not_json":
-            self._send_raw(200, "text/html", "<html><body>Maintenance</body></html>")
+            self.respond(200, b"<html><body>Maintenance</body></html>", "text/html")
         elif failure.kind == "wrong_shape":
             wrong = {"results": {"name": "London"}} if endpoint == "search" else {"current": 20}
             self._send(200, wrong)
@@ -539,15 +539,4 @@ class _Handler(KeepAliveHandler):
             pass  # the client gave up: what a deadline is for
 
     def _send(self, status: int, body: Any) -> None:
-        self._send_raw(status, "application/json; charset=utf-8", json.dumps(body))
-
-    def _send_raw(self, status: int, content_type: str, text: str) -> None:
-        data = text.encode("utf-8")
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its timeout); nothing to tell it
+        self.respond(status, json.dumps(body).encode(), "application/json; charset=utf-8")
