@@ -217,6 +217,17 @@ class Runner:
         self.steps.close()
         return False
 
+    def settle(self, item: object) -> Command:
+        """The command after `item`, something other than a command the flow yielded.
+
+        For a driver that sends into :attr:`steps` itself: it handles state
+        boundaries and mistakes as :meth:`send` does. ``StopIteration`` (the
+        conversation ended) propagates.
+        """
+        while not isinstance(item, Command):
+            item = self._not_a_command(item)
+        return item
+
     def _not_a_command(self, item: object) -> Command:
         if isinstance(item, Entered):
             self._enter(item.state)
