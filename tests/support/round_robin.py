@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 import requests
 
@@ -22,6 +24,29 @@ PASSED = ("Content-Type", "X-Telegram-Bot-Api-Secret-Token")
 class _Server(ThreadingHTTPServer):
     # The default backlog (5) drops connections under a burst: a 1 s SYN retry each.
     request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.request_threads: list[threading.Thread] = []
+        self._numbers = itertools.count(1)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """As ThreadingMixIn does, with each thread named and kept to be joined on stop."""
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=f"round-robin-request-{next(self._numbers)}",
+            daemon=True,
+        )
+        self.request_threads = [kept for kept in self.request_threads if kept.is_alive()]
+        self.request_threads.append(thread)
+        thread.start()
+
+    def join_requests(self, timeout: float) -> None:
+        """Wait for the requests in flight (each ends within the forwarding timeouts)."""
+        deadline = time.monotonic() + timeout
+        for thread in self.request_threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class RoundRobin:
@@ -45,7 +70,6 @@ class RoundRobin:
                 pass
 
         self.server = _Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="round-robin")
 
     @property
@@ -87,3 +111,4 @@ class RoundRobin:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+        self.server.join_requests(timeout=15)
