@@ -861,7 +861,14 @@ def main(argv: list[str] | None = None) -> int:
         "--breakdown", action="store_true",
         help="split our bots' CPU by what their threads do (needs py-spy, for thread names)",
     )  # fmt: skip
+    parser.add_argument(
+        "--bots", default="ours,plain,webhook,grown", metavar="LIST",
+        help="which bots to run, comma-separated (ours and plain always run; default all four)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    bots = ["ours", "plain"] + [
+        b for b in dict.fromkeys(args.bots.split(",")) if b in ("webhook", "grown")
+    ]
     if args.quick:
         args.users, args.rounds, args.repeat = 50, 2, 1
     if args.users < 1 or args.rounds < 1 or args.repeat < 1:
@@ -870,7 +877,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--profile and --breakdown need py-spy (pip install py-spy)")
     with tempfile.TemporaryDirectory(prefix="telegram-bench-") as tmp:
         workdir = Path(args.keep) if args.keep else Path(tmp)
-        runs = run_all(args.users, args.rounds, args.repeat, workdir, breakdown=args.breakdown)
+        runs = run_all(
+            args.users, args.rounds, args.repeat, workdir, bots, breakdown=args.breakdown
+        )
         for line in report(runs):
             print(line, flush=True)
         for line in chart_report():
