@@ -323,7 +323,8 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 #: What each of our bot's threads does, by its name (the first pattern that matches).
 THREAD_PARTS = (
-    ("HTTP intake: waitress, JSON, handlers", re.compile(r"webhook-listener|waitress-\d+")),
+    ("HTTP intake: waitress's socket loop", re.compile(r"webhook-listener")),
+    ("HTTP intake: request threads (WSGI app)", re.compile(r"waitress-\d+")),
     ("HTTP intake: getUpdates, JSON, handlers", re.compile(r"telegram-polling")),
     ("engine and journal (scheduler)", re.compile(r"engine-scheduler")),
     ("send (outbox threads)", re.compile(r"telegram-sender")),
