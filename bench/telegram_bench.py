@@ -533,7 +533,7 @@ def run_bot(
                     telegram.requests_to(ready_call)[-1].fault is None
                 )
 
-            ready_call = "setWebhook" if bot == "webhook" else "getUpdates"
+            ready_call = "setWebhook" if "--webhook" in BOTS[bot] else "getUpdates"
             _wait(polling, 30, f"the {bot} bot to call {ready_call}")
             time.sleep(0.2)  # let start-up settle: its CPU is not the workload's
             pid = python_pid(process)
