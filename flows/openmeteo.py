@@ -43,7 +43,13 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from flows.http_connections import REDIRECTS, KeptConnections, environment_settings, query_string
+from flows.http_connections import (
+    REDIRECTS,
+    KeptConnections,
+    LeanResponse,
+    environment_settings,
+    query_string,
+)
 from flows.http_deadline import DeadlineAdapter, DeadlineResponse, deadline, remaining_seconds
 
 __all__ = [
@@ -415,9 +421,13 @@ def _get_json(what: str, variable: str, params: dict[str, str | int | float]) ->
     return _json_object(what, variable, answer)
 
 
+class _LookupResponse(DeadlineResponse, LeanResponse):
+    """An answer read within the lookup's deadline, its headers read the lean way."""
+
+
 #: The lookups' connections, kept alive across lookups and worker threads; each
 #: answer read within the lookup's deadline (flows.http_deadline).
-_connections = KeptConnections(keep=32, response_class=DeadlineResponse)
+_connections = KeptConnections(keep=32, response_class=_LookupResponse)
 _HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 
 
