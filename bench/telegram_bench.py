@@ -5,6 +5,7 @@ Run from the repository root::
     python bench/telegram_bench.py               # 200 users x 3 cities, 2 runs per bot
     python bench/telegram_bench.py --quick       # 50 users x 2 cities, a few seconds
     python bench/telegram_bench.py --users 500 --rounds 2 --repeat 3
+    python bench/telegram_bench.py --bots webhook --repeat 3 --breakdown   # polling, webhook, plain
     python bench/telegram_bench.py --profile ours.raw   # then where our bot's time goes
 
 This process runs the fake Bot API (``tests/support/fake_telegram.py``) and the fake
