@@ -5,6 +5,7 @@ Run from the repository root::
     python bench/telegram_bench.py               # 200 users x 3 cities, 2 runs per bot
     python bench/telegram_bench.py --quick       # 50 users x 2 cities, a few seconds
     python bench/telegram_bench.py --users 500 --rounds 2 --repeat 3
+    python bench/telegram_bench.py --bots webhook --repeat 3 --breakdown   # polling, webhook, plain
     python bench/telegram_bench.py --profile ours.raw   # then where our bot's time goes
 
 This process runs the fake Bot API (``tests/support/fake_telegram.py``) and the fake
@@ -323,7 +324,8 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 #: What each of our bot's threads does, by its name (the first pattern that matches).
 THREAD_PARTS = (
-    ("HTTP intake: waitress, JSON, handlers", re.compile(r"webhook-listener|waitress-\d+")),
+    ("HTTP intake: waitress's socket loop", re.compile(r"webhook-listener")),
+    ("HTTP intake: request threads (WSGI app)", re.compile(r"waitress-\d+")),
     ("HTTP intake: getUpdates, JSON, handlers", re.compile(r"telegram-polling")),
     ("engine and journal (scheduler)", re.compile(r"engine-scheduler")),
     ("send (outbox threads)", re.compile(r"telegram-sender")),
@@ -532,7 +534,7 @@ def run_bot(
                     telegram.requests_to(ready_call)[-1].fault is None
                 )
 
-            ready_call = "setWebhook" if bot == "webhook" else "getUpdates"
+            ready_call = "setWebhook" if "--webhook" in BOTS[bot] else "getUpdates"
             _wait(polling, 30, f"the {bot} bot to call {ready_call}")
             time.sleep(0.2)  # let start-up settle: its CPU is not the workload's
             pid = python_pid(process)
@@ -861,7 +863,14 @@ def main(argv: list[str] | None = None) -> int:
         "--breakdown", action="store_true",
         help="split our bots' CPU by what their threads do (needs py-spy, for thread names)",
     )  # fmt: skip
+    parser.add_argument(
+        "--bots", default="ours,plain,webhook,grown", metavar="LIST",
+        help="which bots to run, comma-separated (ours and plain always run; default all four)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    bots = ["ours", "plain"] + [
+        b for b in dict.fromkeys(args.bots.split(",")) if b in ("webhook", "grown")
+    ]
     if args.quick:
         args.users, args.rounds, args.repeat = 50, 2, 1
     if args.users < 1 or args.rounds < 1 or args.repeat < 1:
@@ -870,7 +879,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--profile and --breakdown need py-spy (pip install py-spy)")
     with tempfile.TemporaryDirectory(prefix="telegram-bench-") as tmp:
         workdir = Path(args.keep) if args.keep else Path(tmp)
-        runs = run_all(args.users, args.rounds, args.repeat, workdir, breakdown=args.breakdown)
+        runs = run_all(
+            args.users, args.rounds, args.repeat, workdir, bots, breakdown=args.breakdown
+        )
         for line in report(runs):
             print(line, flush=True)
         for line in chart_report():

@@ -33,7 +33,7 @@ from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-__all__ = ["DeadlineAdapter", "deadline", "remaining_seconds"]
+__all__ = ["DeadlineAdapter", "DeadlineResponse", "deadline", "remaining_seconds"]
 
 _current = threading.local()
 
@@ -87,8 +87,12 @@ class _DeadlineSocketReader(io.RawIOBase):
             self._sock.settimeout(per_read)
 
 
-class _DeadlineResponse(http.client.HTTPResponse):
-    """http.client's response, reading through the thread's deadline if it has one."""
+class DeadlineResponse(http.client.HTTPResponse):
+    """http.client's response, reading through the thread's deadline if it has one.
+
+    Also a ``response_class`` for plain ``http.client`` connections
+    (``flows.http_connections.KeptConnections``).
+    """
 
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
@@ -99,11 +103,11 @@ class _DeadlineResponse(http.client.HTTPResponse):
 
 
 class _DeadlineHTTPConnection(HTTPConnection):
-    response_class = _DeadlineResponse
+    response_class = DeadlineResponse
 
 
 class _DeadlineHTTPSConnection(HTTPSConnection):
-    response_class = _DeadlineResponse
+    response_class = DeadlineResponse
 
 
 class _DeadlineHTTPPool(HTTPConnectionPool):

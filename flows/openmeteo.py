@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import http.client
 import json
 import logging
 import math
@@ -42,7 +43,14 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from flows.http_deadline import DeadlineAdapter, deadline
+from flows.http_connections import (
+    REDIRECTS,
+    KeptConnections,
+    LeanResponse,
+    environment_settings,
+    query_string,
+)
+from flows.http_deadline import DeadlineAdapter, DeadlineResponse, deadline, remaining_seconds
 
 __all__ = [
     "DEFAULT_FORECAST_URL",
@@ -339,8 +347,7 @@ def check_settings(environ: Mapping[str, str]) -> None:
 def _environment(url: str) -> dict[str, Any]:
     """What requests takes from the environment for `url`: proxies (``NO_PROXY`` honoured)
     and the CA bundle (``REQUESTS_CA_BUNDLE``), as ``get`` keywords."""
-    found = requests.Session().merge_environment_settings(url, {}, None, None, None)
-    return {"proxies": found["proxies"], "verify": found["verify"]}
+    return environment_settings(url)
 
 
 def _url(variable: str) -> str:
@@ -390,50 +397,153 @@ def _is_timeout(error: BaseException) -> bool:
     return isinstance(cause, urllib3.exceptions.ReadTimeoutError)
 
 
+class _Answer(NamedTuple):
+    """An HTTP answer read whole: its status, the URL asked (with the query) and its body."""
+
+    status: int
+    url: str
+    data: bytes
+
+
 def _get_json(what: str, variable: str, params: dict[str, str | int | float]) -> dict[str, Any]:
     """GET the URL configured in `variable` and return its JSON object, or raise
     ServiceUnavailable. The whole lookup (connecting, headers, body) ends by the
     total timeout, however slowly the server trickles its answer."""
     url = _url(variable)
     timeouts = _timeouts()
+    settings = _environment(url)
     with deadline(timeouts.total):
+        answer = None
+        if not settings["proxies"] and "@" not in urlsplit(url).netloc:
+            answer = _get_kept(what, url, params, timeouts, settings["verify"])
+        if answer is None:  # a proxy, a login in the URL, or a redirect: requests knows them
+            answer = _get_by_requests(what, url, params, timeouts, settings)
+    return _json_object(what, variable, answer)
+
+
+class _LookupResponse(DeadlineResponse, LeanResponse):
+    """An answer read within the lookup's deadline, its headers read the lean way."""
+
+
+#: The lookups' connections, kept alive across lookups and worker threads; each
+#: answer read within the lookup's deadline (flows.http_deadline).
+_connections = KeptConnections(keep=32, response_class=_LookupResponse)
+_HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+
+
+def _get_kept(
+    what: str,
+    url: str,
+    params: dict[str, str | int | float],
+    timeouts: Timeouts,
+    verify: bool | str | None,
+) -> _Answer | None:
+    """The lookup on a kept-alive connection (flows.http_connections): a quarter of the CPU
+    of requests' (see bench/telegram_bench.py); None if the answer is a redirect."""
+    parts = urlsplit(url)
+    query = query_string(params)
+    if parts.query:
+        query = f"{parts.query}&{query}"
+    target, asked = f"{parts.path or '/'}?{query}", f"{url.split('?', 1)[0]}?{query}"
+    origin = _connections.origin(f"{parts.scheme}://{parts.netloc}", verify)
+    left = remaining_seconds()
+    connect_timeout = timeouts.connect if left is None else max(min(timeouts.connect, left), 0.001)
+    try:
+        connection = _connections.take(origin, connect_timeout)
+    except TimeoutError as error:
+        log.warning("%s: %s timed out: connecting to %s: %s", what, url, origin.where, error)
+        raise ServiceUnavailable("timed out") from None
+    except (OSError, http.client.HTTPException) as error:
+        log.warning("%s: cannot reach %s: %r", what, url, error)
+        raise ServiceUnavailable("cannot connect") from None
+    try:
+        connection.sock.settimeout(timeouts.read)
+        connection.request("GET", target, headers=_HEADERS)
+        response = connection.getresponse()
+    except TimeoutError as error:
+        connection.close()
+        log.warning("%s: %s timed out: %s", what, url, error or "no answer")
+        raise ServiceUnavailable("timed out") from None
+    except (OSError, http.client.HTTPException) as error:
+        connection.close()
+        log.warning("%s: cannot reach %s: %r", what, url, error)
+        raise ServiceUnavailable("cannot connect") from None
+    try:
+        data = _read_answer(response)
+    except _TooLarge:
+        connection.close()
+        log.warning("%s: %s sent more than %d bytes", what, url, MAX_RESPONSE_BYTES)
+        raise ServiceUnavailable("response too large") from None
+    except TimeoutError as error:
+        connection.close()
+        log.warning("%s: %s timed out sending its answer: %s", what, url, error or "no more")
+        raise ServiceUnavailable("timed out") from None
+    except (OSError, http.client.HTTPException) as error:
+        connection.close()
+        log.warning("%s: %s broke off its answer: %r", what, url, error)
+        raise ServiceUnavailable("connection lost") from None
+    _connections.give_back(origin, connection)
+    if response.status in REDIRECTS and response.getheader("Location"):
+        log.info("%s: HTTP %s from %s: following it with requests", what, response.status, url)
+        return None
+    return _Answer(response.status, asked, data)
+
+
+def _read_answer(response: http.client.HTTPResponse) -> bytes:
+    """The whole body, refusing more than MAX_RESPONSE_BYTES (a runaway server)."""
+    if response.length is not None:
+        if response.length > MAX_RESPONSE_BYTES:
+            raise _TooLarge(response.length)
+        return response.read()
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read(_CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise _TooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _get_by_requests(
+    what: str,
+    url: str,
+    params: dict[str, str | int | float],
+    timeouts: Timeouts,
+    settings: dict[str, Any],
+) -> _Answer:
+    """The lookup through requests (a proxy, a login in the URL, a redirect)."""
+    try:
+        response = _get_session().get(
+            url, params=params, timeout=(timeouts.connect, timeouts.read), stream=True, **settings
+        )
+    except requests.Timeout as error:
+        log.warning("%s: %s timed out: %s", what, url, error)
+        raise ServiceUnavailable("timed out") from None
+    except requests.ConnectionError as error:
+        log.warning("%s: cannot reach %s: %s", what, url, error)
+        raise ServiceUnavailable("cannot connect") from None
+    except requests.RequestException as error:
+        log.warning("%s: request to %s failed: %r", what, url, error)
+        raise ServiceUnavailable("request failed") from None
+    with response:
         try:
-            response = _get_session().get(
-                url,
-                params=params,
-                timeout=(timeouts.connect, timeouts.read),
-                stream=True,
-                **_environment(url),
-            )
-        except requests.Timeout as error:
-            log.warning("%s: %s timed out: %s", what, url, error)
-            raise ServiceUnavailable("timed out") from None
-        except requests.ConnectionError as error:
-            log.warning("%s: cannot reach %s: %s", what, url, error)
-            raise ServiceUnavailable("cannot connect") from None
+            data = _read_body(response)
+        except _TooLarge:
+            log.warning("%s: %s sent more than %d bytes", what, url, MAX_RESPONSE_BYTES)
+            raise ServiceUnavailable("response too large") from None
         except requests.RequestException as error:
-            log.warning("%s: request to %s failed: %r", what, url, error)
-            raise ServiceUnavailable("request failed") from None
-        with response:
-            try:
-                data = _read_body(response)
-            except _TooLarge:
-                log.warning("%s: %s sent more than %d bytes", what, url, MAX_RESPONSE_BYTES)
-                raise ServiceUnavailable("response too large") from None
-            except requests.RequestException as error:
-                if _is_timeout(error):
-                    log.warning("%s: %s timed out sending its answer: %s", what, url, error)
-                    raise ServiceUnavailable("timed out") from None
-                log.warning("%s: %s broke off its answer: %s", what, url, error)
-                raise ServiceUnavailable("connection lost") from None
-    return _json_object(what, variable, response, data)
+            if _is_timeout(error):
+                log.warning("%s: %s timed out sending its answer: %s", what, url, error)
+                raise ServiceUnavailable("timed out") from None
+            log.warning("%s: %s broke off its answer: %s", what, url, error)
+            raise ServiceUnavailable("connection lost") from None
+    return _Answer(response.status_code, response.url or url, data)
 
 
-def _json_object(
-    what: str, variable: str, response: requests.Response, data: bytes
-) -> dict[str, Any]:
+def _json_object(what: str, variable: str, answer: _Answer) -> dict[str, Any]:
     """The JSON object in an answer, or ServiceUnavailable saying what was wrong."""
-    status = response.status_code
+    status, data = answer.status, answer.data
     try:
         body: Any = json.loads(data)
         parsed = True
@@ -441,31 +551,31 @@ def _json_object(
         body, parsed = None, False
         text = data[:200].decode("utf-8", "replace")
         log.warning(
-            "%s: HTTP %s from %s is not JSON (%s): %r", what, status, response.url, error, text
+            "%s: HTTP %s from %s is not JSON (%s): %r", what, status, answer.url, error, text
         )
     reason = body.get("reason") if isinstance(body, dict) else None
     reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
     failed = status >= 400 or (isinstance(body, dict) and body.get("error") is True)
     if status == 429:
-        log.warning("%s: rate limited by %s: %s", what, response.url, reason)
+        log.warning("%s: rate limited by %s: %s", what, answer.url, reason)
         raise ServiceUnavailable("rate limited")
     if status == 404:
         # Every request will fail the same way: say so once, as what it is.
         _log_configuration_error_once(
-            f"404 {_without_query(response.url)}",
+            f"404 {_without_query(answer.url)}",
             "%s: configuration error: %s answers HTTP 404 Not Found; check %s",
             what,
-            _without_query(response.url),
+            _without_query(answer.url),
             variable,
         )
     elif failed and parsed:
-        log.warning("%s: HTTP %s from %s: %.200r", what, status, response.url, reason or body)
+        log.warning("%s: HTTP %s from %s: %.200r", what, status, answer.url, reason or body)
     if failed:
         raise ServiceUnavailable(f"HTTP {status}: {reason}" if reason else f"HTTP {status}")
     if not parsed:
         raise ServiceUnavailable("response is not JSON")
     if not isinstance(body, dict):
-        log.warning("%s: expected a JSON object from %s, got %.200r", what, response.url, body)
+        log.warning("%s: expected a JSON object from %s, got %.200r", what, answer.url, body)
         raise ServiceUnavailable("unexpected response")
     return body
 

@@ -579,3 +579,13 @@ def test_a_404_on_every_request_is_logged_once_as_a_configuration_error(
     assert "configuration error" in errors[0]
     assert "/v1/forcast" in errors[0]
     assert "OPEN_METEO_FORECAST_URL" in errors[0]
+
+
+def test_lookups_keep_their_connection_alive(openmeteo: FakeOpenMeteo) -> None:
+    before = openmeteo_client._connections.opened
+    for _ in range(3):
+        assert search_places("London")[0] == LONDON
+        assert current_weather(51.5, -0.1).temperature is not None
+
+    assert openmeteo_client._connections.opened - before <= 1
+    assert len(openmeteo.requests) == 6

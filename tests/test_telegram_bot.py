@@ -437,6 +437,15 @@ def test_typing_is_shown_while_a_call_runs(start_bot: StartBot, telegram: FakeTe
     assert actions[0].at < done.at
 
 
+def test_no_typing_for_a_call_answered_at_once(start_bot: StartBot, telegram: FakeTelegram) -> None:
+    start_bot("--no-pacing", "--flow", "tests.support.flows:Quick")
+
+    telegram.send_text(16, "/start")
+    telegram.wait_text(16, "done")
+
+    assert not [r for r in telegram.requests_to("sendChatAction") if r.params["chat_id"] == "16"]
+
+
 # -- groups -------------------------------------------------------------------------------------
 
 

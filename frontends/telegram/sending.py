@@ -59,6 +59,10 @@ MESSAGE_LIMIT = 4096
 TYPING_EVERY = 4.5
 #: Stop repeating "typing" after this long even if the Call still runs.
 TYPING_AT_MOST = 300.0
+#: "typing" starts only once a Call has run this long: one answered sooner (a lookup takes
+#: milliseconds) shows its answer instead, without a Bot API call. The webhook bot sent 940
+#: "typing" calls for 1,400 updates in bench/telegram_bench.py, about 190 µs of CPU per update.
+TYPING_AFTER = 0.5
 
 #: Inline keyboard: rows of one (button text, callback data) each.
 Keyboard = tuple[tuple[str, str], ...]
@@ -756,7 +760,7 @@ class Outbox:
             timeline.lanes[job.chat_id] = lane
         if isinstance(job, _Typing):
             if job.on:
-                lane.typing_next = now
+                lane.typing_next = now + TYPING_AFTER
                 lane.typing_until = now + TYPING_AT_MOST
             else:
                 lane.typing_next = None

@@ -76,6 +76,16 @@ class Slow(State):
 
 
 @dataclass(frozen=True)
+class Quick(State):
+    """A Call answered at once (no "typing" for it), then a message."""
+
+    def run(self) -> Steps:
+        yield Call(len, "abc")
+        yield Print("done")
+        return None
+
+
+@dataclass(frozen=True)
 class Countdown(State):
     """Prints five messages at once, then waits for an answer."""
 
