@@ -184,6 +184,20 @@ def test_switching_webhook_polling_webhook(
     assert second.stop() == 0
 
 
+def test_set_webhook_is_tried_again_until_telegram_refuses_the_url(
+    start_bot: StartBot, telegram: FakeTelegram
+) -> None:
+    telegram.fail("setWebhook", 502)
+    telegram.fail("setWebhook", 400)
+    bot = start_bot(ready=False)
+
+    assert bot.process.wait(timeout=30) == 1
+    output = bot.output()
+    assert len(telegram.requests_to("setWebhook")) == 2  # the 502 was tried again, the 400 not
+    assert "setWebhook failed" in output and "retrying in" in output
+    assert output.count("Telegram refused the webhook") == 1
+
+
 def test_a_webhook_set_while_polling_is_reported_in_one_line(
     start_bot: StartBot, telegram: FakeTelegram
 ) -> None:

@@ -203,20 +203,28 @@ class Poller(threading.Thread):
             self.fatal = "the polling thread failed"
             self.stopping.set()
 
-    def _start_up(self) -> bool:
+    def _until_done(self, what: str, call: Callable[[], Any]) -> Any:
+        """`call()` again after each failure (with backoff) until it succeeds: its result.
+
+        ``None`` if the bot is stopping first, or a failure is final (the
+        bot then stops, and :meth:`_fail` says why).
+        """
         failures = 0
         while not self.stopping.is_set():
             try:
-                me = self.bot.get_me()
-                break
+                return call()
             except Exception as error:
                 failures += 1
-                delay = self._retry_delay("getMe", error, failures)
+                delay = self._retry_delay(what, error, failures)
                 if delay is None:
-                    self._fail("getMe", error)
-                    return False
+                    self._fail(what, error)
+                    return None
                 self.stopping.wait(delay)
-        else:
+        return None
+
+    def _start_up(self) -> bool:
+        me = self._until_done("getMe", self.bot.get_me)
+        if me is None:
             return False
         self.updates.username = me.username or ""
         self.updates.bot_id = me.id

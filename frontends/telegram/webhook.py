@@ -594,33 +594,31 @@ class WebhookReceiver(Poller):
             self.drained.set()
 
     def _set_webhook(self) -> bool:
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                self.bot.set_webhook(
-                    url=self.settings.url,
-                    secret_token=self.settings.secret,
-                    allowed_updates=ALLOWED_UPDATES,
-                    max_connections=self.settings.max_connections,
-                    drop_pending_updates=False,
-                )
-                return True
-            except Exception as error:
-                failures += 1
-                if (
-                    isinstance(error, apihelper.ApiTelegramException)
-                    and error_code(error) == 400
-                ):
-                    self.fatal = f"Telegram refused the webhook ({self._describe(error)})"
-                    log.error("%s", self.fatal)
-                    self.stopping.set()
-                    return False
-                delay = self._retry_delay("setWebhook", error, failures)
-                if delay is None:
-                    self._fail("setWebhook", error)
-                    return False
-                self.stopping.wait(delay)
-        return False
+        settings = self.settings
+        done = self._until_done(
+            "setWebhook",
+            lambda: self.bot.set_webhook(
+                url=settings.url,
+                secret_token=settings.secret,
+                allowed_updates=ALLOWED_UPDATES,
+                max_connections=settings.max_connections,
+                drop_pending_updates=False,
+            ),
+        )
+        return done is not None
+
+    def _retry_delay(self, what: str, error: Exception, failures: int) -> float | None:
+        if what == "setWebhook" and _refused(error):  # the URL itself: trying again won't help
+            return None
+        return super()._retry_delay(what, error, failures)
+
+    def _fail(self, what: str, error: Exception) -> None:
+        if what != "setWebhook" or not _refused(error):
+            super()._fail(what, error)
+            return
+        self.fatal = f"Telegram refused the webhook ({self._describe(error)})"
+        log.error("%s", self.fatal)
+        self.stopping.set()
 
     def confirm(self, timeout: float = 2.0) -> None:
         """On stop, after the engine stopped: close the listener (nothing to confirm)."""
@@ -628,6 +626,11 @@ class WebhookReceiver(Poller):
         if self.listener is not None:
             self.listener.close()
         self.join(timeout)
+
+
+def _refused(error: Exception) -> bool:
+    """Whether Telegram refused a request as bad (400), such as a webhook URL it won't take."""
+    return isinstance(error, apihelper.ApiTelegramException) and error_code(error) == 400
 
 
 def receiver(
