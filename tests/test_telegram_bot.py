@@ -343,6 +343,13 @@ def test_429_502_and_dropped_connections_lose_nothing(
     telegram.wait_text(11, "Found")
     telegram.fail("sendMessage", 429, retry_after=1)
     telegram.wait_text(11, NEXT_PROMPT)
+    # The 429 goes to the poll after the one that took "Springfield", which may
+    # come after the replies: wait for it, and for the poll after it.
+    telegram.wait_until(
+        lambda: any(r.fault == "429" for r in telegram.requests_to("getUpdates")[:-1]),
+        10,
+        "the poll answered 429, and the one after it",
+    )
 
     assert telegram.texts(11) == [
         CITY,
