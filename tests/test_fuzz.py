@@ -39,8 +39,8 @@ AT_LEAST = 1000
 #: purpose (polling again at once after updates it cannot take would spin): about a
 #: second a round, whatever the round holds.
 USER_UPDATES_PER_ROUND = 150
-MUTATED_PER_ROUND = (20, 80)
-GARBLED_PER_ROUND = (2, 8)
+MUTATED_PER_ROUND = (15, 45)
+GARBLED_PER_ROUND = (2, 6)
 
 CHATS = [*range(1, 13), -100, -101]  # private chats, and two groups
 CITIES = ["London", "Paris", "City0001", "City0002", "Berlin", ""]
