@@ -27,6 +27,7 @@ the server releases if the first instance's connection dies).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import re
@@ -255,6 +256,7 @@ class PostgresJournal(KeptJournal):
         self._timed: set[str] = set()  # keys with a row in `deadlines`
         #: Shared: told (with the reason) when a batch is lost to a failed connection or fence.
         self.on_lost: Callable[[str], None] | None = None
+        self._closing_for_good = False  # close(), not a lost connection's disconnect()
         self._connection = self._open()
         self._taken = self._read_taken()
 
@@ -817,7 +819,19 @@ class PostgresJournal(KeptJournal):
             for table in ("conversations", "outgoing", "memory")
         )
 
+    def close(self) -> None:
+        """Write what is buffered, give the bot's lock back, and close the connection."""
+        self._closing_for_good = True
+        super().close()
+
     def _disconnect(self) -> None:
+        if self._closing_for_good and not self._connection.closed:
+            # Given back now, not when the server notices the session ended:
+            # that comes moments later (more on a busy machine), and an instance
+            # started right after this one stopped was refused as "in use" meanwhile.
+            # A lost connection fails here: the server lets go of that one anyway.
+            with contextlib.suppress(psycopg.Error):
+                self._connection.execute("SELECT pg_advisory_unlock_all()")
         self._connection.close()
 
 

@@ -257,7 +257,15 @@ def _system_user(folder: Path) -> str | None:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:  # once per machine
         adding = ["useradd", "--no-create-home", SYSTEM_USER]
-        subprocess.run(adding, check=True, capture_output=True)
+        # Not checked: test workers starting at once race to add it, and all but
+        # one are told it exists. Whether it exists now is what counts.
+        result = subprocess.run(adding, capture_output=True, text=True, check=False)
+        try:
+            pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            raise ServerError(
+                f"cannot add the user {SYSTEM_USER}: {result.stderr.strip()}"
+            ) from None
     installed = _binary("postgres").parent.parent
     for path in (installed, folder):
         _open_path_to_others(path)
