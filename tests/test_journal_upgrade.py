@@ -25,21 +25,11 @@ from engine.scheduler import Scheduler
 from engine.testing import RecordingFrontend
 from tests import flows_for_tests
 from tests.flows_for_tests import Park
-from tests.support.engine import FORMAT_2
+from tests.support.engine import FORMAT_2, FakeClock
 
 pytestmark = pytest.mark.usefixtures("no_engine_threads")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "state_v1.db"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Confirming(RecordingFrontend):
@@ -81,7 +71,7 @@ def test_the_old_format_is_upgraded_in_place(old_file: Path) -> None:
 
 def test_conversations_parked_by_the_first_release_resume(old_file: Path) -> None:
     flows_for_tests.RELEASE.set()  # the Call parked in the file may now return
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     frontend = Confirming()
     journal = SqliteJournal(old_file)
     scheduler = Scheduler(frontend, Park, journal=journal, clock=clock)

@@ -12,6 +12,33 @@ from engine.testing import RecordingFrontend
 Engine = tuple[Scheduler, RecordingFrontend]
 
 
+class FakeClock:
+    """A monotonic clock that moves only when told: timers in tests, with no wall-time bounds."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on; a :func:`round_trip` then lets the scheduler see it."""
+        self.now += seconds
+
+
+def round_trip(scheduler: Scheduler, frontend: RecordingFrontend) -> None:
+    """Wait until the scheduler has handled every event posted so far.
+
+    The inbox is first in, first out, and a batch's messages leave only after
+    its due timers fired; so once the probe's reply is out, so is the rest.
+    The flow must answer "probe"'s message (begun or not: a conversation that
+    was not begun gets the "not started" notice).
+    """
+    before = len(frontend.lines("probe"))
+    scheduler.send("probe", "anyone there?")
+    frontend.wait_until(lambda: len(frontend.log.get("probe", [])) > before)
+
+
 def engine_threads() -> list[str]:
     """Names of the engine's threads still alive (scheduler and workers)."""
     return sorted(t.name for t in threading.enumerate() if t.name.startswith("engine-"))
