@@ -92,24 +92,26 @@ MAILBOX_LIMIT = 100
 # Small typed tuples: the loop dispatches on their type through the same
 # table as commands. Tuples rather than dataclasses because one is made for
 # every message, result and confirmation: a slotted dataclass cost about
-# 2,300 instructions to make, the hot ones here (made with `_make`) a few
-# hundred (callgrind, see bench/engine_bench.py).
+# 2,300 instructions to make, a NamedTuple a few hundred (callgrind, see
+# bench/engine_bench.py).
+#
+# A user's message, the one event made for every update, is a plain tuple
+# (its type, ``tuple``, is its entry in the table). The garbage collector
+# stops tracking a plain tuple of strings and numbers the first time it
+# sees one, but never a tuple subclass: with 10,000 conversations and their
+# messages queued, the NamedTuple made every full collection walk each
+# waiting message, 0.6 µs a step against 0.2 (engine_bench); with building
+# and reading it, 16,100 instructions a step against 14,200 (callgrind).
 
-_make = tuple.__new__
+#: A user's message for `key`'s conversation, as (key, text, source): the text,
+#: or an :class:`Answer` (a location), and the update id it came in.
+Message = tuple[Key, Any, "int | None"]
 
 
 class Begin(NamedTuple):
     """Start a conversation for `key`."""
 
     key: Key
-    source: int | None = None
-
-
-class Message(NamedTuple):
-    """A user's message for `key`'s conversation: text, or an :class:`Answer` (a location)."""
-
-    key: Key
-    text: Any
     source: int | None = None
 
 
@@ -215,7 +217,8 @@ class Drop(NamedTuple):
 _Shown = tuple[Delivery, Callable[[Key, Any, Receipt], None]]
 
 #: Events that may carry a source (an update id): taken once.
-_SOURCED = frozenset((Begin, Message, Cancel, Post, ForgetUser, Say))
+#: Where events that may carry a source (an update id) keep it: each is taken once.
+_SOURCE_AT: dict[type, int] = {Begin: 1, tuple: 2, Cancel: 1, Post: 1, ForgetUser: 1, Say: 2}
 
 
 class _Chat(Runner):
@@ -317,7 +320,7 @@ class Scheduler:
             Remember: self._remember,
             Forget: self._forget_memory,
             Begin: self._begin,
-            Message: self._message,
+            tuple: self._message,  # a Message
             Cancel: self._cancel,
             Post: self._post,
             Say: self._say,
@@ -364,9 +367,7 @@ class Scheduler:
         """
         if type(text) is not str and not isinstance(text, Answer):
             raise TypeError(f"send takes text or an Answer (a Location), got {text!r}")
-        # Every message comes this way: made by tuple.__new__, in C, not by
-        # Message's generated __new__ (measured ~1,000 instructions a message).
-        self._inbox.put(_make(Message, (key, text, source)))
+        self._inbox.put((key, text, source))  # a Message: a plain tuple (see Message)
 
     def forget(self, key: Key, *, source: int | None = None) -> None:
         """Delete what flows remembered for the user of `key` (a ``/forget`` command).
@@ -536,7 +537,8 @@ class Scheduler:
                 stopping = True
                 break
             try:
-                source = event.source if kind in _SOURCED else None
+                at = _SOURCE_AT.get(kind)
+                source = None if at is None else event[at]
                 if source is not None and not self._take_source(source):
                     continue
                 table[kind](event)
@@ -578,7 +580,8 @@ class Scheduler:
             except queue.Empty:
                 break
         for event in waiting:
-            if not (type(event) in _SOURCED and event.source is not None):
+            at = _SOURCE_AT.get(type(event))
+            if at is None or event[at] is None:
                 self._inbox.put(event)
         for fn, first, second, third in outbox:
             if fn not in presenters:
@@ -656,7 +659,7 @@ class Scheduler:
         self.journal.entered(chat.key, snapshot)  # type: ignore[attr-defined]
 
     def _message(self, event: Message) -> None:
-        key = event.key
+        key, text, _ = event
         chat = self._chats.get(key)
         if chat is None:
             if key in self._expired:
@@ -667,7 +670,6 @@ class Scheduler:
             return
         chat.last_active = self._now
         waiting = chat.command
-        text = event.text
         if (  # the common case, inlined: text for a question taking any text
             type(waiting) is Input
             and waiting.accepts is TEXT
