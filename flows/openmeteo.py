@@ -460,33 +460,38 @@ def _get_kept(
         connection.sock.settimeout(timeouts.read)
         connection.request("GET", target, headers=_HEADERS)
         response = connection.getresponse()
-    except TimeoutError as error:
+    except (OSError, http.client.HTTPException) as error:  # TimeoutError is an OSError
         connection.close()
-        log.warning("%s: %s timed out: %s", what, url, error or "no answer")
-        raise ServiceUnavailable("timed out") from None
-    except (OSError, http.client.HTTPException) as error:
-        connection.close()
-        log.warning("%s: cannot reach %s: %r", what, url, error)
-        raise ServiceUnavailable("cannot connect") from None
+        raise _unavailable(what, url, error, answering=False) from None
     try:
         data = _read_answer(response)
     except _TooLarge:
         connection.close()
         log.warning("%s: %s sent more than %d bytes", what, url, MAX_RESPONSE_BYTES)
         raise ServiceUnavailable("response too large") from None
-    except TimeoutError as error:
-        connection.close()
-        log.warning("%s: %s timed out sending its answer: %s", what, url, error or "no more")
-        raise ServiceUnavailable("timed out") from None
     except (OSError, http.client.HTTPException) as error:
         connection.close()
-        log.warning("%s: %s broke off its answer: %r", what, url, error)
-        raise ServiceUnavailable("connection lost") from None
+        raise _unavailable(what, url, error, answering=True) from None
     _connections.give_back(origin, connection)
     if response.status in REDIRECTS and response.getheader("Location"):
         log.info("%s: HTTP %s from %s: following it with requests", what, response.status, url)
         return None
     return _Answer(response.status, asked, data)
+
+
+def _unavailable(what: str, url: str, error: Exception, *, answering: bool) -> ServiceUnavailable:
+    """Log why a lookup's request (or, `answering`, its answer) failed; the error for the flow."""
+    if isinstance(error, TimeoutError):
+        if answering:
+            log.warning("%s: %s timed out sending its answer: %s", what, url, error or "no more")
+        else:
+            log.warning("%s: %s timed out: %s", what, url, error or "no answer")
+        return ServiceUnavailable("timed out")
+    if answering:
+        log.warning("%s: %s broke off its answer: %r", what, url, error)
+        return ServiceUnavailable("connection lost")
+    log.warning("%s: cannot reach %s: %r", what, url, error)
+    return ServiceUnavailable("cannot connect")
 
 
 def _read_answer(response: http.client.HTTPResponse) -> bytes:
