@@ -179,22 +179,18 @@ class Runner:
 
     def send(self, value: Any) -> Command | None:
         """Send `value` in; the next command, or ``None`` when the conversation ends."""
-        try:
-            command = self.steps.send(value)
-            while not isinstance(command, Command):  # rare: a state boundary, a mistake
-                command = self._not_a_command(command)
-        except StopIteration:
-            self.command = self.state = None
-            return None
-        self.command = command
-        return command
+        return self._advance(value, None)
 
     def throw(self, error: BaseException) -> Command | None:
         """Raise `error` in the flow at its ``yield``; the next command, or ``None``."""
+        return self._advance(None, error)
+
+    def _advance(self, value: Any, error: BaseException | None) -> Command | None:
+        # The scheduler inlines this loop in its _resume (measured); all else comes here.
         try:
-            command = self.steps.throw(error)
-            while not isinstance(command, Command):
-                command = self._not_a_command(command)
+            command = self.steps.send(value) if error is None else self.steps.throw(error)
+            if not isinstance(command, Command):  # rare: a state boundary, a mistake
+                command = self.settle(command)
         except StopIteration:
             self.command = self.state = None
             return None

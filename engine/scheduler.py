@@ -216,7 +216,6 @@ class Drop(NamedTuple):
 #: A kind of output and the frontend method that shows it.
 _Shown = tuple[Delivery, Callable[[Key, Any, Receipt], None]]
 
-#: Events that may carry a source (an update id): taken once.
 #: Where events that may carry a source (an update id) keep it: each is taken once.
 _SOURCE_AT: dict[type, int] = {Begin: 1, tuple: 2, Cancel: 1, Post: 1, ForgetUser: 1, Say: 2}
 
