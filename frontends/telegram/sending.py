@@ -284,9 +284,10 @@ class Retrying:
 # ---------------------------------------------------------------- jobs
 
 
-def _owner(output: Callable[[], None] | None) -> str | None:
-    """The conversation whose output `output` (its ``on_done``) confirms, if it names one."""
-    return getattr(output, "key", None)
+def _leaves(output: Callable[[], None] | None, leaving: Callable[[str], bool]) -> bool:
+    """Whether `output` (its ``on_done``) names a conversation, and `leaving` names that one."""
+    owner: str | None = getattr(output, "key", None)
+    return owner is not None and leaving(owner)
 
 
 @dataclass(eq=False)
@@ -300,10 +301,9 @@ class Job:
     part_of: Callable[[], None] | None = field(default=None, kw_only=True, repr=False)
     paced = False  # whether it counts against the message rates
 
-    @property
-    def owner(self) -> str | None:
-        """The conversation it is for, if it is one's journaled output."""
-        return _owner(self.part_of)
+    def leaves(self, leaving: Callable[[str], bool]) -> bool:
+        """Whether it is a journaled output of a conversation that `leaving` names."""
+        return _leaves(self.part_of, leaving)
 
     def run(self, api: BotApi) -> None:
         raise NotImplementedError
@@ -830,7 +830,7 @@ class Outbox:
         """
         kept = collections.deque(
             job for job in lane.jobs
-            if job is lane.current or job.owner is None or not leaving(job.owner)
+            if job is lane.current or not job.leaves(leaving)
             or (finish_started and lane.continues(job))
         )  # fmt: skip
         dropped = len(lane.jobs) - len(kept)
@@ -846,14 +846,9 @@ class Outbox:
 
         One in flight counts until its confirmation has run (its lane is released).
         """
-
-        def leaves(output: Callable[[], None] | None) -> bool:
-            owner = _owner(output)
-            return owner is not None and leaving(owner)
-
         return sum(
-            (lane.current is not None and leaves(lane.current.part_of))
-            + (lane.under_way() if leaves(lane.started) else 0)
+            (lane.current is not None and lane.current.leaves(leaving))
+            + (lane.under_way() if _leaves(lane.started, leaving) else 0)
             for timeline in (self._messages, self._answers)
             for lane in timeline.lanes.values()
         )
@@ -992,7 +987,7 @@ class Outbox:
     def _failed_for_now(self, lane: _Lane, job: Job, error: SendError) -> list[Callable[[], None]]:
         now = self.clock()
         settling = self._settling
-        if settling is not None and job.owner is not None and settling(job.owner):
+        if settling is not None and job.leaves(settling):
             self._done(lane, finished=False)  # its new owner sends it: all of its output
             self._queued -= self._drop_leaving(lane.timeline, lane, settling, finish_started=False)
             return []
