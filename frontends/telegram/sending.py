@@ -301,6 +301,10 @@ class Job:
     part_of: Callable[[], None] | None = field(default=None, kw_only=True, repr=False)
     paced = False  # whether it counts against the message rates
 
+    def __post_init__(self) -> None:
+        if self.part_of is None:  # a job that confirms an output alone is all of it
+            self.part_of = getattr(self, "on_done", None)
+
     def leaves(self, leaving: Callable[[str], bool]) -> bool:
         """Whether it is a journaled output of a conversation that `leaving` names."""
         return _leaves(self.part_of, leaving)
@@ -620,8 +624,6 @@ class Outbox:
 
     def put(self, job: Job) -> None:
         """Queue `job` behind the chat's earlier jobs."""
-        if job.part_of is None:
-            job.part_of = getattr(job, "on_done", None)
         timeline = self._answers if isinstance(job, AnswerCallback) else self._messages
         with self._lock:
             if not self._closed:
